@@ -1,0 +1,51 @@
+# `make demo` and `make test` set everything up themselves: the virtual environment, the
+# package with its C++ ops (rebuilt when cc_ops/ or setup.py change) and Fashion-MNIST.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INSTALLED := $(VENV)/.tfquant-installed
+NATIVE_SOURCES := $(shell find cc_ops -name '*.cc' -o -name '*.h') setup.py pyproject.toml
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+.PHONY: demo test bench install data clean
+
+demo: install data
+	$(PY) examples/fashion_mnist.py
+
+test: install data
+	$(PY) -m pytest -q tests
+
+bench: install data
+	$(PY) benchmarks/run_all.py
+
+install: $(INSTALLED)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+# Build dependencies first: the C++ build compiles against the installed TensorFlow.
+$(INSTALLED): $(PY) $(NATIVE_SOURCES)
+	$(PIP) install --quiet "tensorflow==2.21.*" "pybind11>=2.12" setuptools wheel
+	$(PIP) install --quiet --no-build-isolation -e ".[test]"
+	touch $@
+
+data:
+	@if [ -f "$(FASHION_MNIST)" ] || [ -n "$$TFQUANT_FASHION_MNIST_DIR" ]; then \
+		true; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not found. Install the Debian package dataset-fashion-mnist" \
+		     "(apt-get install dataset-fashion-mnist), or set TFQUANT_FASHION_MNIST_DIR to a" \
+		     "folder holding {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz." >&2; \
+		exit 1; \
+	fi
+
+clean:
+	rm -rf build *.egg-info tfquant/*.so $(VENV)

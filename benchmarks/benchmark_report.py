@@ -1,0 +1,53 @@
+"""Timing helpers and the BENCHMARKS.md writer shared by the benchmark scripts."""
+
+import os
+import platform
+import statistics
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+
+
+def median_seconds(fn, runs=10, warmup=2):
+    """Median wall time of `fn()` over `runs` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_section(name, command, body):
+    """Replaces (or appends) the section `name` of BENCHMARKS.md."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    section = (f"{begin}\n## {name}\n\n`{command}` on {cpu_name()}, {os.cpu_count()} cores, "
+               f"{time.strftime('%Y-%m-%d')}.\n\n{body.strip()}\n{end}\n")
+    text = ""
+    if os.path.exists(BENCHMARKS_MD):
+        with open(BENCHMARKS_MD) as handle:
+            text = handle.read()
+    if not text:
+        text = ("# Benchmarks\n\nRatios measured side by side in one process; each section "
+                "names the command that wrote it.\n\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(BENCHMARKS_MD, "w") as handle:
+        handle.write(text)

@@ -1,0 +1,133 @@
+// Fake quantization kernels: plain C++ on raw float pointers.
+//
+// No TensorFlow or Eigen header may be included here or in any kernels/ file:
+// each ISA gets its own translation unit and a dispatch table picks one at
+// load time, so no ISA-specific code may leak into shared inline functions.
+//
+// Numbers are bit-identical to TensorFlow's FakeQuantWithMinMaxVars
+// (per tensor) and FakeQuantWithMinMaxVarsPerChannel (per channel), whose
+// arithmetic is (all in float, no fused multiply-add):
+//
+//   scale       = (max - min) / (qmax - qmin)
+//   inv_scale   = (qmax - qmin) / (max - min)      // separately, not 1/scale
+//   zp_from_min = qmin - min / scale
+//   zero_point  = qmin if zp_from_min < qmin, qmax if > qmax,
+//                 else round-half-away(zp_from_min)
+//   nudged_min  = (qmin - zero_point) * scale
+//   nudged_max  = (qmax - zero_point) * scale
+//   quant_zero  = floor(-nudged_min * inv_scale + 0.5f)
+//   c           = clamp(x, nudged_min, nudged_max)
+//   per tensor:   q = (c - nudged_min) / scale
+//   per channel:  q = (c - nudged_min) * inv_scale
+//   y           = floor(q - quant_zero + 0.5f) * scale
+//
+// with qmin = narrow_range ? 1 : 0 and qmax = 2^num_bits - 1. A range with
+// min == max == 0 gives y = 0 and passes the whole gradient to the input.
+//
+// Gradient (straight-through estimator), as TF computes it:
+//   dx   = dy * (nudged_min <= x <= nudged_max ? 1.0f : 0.0f)
+//   dmin = sum(dy * (x < nudged_min ? 1.0f : 0.0f))
+//   dmax = sum(dy * (x > nudged_max ? 1.0f : 0.0f))
+// The multiplications by 0/1 are kept (not replaced by selects) so that
+// non-finite dy propagates exactly as in TF: a NaN or Inf dy anywhere in a
+// channel makes that channel's dmin and dmax NaN. Sums are accumulated in
+// double by the caller-visible accumulators below.
+//
+// Non-finite inputs x (measured on TF 2.21 and matched here):
+//   NaN  -> y = NaN;        dx = dy * 0; counts towards neither dmin nor dmax.
+//   -Inf -> y = nudged_min; dx = dy * 0; counts towards dmin.
+//   +Inf -> y = nudged_max; dx = dy * 0; counts towards dmax.
+// In a min == max == 0 range every x, NaN included, gives y = 0, dx = dy.
+// A range with min == max != 0 has scale 0 and gives NaN, as in TF.
+//
+// The kernels below only accumulate; tiling, threading and the final
+// deterministic reduction live in fake_quant_plan.h.
+
+#ifndef TFQUANT_CC_OPS_KERNELS_FAKE_QUANT_H_
+#define TFQUANT_CC_OPS_KERNELS_FAKE_QUANT_H_
+
+#include <cstdint>
+
+namespace tfquant {
+namespace kernels {
+
+// The quantization grid of one channel (or of the whole tensor) after
+// nudging the range so that real zero is exactly representable.
+struct NudgedRange {
+  float nudged_min = 0.0f;
+  float nudged_max = 0.0f;
+  float scale = 1.0f;
+  float inv_scale = 1.0f;
+  float quant_zero = 0.0f;
+  // min == max == 0: forward yields zeros, backward passes dy through.
+  bool zero_range = true;
+};
+
+inline int QuantMin(bool narrow_range) { return narrow_range ? 1 : 0; }
+inline int QuantMax(int num_bits) { return (1 << num_bits) - 1; }
+
+// Computes the nudged grid for [min, max]; see the formulas above.
+NudgedRange NudgeRange(float min, float max, int quant_min, int quant_max);
+
+// Forward over n contiguous elements sharing one range, dividing by scale
+// (TF's per-tensor formula).
+using FakeQuantRowFn = void (*)(const float* x, int64_t n,
+                                const NudgedRange& range, float* y);
+
+// Forward over a [rows, channels] block whose rows are row_stride elements
+// apart; element (r, c) uses ranges[c]. Multiplies by inv_scale (TF's
+// per-channel formula). This is the channels-last layout.
+using FakeQuantStridedFn = void (*)(const float* x, int64_t rows,
+                                    int64_t channels, int64_t row_stride,
+                                    const NudgedRange* ranges, float* y);
+
+// Backward over n contiguous elements sharing one range: writes dx and adds
+// this row's contributions to *dmin and *dmax (summed in order).
+using FakeQuantGradRowFn = void (*)(const float* dy, const float* x,
+                                    int64_t n, const NudgedRange& range,
+                                    float* dx, double* dmin, double* dmax);
+
+// Backward over a strided [rows, channels] block; adds to dmin[c], dmax[c]
+// row by row.
+using FakeQuantGradStridedFn = void (*)(const float* dy, const float* x,
+                                        int64_t rows, int64_t channels,
+                                        int64_t row_stride,
+                                        const NudgedRange* ranges, float* dx,
+                                        double* dmin, double* dmax);
+
+// One implementation of every kernel, for one instruction set.
+struct FakeQuantKernelTable {
+  const char* isa;
+  FakeQuantRowFn forward_row_div_scale;  // per tensor
+  FakeQuantRowFn forward_row_mul_inv_scale;  // per channel, inner > 1
+  FakeQuantStridedFn forward_strided_mul_inv_scale;  // per channel, inner == 1
+  FakeQuantGradRowFn backward_row;
+  FakeQuantGradStridedFn backward_strided;
+};
+
+// Scalar reference kernels (fake_quant_scalar.cc).
+void FakeQuantRowDivScaleScalar(const float* x, int64_t n,
+                                const NudgedRange& range, float* y);
+void FakeQuantRowMulInvScaleScalar(const float* x, int64_t n,
+                                   const NudgedRange& range, float* y);
+void FakeQuantStridedMulInvScaleScalar(const float* x, int64_t rows,
+                                       int64_t channels, int64_t row_stride,
+                                       const NudgedRange* ranges, float* y);
+void FakeQuantGradRowScalar(const float* dy, const float* x, int64_t n,
+                            const NudgedRange& range, float* dx, double* dmin,
+                            double* dmax);
+void FakeQuantGradStridedScalar(const float* dy, const float* x, int64_t rows,
+                                int64_t channels, int64_t row_stride,
+                                const NudgedRange* ranges, float* dx,
+                                double* dmin, double* dmax);
+
+const FakeQuantKernelTable& ScalarFakeQuantKernels();
+
+// The table for this CPU, chosen once from cpuid and OS support
+// (fake_quant_dispatch.cc). Scalar until ISA-specific files are added.
+const FakeQuantKernelTable& SelectFakeQuantKernels();
+
+}  // namespace kernels
+}  // namespace tfquant
+
+#endif  // TFQUANT_CC_OPS_KERNELS_FAKE_QUANT_H_

@@ -1,0 +1,150 @@
+// Scalar reference implementation of the fake quantization kernels.
+// Must be compiled with -ffp-contract=off: a fused multiply-add would change
+// the rounding and break bit identity with TensorFlow.
+
+#include <cmath>
+
+#include "fake_quant.h"
+
+namespace tfquant {
+namespace kernels {
+
+NudgedRange NudgeRange(float min, float max, int quant_min, int quant_max) {
+  NudgedRange r;
+  if (min == 0.0f && max == 0.0f) return r;  // zero_range
+  r.zero_range = false;
+  const float qmin = static_cast<float>(quant_min);
+  const float qmax = static_cast<float>(quant_max);
+  r.scale = (max - min) / (qmax - qmin);
+  // Computed on its own (not 1 / scale) because TF does so.
+  r.inv_scale = (qmax - qmin) / (max - min);
+  const float zero_point_from_min = qmin - min / r.scale;
+  float zero_point;
+  if (zero_point_from_min < qmin) {
+    zero_point = qmin;
+  } else if (zero_point_from_min > qmax) {
+    zero_point = qmax;
+  } else if (std::isnan(zero_point_from_min)) {
+    // Only when (max - min) underflows to a zero scale with min == 0; TF's
+    // cast of NaN is undefined there, we pick the lowest level.
+    zero_point = qmin;
+  } else {
+    zero_point = std::round(zero_point_from_min);  // half away from zero
+  }
+  r.nudged_min = (qmin - zero_point) * r.scale;
+  r.nudged_max = (qmax - zero_point) * r.scale;
+  r.quant_zero = std::floor(-r.nudged_min * r.inv_scale + 0.5f);
+  return r;
+}
+
+namespace {
+
+// Same NaN behaviour as Eigen's cwiseMin/cwiseMax (std::min/std::max order):
+// a NaN input is returned unchanged, +-Inf is clamped.
+inline float ClampToRange(float x, const NudgedRange& r) {
+  float c = (r.nudged_max < x) ? r.nudged_max : x;
+  c = (c < r.nudged_min) ? r.nudged_min : c;
+  return c;
+}
+
+inline float QuantizeDivScale(float x, const NudgedRange& r) {
+  const float shifted = ClampToRange(x, r) - r.nudged_min;
+  return std::floor(shifted / r.scale - r.quant_zero + 0.5f) * r.scale;
+}
+
+inline float QuantizeMulInvScale(float x, const NudgedRange& r) {
+  const float shifted = ClampToRange(x, r) - r.nudged_min;
+  return std::floor(shifted * r.inv_scale - r.quant_zero + 0.5f) * r.scale;
+}
+
+// Multiplying by 1.0f/0.0f instead of selecting keeps TF's propagation of
+// NaN/Inf gradients (Inf * 0 = NaN) and of signed zeros.
+inline void AccumulateGrad(float g, float x, const NudgedRange& r, float* dx,
+                           double* sum_min, double* sum_max) {
+  const float inside = (x >= r.nudged_min && x <= r.nudged_max) ? 1.0f : 0.0f;
+  const float below = (x < r.nudged_min) ? 1.0f : 0.0f;
+  const float above = (x > r.nudged_max) ? 1.0f : 0.0f;
+  *dx = g * inside;
+  *sum_min += static_cast<double>(g * below);
+  *sum_max += static_cast<double>(g * above);
+}
+
+}  // namespace
+
+void FakeQuantRowDivScaleScalar(const float* x, int64_t n,
+                                const NudgedRange& range, float* y) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) y[i] = QuantizeDivScale(x[i], range);
+}
+
+void FakeQuantRowMulInvScaleScalar(const float* x, int64_t n,
+                                   const NudgedRange& range, float* y) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) y[i] = QuantizeMulInvScale(x[i], range);
+}
+
+void FakeQuantStridedMulInvScaleScalar(const float* x, int64_t rows,
+                                       int64_t channels, int64_t row_stride,
+                                       const NudgedRange* ranges, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * row_stride;
+    float* yr = y + r * row_stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      yr[c] = ranges[c].zero_range ? 0.0f
+                                   : QuantizeMulInvScale(xr[c], ranges[c]);
+    }
+  }
+}
+
+void FakeQuantGradRowScalar(const float* dy, const float* x, int64_t n,
+                            const NudgedRange& range, float* dx, double* dmin,
+                            double* dmax) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i];
+    return;
+  }
+  double sum_min = 0.0, sum_max = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    AccumulateGrad(dy[i], x[i], range, &dx[i], &sum_min, &sum_max);
+  }
+  *dmin += sum_min;
+  *dmax += sum_max;
+}
+
+void FakeQuantGradStridedScalar(const float* dy, const float* x, int64_t rows,
+                                int64_t channels, int64_t row_stride,
+                                const NudgedRange* ranges, float* dx,
+                                double* dmin, double* dmax) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = r * row_stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      if (ranges[c].zero_range) {
+        dx[off + c] = dy[off + c];
+      } else {
+        AccumulateGrad(dy[off + c], x[off + c], ranges[c], &dx[off + c],
+                       &dmin[c], &dmax[c]);
+      }
+    }
+  }
+}
+
+const FakeQuantKernelTable& ScalarFakeQuantKernels() {
+  static const FakeQuantKernelTable table = {
+      "scalar",
+      &FakeQuantRowDivScaleScalar,
+      &FakeQuantRowMulInvScaleScalar,
+      &FakeQuantStridedMulInvScaleScalar,
+      &FakeQuantGradRowScalar,
+      &FakeQuantGradStridedScalar,
+  };
+  return table;
+}
+
+}  // namespace kernels
+}  // namespace tfquant

@@ -1,0 +1,162 @@
+// tfquant._native: CPU features, build information and numpy entry points to
+// the same plain C++ kernels the TensorFlow ops run. No TensorFlow headers.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // std::optional axis
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cc_ops/kernels/cpu_features.h"
+#include "cc_ops/kernels/fake_quant.h"
+#include "cc_ops/kernels/fake_quant_plan.h"
+
+// setup.py passes these; the fallbacks only keep other builds compiling.
+#ifndef TFQUANT_TF_VERSION
+#define TFQUANT_TF_VERSION "unknown"
+#endif
+#ifndef TFQUANT_BUILD_FLAGS
+#define TFQUANT_BUILD_FLAGS "unknown"
+#endif
+
+namespace py = pybind11;
+namespace k = tfquant::kernels;
+
+namespace {
+
+using FloatArray =
+    py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+std::vector<py::ssize_t> ShapeOf(const FloatArray& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+std::string RanksOf(const FloatArray& min, const FloatArray& max) {
+  return "got min of rank " + std::to_string(min.ndim()) + " and max of rank " +
+         std::to_string(max.ndim());
+}
+
+py::dict CpuFeaturesDict() {
+  py::dict out;
+  for (const auto& [name, supported] :
+       k::ListCpuFeatures(k::GetCpuFeatures())) {
+    out[name] = supported;
+  }
+  return out;
+}
+
+py::dict BuildInfo() {
+  py::dict out;
+  out["tf_version"] = TFQUANT_TF_VERSION;
+#if defined(__clang__)
+  out["compiler"] = std::string("clang ") + __VERSION__;
+#elif defined(__GNUC__)
+  out["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  out["compiler"] = "unknown";
+#endif
+#if defined(_GLIBCXX_USE_CXX11_ABI)
+  out["glibcxx_use_cxx11_abi"] = static_cast<int>(_GLIBCXX_USE_CXX11_ABI);
+#else
+  out["glibcxx_use_cxx11_abi"] = py::none();
+#endif
+  out["cxx_standard"] = static_cast<long>(__cplusplus);  // 201703 = C++17
+  out["flags"] = TFQUANT_BUILD_FLAGS;
+  out["kernels"] = k::SelectFakeQuantKernels().isa;
+  return out;
+}
+
+struct PreparedCall {
+  k::FakeQuantShape shape;
+  std::vector<k::NudgedRange> ranges;
+};
+
+// Same checks and messages as the TF op; raises ValueError.
+PreparedCall Prepare(const FloatArray& x, const FloatArray& min,
+                     const FloatArray& max, int num_bits, bool narrow_range,
+                     std::optional<int64_t> axis) {
+  std::string error = k::CheckNumBits(num_bits);
+  const int want_rank = axis.has_value() ? 1 : 0;
+  if (error.empty() && (min.ndim() != want_rank || max.ndim() != want_rank)) {
+    error = axis.has_value()
+                ? "axis=" + std::to_string(*axis) +
+                      " means per-channel: min and max must be 1-D; "
+                : std::string("axis=None means per-tensor: min and max must "
+                              "be scalars; ");
+    error += RanksOf(min, max);
+  }
+  PreparedCall call;
+  if (error.empty()) {
+    const std::vector<int64_t> dims(x.shape(), x.shape() + x.ndim());
+    error = k::ResolveFakeQuantShape(
+        dims.data(), static_cast<int>(x.ndim()), static_cast<int>(min.ndim()),
+        min.size(), static_cast<int>(max.ndim()), max.size(), axis.value_or(-1),
+        &call.shape);
+  }
+  if (error.empty()) {
+    error = k::CheckRangeValues(min.data(), max.data(), min.size(),
+                                call.shape.per_channel);
+  }
+  if (!error.empty()) throw py::value_error(error);
+  call.ranges = k::NudgeRanges(min.data(), max.data(), min.size(), num_bits,
+                               narrow_range);
+  return call;
+}
+
+FloatArray FakeQuantReference(const FloatArray& x, const FloatArray& min,
+                              const FloatArray& max, int num_bits,
+                              bool narrow_range, std::optional<int64_t> axis) {
+  const PreparedCall call = Prepare(x, min, max, num_bits, narrow_range, axis);
+  FloatArray y(ShapeOf(x));
+  {
+    py::gil_scoped_release release;
+    const k::FakeQuantPlan plan(call.shape, k::SelectFakeQuantKernels());
+    plan.Forward(x.data(), call.ranges.data(), y.mutable_data(),
+                 k::RunTilesSerially);
+  }
+  return y;
+}
+
+py::tuple FakeQuantGradReference(const FloatArray& dy, const FloatArray& x,
+                                 const FloatArray& min, const FloatArray& max,
+                                 int num_bits, bool narrow_range,
+                                 std::optional<int64_t> axis) {
+  if (ShapeOf(dy) != ShapeOf(x)) {
+    throw py::value_error("gradients and inputs must have the same shape");
+  }
+  const PreparedCall call = Prepare(x, min, max, num_bits, narrow_range, axis);
+  FloatArray dx(ShapeOf(x));
+  FloatArray dmin(ShapeOf(min));
+  FloatArray dmax(ShapeOf(max));
+  {
+    py::gil_scoped_release release;
+    const k::FakeQuantPlan plan(call.shape, k::SelectFakeQuantKernels());
+    plan.Backward(dy.data(), x.data(), call.ranges.data(), dx.mutable_data(),
+                  dmin.mutable_data(), dmax.mutable_data(),
+                  k::RunTilesSerially);
+  }
+  return py::make_tuple(dx, dmin, dmax);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "tfquant native helpers (no TensorFlow dependency)";
+  m.def("cpu_features", &CpuFeaturesDict,
+        "Dict of CPU feature name -> supported by CPU and enabled by the OS.");
+  m.def("build_info", &BuildInfo,
+        "How this module and the TF op library were built (tf_version, "
+        "compiler, glibcxx_use_cxx11_abi, cxx_standard, flags, kernels).");
+  m.def("fake_quant_reference", &FakeQuantReference, py::arg("x"),
+        py::arg("min"), py::arg("max"), py::arg("num_bits") = 8,
+        py::arg("narrow_range") = false, py::arg("axis") = py::none(),
+        "Fake-quantizes a float32 array exactly like tfquant.ops.fake_quant.");
+  m.def("fake_quant_grad_reference", &FakeQuantGradReference, py::arg("dy"),
+        py::arg("x"), py::arg("min"), py::arg("max"), py::arg("num_bits") = 8,
+        py::arg("narrow_range") = false, py::arg("axis") = py::none(),
+        "Returns (dx, dmin, dmax), the gradient of fake_quant_reference.");
+}

@@ -1,0 +1,151 @@
+// CPU OpKernels for TfquantFakeQuant and TfquantFakeQuantGrad: validate the
+// arguments (never CHECK-fail), then run the plain C++ kernels from
+// cc_ops/kernels/ over fixed tiles on TF's intra-op thread pool.
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "cc_ops/kernels/fake_quant.h"
+#include "cc_ops/kernels/fake_quant_plan.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace tfquant {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+
+namespace k = ::tfquant::kernels;
+
+// Attributes, argument checks and the thread-pool runner shared by the
+// forward and the gradient kernels.
+class FakeQuantOpBase : public OpKernel {
+ public:
+  explicit FakeQuantOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    int64_t num_bits = 0;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits));
+    const std::string error = k::CheckNumBits(num_bits);
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+    num_bits_ = static_cast<int>(num_bits);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+  }
+
+ protected:
+  // Checks shapes and range values and nudges the ranges. On failure sets
+  // the context status and returns false.
+  bool Prepare(OpKernelContext* ctx, const Tensor& inputs, const Tensor& min,
+               const Tensor& max, k::FakeQuantShape* shape,
+               std::vector<k::NudgedRange>* ranges) const {
+    const auto dims = inputs.shape().dim_sizes();
+    const std::vector<int64_t> dims_vec(dims.begin(), dims.end());
+    std::string error = k::ResolveFakeQuantShape(
+        dims_vec.data(), inputs.dims(), min.dims(), min.NumElements(),
+        max.dims(), max.NumElements(), axis_, shape);
+    if (error.empty()) {
+      error = k::CheckRangeValues(min.flat<float>().data(),
+                                  max.flat<float>().data(), min.NumElements(),
+                                  shape->per_channel);
+    }
+    if (!error.empty()) {
+      ctx->CtxFailure(__FILE__, __LINE__, absl::InvalidArgumentError(error));
+      return false;
+    }
+    *ranges = k::NudgeRanges(min.flat<float>().data(),
+                             max.flat<float>().data(), min.NumElements(),
+                             num_bits_, narrow_range_);
+    return true;
+  }
+
+  static k::TileRunner PoolRunner(OpKernelContext* ctx,
+                                  const k::FakeQuantPlan& plan) {
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const int64_t cost = plan.tile_cost_cycles();
+    return [pool, cost](int64_t num_tiles,
+                        const std::function<void(int64_t, int64_t)>& fn) {
+      if (num_tiles <= 1 || pool == nullptr) {
+        k::RunTilesSerially(num_tiles, fn);
+        return;
+      }
+      pool->ParallelFor(
+          num_tiles,
+          ::tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost), fn);
+    };
+  }
+
+  int num_bits_ = 8;
+  bool narrow_range_ = false;
+  int64_t axis_ = -1;
+};
+
+class FakeQuantOp : public FakeQuantOpBase {
+ public:
+  using FakeQuantOpBase::FakeQuantOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& inputs = ctx->input(0);
+    const Tensor& min = ctx->input(1);
+    const Tensor& max = ctx->input(2);
+    k::FakeQuantShape shape;
+    std::vector<k::NudgedRange> ranges;
+    if (!Prepare(ctx, inputs, min, max, &shape, &ranges)) return;
+
+    Tensor* outputs = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
+                            {0}, 0, inputs.shape(), &outputs));
+    const k::FakeQuantPlan plan(shape, k::SelectFakeQuantKernels());
+    plan.Forward(inputs.flat<float>().data(), ranges.data(),
+                 outputs->flat<float>().data(), PoolRunner(ctx, plan));
+  }
+};
+
+class FakeQuantGradOp : public FakeQuantOpBase {
+ public:
+  using FakeQuantOpBase::FakeQuantOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& gradients = ctx->input(0);
+    const Tensor& inputs = ctx->input(1);
+    const Tensor& min = ctx->input(2);
+    const Tensor& max = ctx->input(3);
+    OP_REQUIRES(ctx, gradients.shape() == inputs.shape(),
+                absl::InvalidArgumentError(
+                    absl::StrCat("gradients shape ",
+                                 gradients.shape().DebugString(),
+                                 " must equal inputs shape ",
+                                 inputs.shape().DebugString())));
+    k::FakeQuantShape shape;
+    std::vector<k::NudgedRange> ranges;
+    if (!Prepare(ctx, inputs, min, max, &shape, &ranges)) return;
+
+    Tensor* dx = nullptr;
+    Tensor* dmin = nullptr;
+    Tensor* dmax = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
+                            {0}, 0, inputs.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, min.shape(), &dmin));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, max.shape(), &dmax));
+    const k::FakeQuantPlan plan(shape, k::SelectFakeQuantKernels());
+    plan.Backward(gradients.flat<float>().data(), inputs.flat<float>().data(),
+                  ranges.data(), dx->flat<float>().data(),
+                  dmin->flat<float>().data(), dmax->flat<float>().data(),
+                  PoolRunner(ctx, plan));
+  }
+};
+
+REGISTER_KERNEL_BUILDER(
+    Name("TfquantFakeQuant").Device(::tensorflow::DEVICE_CPU), FakeQuantOp);
+REGISTER_KERNEL_BUILDER(
+    Name("TfquantFakeQuantGrad").Device(::tensorflow::DEVICE_CPU),
+    FakeQuantGradOp);
+
+}  // namespace
+}  // namespace tfquant

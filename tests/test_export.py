@@ -1,0 +1,141 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import tfquant
+from tfquant.export import ExportError
+from tfquant.export.litert_runner import run_litert
+
+from test_quantize_model import all_layers_model, calibrate
+
+
+def demo_like_model():
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPooling2D(2)(x)
+    y = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    y = layers.BatchNormalization(name="bn_dw")(y)
+    y = layers.ReLU(name="relu_dw")(y)
+    y = layers.Conv2D(16, 1, use_bias=False, name="pw")(y)
+    y = layers.BatchNormalization(name="bn_pw")(y)
+    x = layers.ReLU(name="relu_res")(layers.Add(name="add")([x, y]))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def trained_qat_model(fashion_mnist_small):
+    (x_train, y_train), _ = fashion_mnist_small
+    keras.utils.set_random_seed(7)
+    model = demo_like_model()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    qmodel = tfquant.quantize_model(model)
+    qmodel.compile(optimizer=keras.optimizers.Adam(3e-4), loss=loss, metrics=["accuracy"])
+    qmodel.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    return model, qmodel
+
+
+def test_int8_export_is_integer_and_agrees_with_keras(trained_qat_model, fashion_mnist_small,
+                                                      tmp_path):
+    model, qmodel = trained_qat_model
+    _, (x_test, y_test) = fashion_mnist_small
+    path = str(tmp_path / "sub" / "model.tflite")
+    report = tfquant.export_tflite(qmodel, path, representative_data=x_test)
+    assert os.path.getsize(path) == report.size_bytes == len(report.flatbuffer)
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD"):
+        assert report.op_counts[op] >= 1, op
+    assert report.float_ops == []
+    assert set(report.weight_dtypes.values()) <= {"INT8", "INT32"}
+    assert list(report.weight_dtypes.values()).count("INT8") == 4  # 3 convs + 1 dense
+    assert report.num_samples == len(x_test)
+    assert report.argmax_agreement >= 0.99
+    assert report.max_abs_diff_lsb <= 3
+    text = str(report)
+    assert "FULLY_CONNECTED" in text and "argmax agree" in text
+    # The LiteRT accuracy follows the Keras QAT accuracy.
+    litert = run_litert(report.flatbuffer, x_test)[0]
+    keras_accuracy = qmodel.evaluate(x_test, y_test, verbose=0)[1]
+    litert_accuracy = np.mean(np.argmax(litert, -1) == y_test)
+    assert abs(litert_accuracy - keras_accuracy) <= 0.01
+
+
+def test_int8_input_and_output(trained_qat_model, fashion_mnist_small):
+    _, qmodel = trained_qat_model
+    _, (x_test, _) = fashion_mnist_small
+    report = tfquant.export_tflite(qmodel, representative_data=x_test[:200],
+                                   input_type="int8", output_type="int8")
+    main = report.summary.main
+    assert main.tensors[main.inputs[0]].type_name == "INT8"
+    assert main.tensors[main.outputs[0]].type_name == "INT8"
+    assert "QUANTIZE" not in report.op_counts and "DEQUANTIZE" not in report.op_counts
+    assert report.argmax_agreement >= 0.99
+
+
+def test_every_supported_layer_exports_as_integer():
+    model = all_layers_model()
+    qmodel = tfquant.quantize_model(model)
+    x = np.random.rand(64, 16, 16, 3).astype(np.float32)
+    calibrate(qmodel, x)
+    report = tfquant.export_tflite(qmodel, representative_data=x)
+    assert report.float_ops == []
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "ADD",
+               "CONCATENATION", "MAX_POOL_2D", "AVERAGE_POOL_2D", "LOGISTIC", "LEAKY_RELU"):
+        assert op in report.op_counts, op
+    assert report.max_abs_diff_lsb <= 4
+
+
+def test_float_layers_from_the_config_export_as_float():
+    inputs = keras.Input((8, 4))
+    x = layers.Conv1D(8, 3, name="conv1d")(inputs)
+    x = layers.LayerNormalization(name="norm")(x)
+    x = layers.Flatten()(x)
+    outputs = layers.Dense(3, name="out")(x)
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match="norm"):
+        tfquant.quantize_model(model)
+    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(float_layers=["norm"]))
+    x = np.random.randn(32, 8, 4).astype(np.float32)
+    calibrate(qmodel, x)
+    report = tfquant.export_tflite(qmodel, representative_data=x)
+    assert any("norm" in note for note in report.notes)
+    assert report.op_counts["FULLY_CONNECTED"] >= 1
+    assert report.max_abs_diff_lsb <= 4
+
+
+def test_4_and_2_bit_weights_are_int4_and_3_bit_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, name="conv")(inputs)
+    outputs = layers.Dense(4, name="dense")(layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    x = np.random.rand(32, 8, 8, 3).astype(np.float32)
+    for bits in (4, 2):
+        qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=bits))
+        calibrate(qmodel, x)
+        report = tfquant.export_tflite(qmodel, representative_data=x)
+        assert "INT4" in report.weight_dtypes.values(), (bits, report.weight_dtypes)
+        assert report.max_abs_diff_lsb <= 4
+    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=3))
+    with pytest.raises(ExportError, match="no exact integer form"):
+        tfquant.export_tflite(qmodel)
+
+
+def test_bad_export_requests_raise_clear_errors(trained_qat_model):
+    model, qmodel = trained_qat_model
+    with pytest.raises(ExportError, match="no tfquant quantizers"):
+        tfquant.export_tflite(model)
+    with pytest.raises(ValueError, match="NaN"):
+        tfquant.export_tflite(qmodel, representative_data=np.full((4, 28, 28, 1), np.nan))
+    with pytest.raises(ValueError, match=r"sample shape \(28, 28\)"):
+        tfquant.export_tflite(qmodel, representative_data=np.zeros((4, 28, 28)))
+    with pytest.raises(ValueError, match="non-empty"):
+        tfquant.export_tflite(qmodel, representative_data=np.zeros((0, 28, 28, 1)))
+    with pytest.raises(ValueError, match="input_type='int4'"):
+        tfquant.export_tflite(qmodel, input_type="int4")

@@ -1,0 +1,26 @@
+"""tfquant: quantization for Keras on TensorFlow — QAT, calibration, integer TFLite export.
+
+    import tfquant
+    qmodel = tfquant.quantize_model(model)          # QAT-ready copy, int8 by default
+    qmodel.compile(...); qmodel.fit(...)
+    report = tfquant.export_tflite(qmodel, "model.tflite", representative_data=x[:200])
+"""
+
+from tfquant import ops  # loads the C++ op library first: a clear ImportError if unbuilt
+from tfquant import quantizers
+from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
+from tfquant.keras import QuantConfig, freeze_batch_norm, quantize_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "QuantConfig",
+    "export_tflite",
+    "freeze_batch_norm",
+    "inspect_flatbuffer",
+    "ops",
+    "quantize_model",
+    "quantizers",
+]

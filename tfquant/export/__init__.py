@@ -1,0 +1,7 @@
+"""Export: TFLite conversion, flatbuffer inspection, verification in LiteRT."""
+
+from tfquant.export.flatbuffer import inspect_flatbuffer
+from tfquant.export.report import ExportReport
+from tfquant.export.tflite import ExportError, export_tflite
+
+__all__ = ["ExportError", "ExportReport", "export_tflite", "inspect_flatbuffer"]

@@ -1,0 +1,199 @@
+"""`export_tflite`: a quantized Keras model → a verified full-integer TFLite flatbuffer."""
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tfquant.export.flatbuffer import inspect_flatbuffer
+from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
+from tfquant.export.report import ExportReport
+from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.quantized_convolution import QuantizedConvolution
+from tfquant.keras.transform import OUTPUT_QUANTIZED_LAYERS, _is_pass_through
+from tfquant.quantizers.base import Deployment
+
+_IO_TYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked, or the export is not what was asked."""
+
+
+def _io_type(value, what):
+    key = getattr(value, "name", value)
+    if key not in _IO_TYPES:
+        raise ValueError(f"{what}={value!r} is not supported; allowed: {', '.join(_IO_TYPES)}.")
+    return _IO_TYPES[key]
+
+
+def _float_layers(model):
+    """Layers the exported model computes in float (kept in float by the config)."""
+    return [layer for layer in model.layers
+            if not isinstance(layer, (QuantizedConvolution, ActivationFakeQuant))
+            and not _is_pass_through(layer)
+            and not isinstance(layer, OUTPUT_QUANTIZED_LAYERS)]
+
+
+def _quantizers(model):
+    for layer in model.layers:
+        if isinstance(layer, QuantizedConvolution):
+            yield layer, "kernel", layer.weight_quantizer
+            for role in ("output", "intermediate", "pre_activation"):
+                quantizer = getattr(layer, f"{role}_quantizer")
+                if quantizer is not None:
+                    yield layer, role, quantizer
+        elif isinstance(layer, ActivationFakeQuant):
+            yield layer, "activation", layer.quantizer
+
+
+def _check_deployable(model):
+    quantizers = list(_quantizers(model))
+    if not quantizers:
+        raise ExportError(
+            f"Model {model.name!r} has no tfquant quantizers: call tfquant.quantize_model "
+            "(and train or calibrate it) before export_tflite."
+        )
+    simulated = [f"{layer.name} ({role}: {quantizer!r})" for layer, role, quantizer in quantizers
+                 if quantizer.deployment() is Deployment.SIMULATION]
+    if simulated:
+        raise ExportError(
+            "These quantizers have no exact integer form in TFLite, so the export would "
+            "change their numbers: " + "; ".join(simulated) + ". Use 8, 4 or 2 weight bits "
+            "for them (QuantConfig(weight_bits=...)), or keep those layers in float."
+        )
+
+
+def _as_input_list(model, data):
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+    if len(arrays) != len(model.inputs):
+        raise ValueError(
+            f"representative_data has {len(arrays)} array(s); model {model.name!r} has "
+            f"{len(model.inputs)} input(s)."
+        )
+    counts = {len(a) for a in arrays}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(
+            "representative_data arrays must be non-empty and hold the same number of "
+            f"samples; got {[len(a) for a in arrays]}."
+        )
+    for array, tensor in zip(arrays, model.inputs):
+        if tuple(array.shape[1:]) != tuple(tensor.shape[1:]):
+            raise ValueError(
+                f"representative_data for input {tensor.name!r} has sample shape "
+                f"{tuple(array.shape[1:])}; the model expects {tuple(tensor.shape[1:])}."
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"representative_data for input {tensor.name!r} contains NaN or Inf values."
+            )
+    return arrays
+
+
+def _convert(model, arrays, input_type, output_type, integer_only):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # Needed for per-channel Dense and Conv2DTranspose kernels (DESIGN.md, facts).
+    converter._experimental_qdq_conversion_mode = "STATIC"
+    if integer_only:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    else:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = input_type
+    converter.inference_output_type = output_type
+    if arrays is not None:
+        samples = min(len(arrays[0]), 200)
+
+        def representative_dataset():
+            for i in range(samples):
+                yield [a[i:i + 1] for a in arrays]
+
+        converter.representative_dataset = representative_dataset
+    try:
+        # Keras prints the SavedModel signature it exports on the way; keep stdout clean.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return converter.convert()
+    except Exception as error:  # the converter raises several unrelated types
+        message = str(error).strip().splitlines()
+        raise ExportError(
+            f"The TFLite converter rejected model {model.name!r}: "
+            + " ".join(message[-3:])[:2000]
+        ) from error
+
+
+def export_tflite(model, path=None, representative_data=None, input_type="float32",
+                  output_type="float32", batch_size=256):
+    """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
+
+    Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights — and activations
+    int8 (int16 for 16-bit activation quantizers). Layers kept in float by the config
+    stay float. The flatbuffer is checked: an op that came out float although every layer
+    was quantized raises `ExportError`. With `representative_data`, the flatbuffer runs in
+    the LiteRT interpreter (`ai_edge_litert`) on it and its outputs are compared with
+    the Keras model's (`training=False`).
+
+    Args:
+      model: a model from `tfquant.quantize_model` (trained or calibrated).
+      path: where to write the flatbuffer (directories are created); None: don't write.
+      representative_data: an array (a list of arrays for several inputs) of samples;
+        used to verify the export (and by the converter for any tensor without a range).
+      input_type, output_type: "float32" (quantize/dequantize inside the model), "int8"
+        or "uint8".
+      batch_size: batch size of the verification runs.
+
+    Returns:
+      An `ExportReport`: the flatbuffer bytes, size, ops, weight dtypes read from the
+      flatbuffer, max |Keras − LiteRT| in output LSB and the argmax agreement.
+    """
+    input_type = _io_type(input_type, "input_type")
+    output_type = _io_type(output_type, "output_type")
+    _check_deployable(model)
+    arrays = None if representative_data is None else _as_input_list(model, representative_data)
+    float_layers = _float_layers(model)
+    flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
+    summary = inspect_flatbuffer(flatbuffer)
+    float_ops = summary.float_compute_ops()
+    if float_ops and not float_layers:
+        raise ExportError(
+            "These ops came out float although every layer was quantized: "
+            + "; ".join(map(str, float_ops)) + ". Check that the layers before them are "
+            "trained or calibrated, or keep them in float with QuantConfig(float_layers=...)."
+        )
+    notes = []
+    if float_layers:
+        notes.append("float layers (kept by the config): "
+                     + ", ".join(layer.name for layer in float_layers))
+    max_lsb = agreement = None
+    num_samples = 0
+    if arrays is not None:
+        reference = model.predict(arrays if len(arrays) > 1 else arrays[0],
+                                  batch_size=batch_size, verbose=0)
+        reference = reference if isinstance(reference, list) else [reference]
+        litert = run_litert(flatbuffer, arrays, batch_size=batch_size)
+        lsbs = output_lsb(flatbuffer)
+        comparisons = [compare_outputs(ref, out, lsb)
+                       for ref, out, lsb in zip(reference, litert, lsbs)]
+        lsb_values = [c["max_abs_diff_lsb"] for c in comparisons if c["max_abs_diff_lsb"] is not None]
+        max_lsb = max(lsb_values) if lsb_values else None
+        agreement = comparisons[0]["argmax_agreement"]
+        num_samples = len(arrays[0])
+    if path is not None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        # Write then rename, so a failed write never leaves half a flatbuffer at `path`.
+        with tempfile.NamedTemporaryFile(dir=directory, delete=False) as handle:
+            handle.write(flatbuffer)
+        os.replace(handle.name, path)
+    return ExportReport(
+        flatbuffer=flatbuffer, path=path, size_bytes=len(flatbuffer),
+        op_counts=summary.op_counts(),
+        weight_dtypes={name: info.type_name for name, info in summary.weight_tensors().items()},
+        float_ops=[str(op) for op in float_ops], max_abs_diff_lsb=max_lsb,
+        argmax_agreement=agreement, num_samples=num_samples, notes=notes, summary=summary,
+    )

@@ -1,0 +1,340 @@
+"""`QuantizedConvolution`: a Dense or convolution layer with fake-quantized kernels,
+optionally with the following BatchNormalization folded in.
+
+BN folding follows Jacob et al. 2018 (and TF contrib's `fold_batch_norms` with freeze):
+the quantized kernel is always the deployed one, `w·γ/σ_mv`. Before the freeze, training
+uses batch statistics: the output is multiplied by `σ_mv/σ_B` and the bias is
+`β + γ(b − μ_B)/σ_B`, which makes the layer equal to conv→BN in training mode (up to
+quantization), and the moving statistics are updated. After the freeze, and always at
+inference, the layer is `conv(x, q(w·γ/σ_mv)) + β + γ(b − μ_mv)/σ_mv`: exactly what the
+exported integer model computes. The batch statistics come from a float convolution
+of the unfolded kernel, so before the freeze a training step runs the convolution twice.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
+from tfquant.quantizers.uniform import MinMaxWeightQuantizer
+
+# Activations that TFLite fuses into CONV_2D/FULLY_CONNECTED/..., so that no
+# quantizer is needed between the layer and the activation.
+FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def kernel_kind(layer):
+    """The kernel layout of a layer tfquant can quantize, or None.
+
+    "dense" and "conv": kernel `[..., in, out]`; "depthwise": `[..., in, multiplier]`
+    with output channel `in·multiplier + m`; "transpose": `[..., out, in]`;
+    "separable": a depthwise kernel and a pointwise `[1, 1, in·m, out]` kernel.
+    """
+    layers = keras.layers
+    if isinstance(layer, layers.Dense):
+        return "dense"
+    # Order matters: the depthwise, separable and transposed bases are not BaseConv
+    # subclasses in Keras 3, but check them first anyway to be independent of that.
+    if isinstance(layer, (layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
+        return "depthwise"
+    if isinstance(layer, (layers.SeparableConv1D, layers.SeparableConv2D)):
+        return "separable"
+    if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose,
+                          layers.Conv3DTranspose)):
+        return "transpose"
+    if isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D)):
+        return "conv"
+    return None
+
+
+def activation_name(layer):
+    """The name of a layer's `activation` attribute ("linear" when it has none)."""
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    return keras.activations.serialize(activation) if not isinstance(activation, str) else activation
+
+
+def _flatten_depthwise(kernel):
+    """`[..., in, m]` → `[..., in·m]`: one axis of output channels."""
+    shape = ops.shape(kernel)
+    return ops.reshape(kernel, tuple(shape[:-2]) + (shape[-2] * shape[-1],))
+
+
+def _scale_output_channels(kernel, factor, kind):
+    """Multiplies every output channel of `kernel` by the matching `factor`."""
+    if kind == "depthwise":
+        return ops.reshape(_flatten_depthwise(kernel) * factor, ops.shape(kernel))
+    if kind == "transpose":
+        return kernel * ops.expand_dims(factor, -1)
+    return kernel * factor
+
+
+def _quantize_kernel(kernel, quantizer, kind, training, weights):
+    if kind == "depthwise":
+        flat = quantizer(_flatten_depthwise(kernel), training, weights)
+        return ops.reshape(flat, ops.shape(kernel))
+    return quantizer(kernel, training, weights)
+
+
+def _output_axis(kind):
+    return -2 if kind == "transpose" else -1
+
+
+@keras.saving.register_keras_serializable(package="tfquant")
+class QuantizedConvolution(keras.layers.Wrapper):
+    """Fake-quantizes the kernel(s) of a Dense/Conv layer, folds a BatchNormalization.
+
+    Args:
+      layer: the float layer (Dense, Conv1D/2D/3D, DepthwiseConv1D/2D,
+        SeparableConv1D/2D, Conv1D/2D/3DTranspose), `channels_last`.
+      batch_norm: a BatchNormalization over the layer's output channels to fold in.
+      weight_quantizer: quantizer of the kernel (of both kernels of a separable layer);
+        default per-channel 8-bit `MinMaxWeightQuantizer` on the output-channel axis.
+      output_quantizer: quantizer of the output (after the activation), or None when a
+        following layer quantizes it (e.g. a ReLU that TFLite fuses into this layer).
+      intermediate_quantizer: for separable layers, the quantizer of the depthwise output
+        (a real tensor between DEPTHWISE_CONV_2D and CONV_2D in TFLite).
+      pre_activation_quantizer: for an activation TFLite cannot fuse (sigmoid, tanh, ...),
+        the quantizer of its input.
+    """
+
+    def __init__(self, layer, batch_norm=None, weight_quantizer=None, output_quantizer=None,
+                 intermediate_quantizer=None, pre_activation_quantizer=None, **kwargs):
+        kind = kernel_kind(layer)
+        if kind is None:
+            raise ValueError(
+                f"QuantizedConvolution wraps Dense and convolution layers; got "
+                f"{layer.name!r} ({type(layer).__name__})."
+            )
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) uses "
+                f"data_format={layer.data_format!r}; TFLite kernels are channels_last. "
+                "Rebuild the model with data_format='channels_last'."
+            )
+        if getattr(layer, "groups", 1) != 1:
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) has groups={layer.groups}; "
+                "grouped convolutions do not convert to TFLite integer kernels."
+            )
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.kind = kind
+        self.batch_norm = batch_norm
+        self.weight_quantizer = deserialize_quantizer(weight_quantizer) or MinMaxWeightQuantizer(
+            8, per_channel=True, axis=_output_axis(kind))
+        self.output_quantizer = deserialize_quantizer(output_quantizer)
+        self.intermediate_quantizer = deserialize_quantizer(intermediate_quantizer)
+        self.pre_activation_quantizer = deserialize_quantizer(pre_activation_quantizer)
+        self.activation = activation_name(layer)
+        if kind == "separable" and self.intermediate_quantizer is None:
+            raise ValueError(
+                f"Separable layer {layer.name!r} needs an intermediate_quantizer for the "
+                "tensor between its depthwise and pointwise convolutions."
+            )
+        if self.activation not in FUSABLE_ACTIVATIONS and self.pre_activation_quantizer is None:
+            raise ValueError(
+                f"Layer {layer.name!r} has activation {self.activation!r}, which TFLite does "
+                "not fuse: give a pre_activation_quantizer for its input."
+            )
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        if self.batch_norm is not None and not self.batch_norm.built:
+            self.batch_norm.build(output_shape)
+        self._kernel_vars = {}
+        for name in self._kernel_names():
+            self._kernel_vars[name] = self.weight_quantizer.build(
+                getattr(self.layer, name).shape, name, self)
+        self._bn_frozen = None
+        if self.batch_norm is not None:
+            # 1.0 once FreezeBatchNorm (or freeze_batch_norm) has switched the layer to
+            # moving statistics; a variable so it is saved and read inside tf.function.
+            self._bn_frozen = self.add_weight(
+                name="batch_norm_frozen", shape=(), initializer="zeros", trainable=False)
+        self._intermediate_vars = {}
+        if self.intermediate_quantizer is not None:
+            self._intermediate_vars = self.intermediate_quantizer.build(
+                output_shape, "intermediate", self)
+        self._pre_activation_vars = {}
+        if self.pre_activation_quantizer is not None:
+            self._pre_activation_vars = self.pre_activation_quantizer.build(
+                output_shape, "pre_activation", self)
+        self._output_vars = {}
+        if self.output_quantizer is not None:
+            self._output_vars = self.output_quantizer.build(output_shape, "output", self)
+        self.built = True
+
+    def _kernel_names(self):
+        if self.kind == "separable":
+            return ("depthwise_kernel", "pointwise_kernel")
+        return ("kernel",)
+
+    # -- the float math of each kind, on given kernels -------------------------------
+
+    def _convolve(self, inputs, kernels, training, quantized):
+        layer = self.layer
+        if self.kind == "dense":
+            return ops.matmul(inputs, kernels["kernel"])
+        if self.kind == "conv":
+            return layer.convolution_op(inputs, kernels["kernel"])
+        if self.kind == "depthwise":
+            return ops.depthwise_conv(inputs, kernels["kernel"], strides=layer.strides,
+                                      padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                      data_format=layer.data_format)
+        if self.kind == "transpose":
+            return ops.conv_transpose(inputs, kernels["kernel"], strides=list(layer.strides),
+                                      padding=layer.padding, output_padding=layer.output_padding,
+                                      dilation_rate=layer.dilation_rate,
+                                      data_format=layer.data_format)
+        depthwise = ops.depthwise_conv(inputs, kernels["depthwise_kernel"],
+                                       strides=layer.strides, padding=layer.padding,
+                                       dilation_rate=layer.dilation_rate,
+                                       data_format=layer.data_format)
+        if quantized:
+            depthwise = self.intermediate_quantizer(depthwise, training, self._intermediate_vars)
+        return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid",
+                        data_format=layer.data_format)
+
+    def _float_kernels(self):
+        return {name: getattr(self.layer, name) for name in self._kernel_names()}
+
+    def _quantized_kernels(self, kernels, training):
+        quantized = {}
+        for name, kernel in kernels.items():
+            kind = "depthwise" if name == "depthwise_kernel" else self.kind
+            quantized[name] = _quantize_kernel(kernel, self.weight_quantizer, kind, training,
+                                               self._kernel_vars[name])
+        return quantized
+
+    def _folded_kernel_name(self):
+        return "pointwise_kernel" if self.kind == "separable" else "kernel"
+
+    def _layer_bias(self):
+        if getattr(self.layer, "use_bias", False) and self.layer.bias is not None:
+            return self.layer.bias
+        return None
+
+    # -- call --------------------------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        if self.batch_norm is None:
+            kernels = self._quantized_kernels(self._float_kernels(), training)
+            outputs = self._convolve(inputs, kernels, training, quantized=True)
+            bias = self._layer_bias()
+            if bias is not None:
+                outputs = outputs + bias
+        elif training:
+            outputs = tf.cond(
+                tf.convert_to_tensor(self._bn_frozen) > 0.5,
+                lambda: self._folded_moving_statistics(inputs, training),
+                lambda: self._folded_batch_statistics(inputs, training),
+            )
+        else:
+            outputs = self._folded_moving_statistics(inputs, training)
+        return self._activate_and_quantize(outputs, training)
+
+    def _bn_params(self):
+        bn = self.batch_norm
+        gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
+        beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+        return gamma, beta
+
+    def _folded_kernels(self, gamma, sigma_mv):
+        kernels = self._float_kernels()
+        name = self._folded_kernel_name()
+        kind = "conv" if self.kind == "separable" else self.kind
+        kernels[name] = _scale_output_channels(kernels[name], gamma / sigma_mv, kind)
+        return kernels
+
+    def _folded_moving_statistics(self, inputs, training):
+        bn = self.batch_norm
+        gamma, beta = self._bn_params()
+        mean = ops.convert_to_tensor(bn.moving_mean)
+        sigma_mv = ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+        kernels = self._quantized_kernels(self._folded_kernels(gamma, sigma_mv), training)
+        outputs = self._convolve(inputs, kernels, training, quantized=True)
+        bias = self._layer_bias()
+        shift = mean if bias is None else mean - bias
+        return outputs + (beta - gamma * shift / sigma_mv)
+
+    def _folded_batch_statistics(self, inputs, training):
+        bn = self.batch_norm
+        gamma, beta = self._bn_params()
+        raw = self._convolve(inputs, self._float_kernels(), training, quantized=False)
+        bias = self._layer_bias()
+        if bias is not None:
+            raw = raw + bias
+        reduce_axes = list(range(len(raw.shape) - 1))
+        batch_mean, batch_variance = ops.moments(raw, axes=reduce_axes)
+        moving_variance = ops.convert_to_tensor(bn.moving_variance)
+        sigma_mv = ops.sqrt(moving_variance + bn.epsilon)
+        sigma_b = ops.sqrt(batch_variance + bn.epsilon)
+        momentum = bn.momentum
+        bn.moving_mean.assign(bn.moving_mean * momentum + batch_mean * (1.0 - momentum))
+        bn.moving_variance.assign(moving_variance * momentum + batch_variance * (1.0 - momentum))
+        kernels = self._quantized_kernels(self._folded_kernels(gamma, sigma_mv), training)
+        outputs = self._convolve(inputs, kernels, training, quantized=True) * (sigma_mv / sigma_b)
+        shift = batch_mean if bias is None else batch_mean - bias
+        return outputs + (beta - gamma * shift / sigma_b)
+
+    def _activate_and_quantize(self, outputs, training):
+        if self.pre_activation_quantizer is not None:
+            outputs = self.pre_activation_quantizer(outputs, training, self._pre_activation_vars)
+        if self.activation != "linear":
+            outputs = self.layer.activation(outputs)
+        if self.output_quantizer is not None:
+            outputs = self.output_quantizer(outputs, training, self._output_vars)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["batch_norm"] = (keras.saving.serialize_keras_object(self.batch_norm)
+                                if self.batch_norm is not None else None)
+        config["weight_quantizer"] = serialize_quantizer(self.weight_quantizer)
+        config["output_quantizer"] = serialize_quantizer(self.output_quantizer)
+        config["intermediate_quantizer"] = serialize_quantizer(self.intermediate_quantizer)
+        config["pre_activation_quantizer"] = serialize_quantizer(self.pre_activation_quantizer)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(
+            config["layer"], custom_objects=custom_objects)
+        if config.get("batch_norm") is not None:
+            config["batch_norm"] = keras.saving.deserialize_keras_object(
+                config["batch_norm"], custom_objects=custom_objects)
+        return cls(**config)
+
+    # -- used by callbacks and export ----------------------------------------------------
+
+    @property
+    def batch_norm_frozen(self):
+        """True once the folded BN uses moving statistics in training too."""
+        return self._bn_frozen is not None and float(self._bn_frozen.numpy()) > 0.5
+
+    def freeze_batch_norm(self, frozen=True):
+        """Switches the folded BN to moving statistics (and stops updating them)."""
+        if self._bn_frozen is not None:
+            self._bn_frozen.assign(1.0 if frozen else 0.0)
+
+    def folded_kernels_and_bias(self):
+        """The deployed float kernel(s) and bias, BN folded in (before quantization)."""
+        kernels = self._float_kernels()
+        bias = self._layer_bias()
+        if self.batch_norm is None:
+            return kernels, bias
+        gamma, beta = self._bn_params()
+        mean = ops.convert_to_tensor(self.batch_norm.moving_mean)
+        sigma_mv = ops.sqrt(ops.convert_to_tensor(self.batch_norm.moving_variance)
+                            + self.batch_norm.epsilon)
+        shift = mean if bias is None else mean - bias
+        return self._folded_kernels(gamma, sigma_mv), beta - gamma * shift / sigma_mv

@@ -1,0 +1,336 @@
+"""`quantize_model`: a Keras model in, a QAT-ready copy out.
+
+The copy is rebuilt node by node from the model's graph:
+- Dense and convolution layers become `QuantizedConvolution` wrappers (fake-quantized
+  kernels), with a directly following BatchNormalization folded in;
+- the output of every layer that makes new values in the exported integer model (a
+  convolution, Add, Concatenate, average pooling, an activation, ...) gets an activation
+  quantizer, placed after a ReLU/ReLU6 that TFLite fuses into the convolution;
+- layers that only move or select values (Reshape, Flatten, Dropout, max pooling, ...)
+  pass through: their output keeps their input's quantization;
+- every float model input gets an activation quantizer.
+"""
+
+import keras
+from keras.src.models.functional import Functional
+
+from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.config import QuantConfig
+from tfquant.keras.quantized_convolution import (
+    FUSABLE_ACTIVATIONS,
+    QuantizedConvolution,
+    activation_name,
+    kernel_kind,
+)
+
+_L = keras.layers
+
+# Layers whose integer output has their input's scale and zero point.
+PASS_THROUGH_LAYERS = (
+    _L.InputLayer, _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D,
+    _L.GaussianNoise, _L.GaussianDropout, _L.AlphaDropout, _L.Flatten, _L.Reshape, _L.Permute,
+    _L.Identity, _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D, _L.GlobalMaxPooling1D,
+    _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D, _L.ZeroPadding1D, _L.ZeroPadding2D,
+    _L.ZeroPadding3D, _L.Cropping1D, _L.Cropping2D, _L.Cropping3D,
+)
+
+# Layers that compute new values: their output gets an activation quantizer.
+OUTPUT_QUANTIZED_LAYERS = (
+    _L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum, _L.Concatenate,
+    _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
+    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D,
+    _L.ReLU, _L.LeakyReLU, _L.ELU, _L.Softmax, _L.Activation, _L.BatchNormalization,
+    _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D,
+)
+
+
+def _is_pass_through(layer):
+    if isinstance(layer, (_L.UpSampling2D,)) and layer.interpolation != "nearest":
+        return False
+    if isinstance(layer, (_L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D)):
+        return True
+    return isinstance(layer, PASS_THROUGH_LAYERS)
+
+
+def _is_fusable_activation(layer):
+    """A ReLU/ReLU6 that TFLite fuses into the convolution before it."""
+    if type(layer) is _L.ReLU:
+        return (layer.negative_slope == 0 and layer.threshold == 0
+                and layer.max_value in (None, 6, 6.0))
+    if type(layer) is _L.Activation:
+        return activation_name(layer) in ("relu", "relu6")
+    return False
+
+
+def _last_activation(layer):
+    """The activation a layer ends with ("softmax", "sigmoid", ...), or None."""
+    if isinstance(layer, _L.Softmax):
+        return "softmax"
+    if isinstance(layer, _L.Activation) or kernel_kind(layer) is not None:
+        return activation_name(layer)
+    return None
+
+
+def _unsupported_reason(layer):
+    """Why `layer` cannot be quantized, or None when it can."""
+    if isinstance(layer, keras.Model):
+        return "a nested model"
+    kind = kernel_kind(layer)
+    if kind is not None:
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return "data_format='channels_first'"
+        if getattr(layer, "groups", 1) != 1:
+            return "a grouped convolution"
+        return None
+    if _is_pass_through(layer) or isinstance(layer, OUTPUT_QUANTIZED_LAYERS):
+        return None
+    return "no quantized implementation"
+
+
+class _Graph:
+    """The nodes of a Functional model in execution order, with their consumers."""
+
+    def __init__(self, model):
+        self.model = model
+        self.nodes = []
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.operation is not None and not node.is_input:
+                    self.nodes.append(node)
+        self.consumers = {}  # id(KerasTensor) → consuming nodes
+        for node in self.nodes:
+            for tensor in node.input_tensors:
+                self.consumers.setdefault(id(tensor), []).append(node)
+        self.output_ids = {id(t) for t in model.outputs}
+        self.node_count = {}
+        for node in self.nodes:
+            self.node_count[id(node.operation)] = self.node_count.get(id(node.operation), 0) + 1
+
+    def sole_consumer(self, node):
+        """The only node that reads `node`'s single output, or None."""
+        if len(node.outputs) != 1 or id(node.outputs[0]) in self.output_ids:
+            return None
+        consumers = self.consumers.get(id(node.outputs[0]), [])
+        return consumers[0] if len(consumers) == 1 else None
+
+    def is_shared(self, layer):
+        return self.node_count.get(id(layer), 0) > 1
+
+
+def _functional_view(model):
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)
+        if functional is None:
+            raise ValueError(
+                f"Sequential model {model.name!r} is not built: start it with keras.Input(...) "
+                "or call model.build(input_shape) before quantize_model."
+            )
+        return functional
+    if isinstance(model, Functional):
+        return model
+    raise ValueError(
+        f"quantize_model takes a Keras Sequential or Functional model; {model.name!r} is a "
+        f"subclassed model ({type(model).__name__}). Rebuild it as a Functional model "
+        "(keras.Input → layers → keras.Model(inputs, outputs)) to quantize it."
+    )
+
+
+def _clone(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _batch_norm_to_fold(graph, node, layer):
+    """The BatchNormalization node that directly and only follows `node`, if foldable."""
+    if graph.is_shared(layer) or activation_name(layer) != "linear":
+        return None
+    consumer = graph.sole_consumer(node)
+    if consumer is None or not isinstance(consumer.operation, _L.BatchNormalization):
+        return None
+    batch_norm = consumer.operation
+    if graph.is_shared(batch_norm):
+        return None
+    axis = batch_norm.axis
+    axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+    if axis not in (-1, len(node.outputs[0].shape) - 1):
+        return None
+    return consumer
+
+
+def quantize_model(model, config=None):
+    """Returns a QAT-ready copy of a Keras Sequential or Functional `model`.
+
+    The copy is a Functional model with the same inputs, outputs and layer names (folded
+    BatchNormalization layers disappear into the convolution before them); `model` is not
+    modified. It trains with `fit` (fake quantization in the forward pass, straight-through
+    gradients), evaluates with the numbers the exported integer model computes, and saves
+    and loads as `.keras` once `tfquant` is imported.
+
+    Args:
+      model: a built Keras 3 Sequential or Functional model.
+      config: a `tfquant.QuantConfig`; default int8 weights per channel and int8
+        activations.
+
+    Raises:
+      ValueError: the model has layers tfquant cannot quantize (all of them are listed,
+        with how to keep them in float), or is not a Sequential/Functional model.
+    """
+    config = config or QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise ValueError(f"config must be a tfquant.QuantConfig, got {type(config).__name__}.")
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"quantize_model takes a keras.Model, got {type(model).__name__}.")
+    graph = _Graph(_functional_view(model))
+    _check_supported(graph, config)
+    return _Rebuilder(graph, config).run(model.name)
+
+
+def _check_supported(graph, config):
+    problems = []
+    for node in graph.nodes:
+        layer = node.operation
+        if config.is_float(layer):
+            continue
+        reason = _unsupported_reason(layer)
+        if reason is None and len(node.outputs) != 1 and not _is_pass_through(layer):
+            reason = "more than one output"
+        if reason is not None:
+            entry = f"  {layer.name!r} ({type(layer).__name__}): {reason}"
+            if entry not in problems:
+                problems.append(entry)
+    if problems:
+        names = [line.split("'")[1] for line in problems]
+        raise ValueError(
+            "tfquant cannot quantize these layers:\n" + "\n".join(problems) + "\n"
+            "Keep them in float with quantize_model(model, config=tfquant.QuantConfig("
+            f"float_layers={names!r})) — entries may be layer names, regular expressions "
+            "or layer classes; the rest of the model is still quantized."
+        )
+
+
+class _Rebuilder:
+    """Calls new layers on new tensors in the order of the original graph."""
+
+    def __init__(self, graph, config):
+        self.graph = graph
+        self.config = config
+        self.tensors = {}  # id(original KerasTensor) → new tensor
+        self.layers = {}  # id(original layer) → the layer that replaces it
+        self.weight_sources = []  # (new layer, original layer) pairs to copy weights
+        self.folded = {}  # id(BN node) → the node of the convolution it folds into
+        self.names = {layer.name for layer in graph.model.layers}
+
+    def unique_name(self, base):
+        name, index = base, 1
+        while name in self.names:
+            name, index = f"{base}_{index}", index + 1
+        self.names.add(name)
+        return name
+
+    def run(self, name):
+        model = self.graph.model
+        inputs = []
+        for tensor in model.inputs:
+            new_input = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                                    name=tensor.name)
+            inputs.append(new_input)
+            self.tensors[id(tensor)] = self._quantize_input(tensor, new_input)
+        for node in self.graph.nodes:
+            self._rebuild(node)
+        outputs = [self.tensors[id(t)] for t in model.outputs]
+        outputs = outputs[0] if len(outputs) == 1 and not isinstance(model.output, list) else outputs
+        quantized = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
+        for new_layer, old_layer in self.weight_sources:
+            new_layer.set_weights(old_layer.get_weights())
+        return quantized
+
+    def _quantize_input(self, tensor, new_input):
+        if "float" not in str(tensor.dtype):
+            return new_input
+        consumers = self.graph.consumers.get(id(tensor), [])
+        if consumers and all(self.config.is_float(n.operation) for n in consumers):
+            return new_input
+        layer = ActivationFakeQuant(self.config.activation_quantizer(None),
+                                    name=self.unique_name(f"{new_input.name}_quant"))
+        return layer(new_input)
+
+    def _rebuild(self, node):
+        layer = node.operation
+        if id(node) in self.folded:
+            # A folded BN: its output is the convolution's.
+            conv_node = self.folded[id(node)]
+            self.tensors[id(node.outputs[0])] = self.tensors[id(conv_node.outputs[0])]
+            return
+        args, kwargs = node.arguments.fill_in(self.tensors)
+        if self.config.is_float(layer):
+            outputs = self._layer_for(layer, _clone)(*args, **kwargs)
+            outputs = self._quantize_float_output(node, outputs)
+        elif kernel_kind(layer) is not None:
+            outputs = self._rebuild_convolution(node, args, kwargs)
+        elif _is_pass_through(layer):
+            outputs = self._layer_for(layer, _clone)(*args, **kwargs)
+        else:
+            outputs = self._quantize_output(layer, self._layer_for(layer, _clone)(*args, **kwargs))
+        flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for old, new in zip(node.outputs, flat):
+            self.tensors[id(old)] = new
+
+    def _layer_for(self, layer, make):
+        """The replacement of `layer`, made once (shared layers stay shared)."""
+        if id(layer) not in self.layers:
+            new_layer = make(layer)
+            self.layers[id(layer)] = new_layer
+            if layer.weights:
+                self.weight_sources.append((new_layer, layer))
+        return self.layers[id(layer)]
+
+    def _quantize_output(self, layer, outputs):
+        quantizer = ActivationFakeQuant(self.config.activation_quantizer(layer, _last_activation(layer)),
+                                        name=self.unique_name(f"{layer.name}_quant"))
+        return quantizer(outputs)
+
+    def _quantize_float_output(self, node, outputs):
+        """A float layer's output is quantized where a quantized layer reads it."""
+        if len(node.outputs) != 1:
+            return outputs
+        consumers = self.graph.consumers.get(id(node.outputs[0]), [])
+        if any(not self.config.is_float(c.operation) for c in consumers):
+            return self._quantize_output(node.operation, outputs)
+        return outputs
+
+    def _rebuild_convolution(self, node, args, kwargs):
+        layer = node.operation
+        config = self.config
+        bn_node = _batch_norm_to_fold(self.graph, node, layer)
+        last_node = bn_node or node
+        activation_node = self.graph.sole_consumer(last_node)
+        fuse_next = (
+            activation_name(layer) == "linear"
+            and activation_node is not None
+            and _is_fusable_activation(activation_node.operation)
+            and not config.is_float(activation_node.operation)
+            and not self.graph.is_shared(activation_node.operation)
+        )
+        if id(layer) in self.layers:
+            wrapper = self.layers[id(layer)]
+        else:
+            kind = kernel_kind(layer)
+            axis = -2 if kind == "transpose" else -1
+            own_activation = activation_name(layer)
+            wrapper = QuantizedConvolution(
+                _clone(layer),
+                batch_norm=_clone(bn_node.operation) if bn_node is not None else None,
+                weight_quantizer=config.weight_quantizer(layer, axis),
+                output_quantizer=(None if fuse_next else
+                                  config.activation_quantizer(layer, own_activation)),
+                intermediate_quantizer=(config.activation_quantizer(layer)
+                                        if kind == "separable" else None),
+                pre_activation_quantizer=(config.activation_quantizer(layer)
+                                          if own_activation not in FUSABLE_ACTIVATIONS else None),
+                name=layer.name,
+            )
+            self.layers[id(layer)] = wrapper
+            self.weight_sources.append((wrapper.layer, layer))
+            if bn_node is not None:
+                self.weight_sources.append((wrapper.batch_norm, bn_node.operation))
+                self.folded[id(bn_node)] = node
+        return wrapper(*args, **kwargs)

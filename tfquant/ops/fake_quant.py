@@ -1,0 +1,104 @@
+"""Fused fake quantization op and its gradient.
+
+The forward is bit-identical to tf.quantization.fake_quant_with_min_max_vars
+(per tensor) and ..._per_channel (per channel), but works along any axis; the
+gradient is the straight-through estimator of TF's gradient ops, with
+deterministic range-gradient sums.
+"""
+
+import numbers
+
+import tensorflow as tf
+
+from tfquant.ops import _library
+
+_ops = _library.load_op_library()
+
+MIN_NUM_BITS = 2
+MAX_NUM_BITS = 16
+
+
+def _check_num_bits(num_bits):
+    if (isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral)
+            or not MIN_NUM_BITS <= num_bits <= MAX_NUM_BITS):
+        raise ValueError(
+            f"num_bits={num_bits!r} is not supported; allowed values are "
+            f"integers {MIN_NUM_BITS}..{MAX_NUM_BITS}")
+    return int(num_bits)
+
+
+def _check_axis(axis, x, min, max):
+    """Checks what is known statically; returns the axis attr for the op."""
+    min_rank, max_rank = min.shape.rank, max.shape.rank
+    if axis is None:
+        for name, rank, shape in (("min", min_rank, min.shape), ("max", max_rank, max.shape)):
+            if rank is not None and rank != 0:
+                raise ValueError(
+                    f"axis=None means per-tensor quantization, so {name} must be a "
+                    f"scalar; got {name} of shape {shape}")
+        return -1
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"axis={axis!r} is not supported; allowed values are None or an int")
+    axis = int(axis)
+    rank = x.shape.rank
+    if rank is not None:
+        if not -rank <= axis < rank:
+            raise ValueError(
+                f"axis={axis} is out of range for inputs of rank {rank}; allowed "
+                f"values are None or {-rank}..{rank - 1}")
+        axis %= rank
+    for name, t in (("min", min), ("max", max)):
+        if t.shape.rank is not None and t.shape.rank != 1:
+            raise ValueError(
+                f"axis={axis} means per-channel quantization, so {name} must be 1-D; "
+                f"got {name} of shape {t.shape}")
+        if rank is not None and t.shape.rank == 1:
+            channels, length = x.shape[axis], t.shape[0]
+            if channels is not None and length is not None and channels != length:
+                raise ValueError(
+                    f"{name} has {length} elements but inputs have {channels} "
+                    f"along axis {axis} (shape {x.shape}); they must be equal")
+    return axis
+
+
+def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None, name=None):
+    """Fake-quantizes x to `num_bits` on the nudged range [min, max].
+
+    Args:
+      x: float tensor (other float dtypes are computed in float32 and cast back).
+      min, max: scalars (axis=None, per tensor) or 1-D of length x.shape[axis]
+        (per channel along `axis`, any axis, negative allowed).
+      num_bits: 2..16. narrow_range: use levels [1, 2^bits - 1] instead of
+        [0, 2^bits - 1].
+
+    Returns a tensor like x. Gradients flow to x (inside the range) and to
+    min/max (summed where x is below/above the range).
+    """
+    num_bits = _check_num_bits(num_bits)
+    with tf.name_scope(name or "fake_quant"):
+        x = tf.convert_to_tensor(x)
+        out_dtype = x.dtype
+        if out_dtype != tf.float32:
+            if not out_dtype.is_floating:
+                raise ValueError(f"fake_quant needs a floating-point x; got {out_dtype.name}")
+            x = tf.cast(x, tf.float32)
+        min = tf.cast(min, tf.float32)
+        max = tf.cast(max, tf.float32)
+        axis_attr = _check_axis(axis, x, min, max)
+        y = _ops.tfquant_fake_quant(
+            x, min, max, num_bits=num_bits, narrow_range=bool(narrow_range), axis=axis_attr)
+        return y if out_dtype == tf.float32 else tf.cast(y, out_dtype)
+
+
+def _fake_quant_grad(op, grad):
+    return _ops.tfquant_fake_quant_grad(
+        grad, op.inputs[0], op.inputs[1], op.inputs[2],
+        num_bits=op.get_attr("num_bits"),
+        narrow_range=op.get_attr("narrow_range"),
+        axis=op.get_attr("axis"))
+
+
+try:
+    tf.RegisterGradient("TfquantFakeQuant")(_fake_quant_grad)
+except KeyError:  # already registered (module reloaded)
+    pass

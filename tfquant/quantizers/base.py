@@ -1,0 +1,102 @@
+"""The quantizer interface and the registry that lets configs name quantizers.
+
+The interface is TFMOT's `Quantizer` (DESIGN.md, decision 2): `build(tensor_shape, name,
+layer)` creates the quantizer's variables with `layer.add_weight` and returns them in a
+dict; `__call__(inputs, training, weights)` fake-quantizes `inputs` with them. So one
+quantizer object serves tfquant's Keras 3 wrappers and a tf_keras TFMOT
+`QuantizeConfig` alike.
+"""
+
+import enum
+
+_REGISTRY = {}
+
+
+class Deployment(enum.Enum):
+    """How the numbers a quantizer produces reach a TFLite flatbuffer (decision 4)."""
+
+    INT8 = "int8"  # exact: 8-bit integer tensors
+    INT4 = "int4"  # exact: packed 4-bit weights (also 2-bit grids, which INT4 holds exactly)
+    INT16 = "int16"  # exact: 16-bit activations (int16x8 kernels)
+    SIMULATION = "simulation"  # training only; export cannot keep these numbers
+
+
+class Quantizer:
+    """Base class: a fake-quantizer for one tensor of a layer.
+
+    Subclasses implement `build`, `__call__`, `get_config` and `deployment`, and are
+    registered with `@register_quantizer` so configs and saved models refer to them by
+    name.
+    """
+
+    def build(self, tensor_shape, name, layer):
+        """Creates the quantizer's variables on `layer`; returns them by name."""
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not implement __call__")
+
+    @property
+    def num_bits(self):
+        return self._num_bits
+
+    def deployment(self):
+        """The `Deployment` of this quantizer's output in an exported flatbuffer."""
+        return Deployment.SIMULATION
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def register_quantizer(cls):
+    """Class decorator: makes `cls` known to `get_quantizer` and to saved models."""
+    if cls.__name__ in _REGISTRY and _REGISTRY[cls.__name__] is not cls:
+        raise ValueError(f"A quantizer named {cls.__name__!r} is already registered.")
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def registered_quantizers():
+    """Names of every registered quantizer class."""
+    return sorted(_REGISTRY)
+
+
+def serialize_quantizer(quantizer):
+    """A JSON-friendly dict that `deserialize_quantizer` turns back into `quantizer`."""
+    if quantizer is None:
+        return None
+    return {"class_name": type(quantizer).__name__, "config": quantizer.get_config()}
+
+
+def deserialize_quantizer(config):
+    """Inverse of `serialize_quantizer`; also accepts a quantizer or a registered name."""
+    if config is None or isinstance(config, Quantizer):
+        return config
+    if isinstance(config, str):
+        return _lookup(config)()
+    if isinstance(config, dict) and "class_name" in config:
+        return _lookup(config["class_name"]).from_config(config.get("config", {}))
+    raise ValueError(
+        f"Cannot make a quantizer from {config!r}: expected a Quantizer, a registered "
+        f"name ({', '.join(registered_quantizers())}) or a dict with 'class_name'."
+    )
+
+
+def _lookup(name):
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown quantizer {name!r}; registered quantizers: "
+            f"{', '.join(registered_quantizers())}."
+        )
+    return _REGISTRY[name]
+
+
+get_quantizer = deserialize_quantizer

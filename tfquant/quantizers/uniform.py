@@ -1,0 +1,231 @@
+"""Uniform min/max quantizers: per-channel weights and moving-average activations.
+
+Both follow DESIGN.md, decision 1: in training they call tfquant's C++ op
+(`tfquant.ops.fake_quant`); with `training=False` they emit TensorFlow's own
+`fake_quant_with_min_max_vars[_per_channel]`, which the TFLite converter turns into
+integer tensors. The two give bit-identical forward results.
+"""
+
+import tensorflow as tf
+
+from tfquant.ops import fake_quant
+from tfquant.quantizers.base import Deployment, Quantizer, register_quantizer
+
+# Smallest weight range: keeps an all-zero channel from giving a zero scale.
+_MIN_WEIGHT_RANGE = 1e-8
+
+
+def export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis=None):
+    """TensorFlow's built-in fake quant, the form the TFLite converter recognizes.
+
+    TF's per-channel op only quantizes the last axis, so another axis is moved last and
+    back (the converter folds the transposes into the constant weight).
+    """
+    if axis is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, min_value, max_value, num_bits=num_bits, narrow_range=narrow_range
+        )
+    rank = x.shape.rank
+    axis = axis % rank
+    if axis == rank - 1:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            x, min_value, max_value, num_bits=num_bits, narrow_range=narrow_range
+        )
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.transpose(x, perm), min_value, max_value, num_bits=num_bits,
+        narrow_range=narrow_range,
+    )
+    return tf.transpose(moved, perm)
+
+
+def _check_bits(num_bits, allowed, what):
+    if isinstance(num_bits, bool) or not isinstance(num_bits, int) or num_bits not in allowed:
+        raise ValueError(
+            f"{what}: num_bits={num_bits!r} is not supported; allowed: "
+            f"{', '.join(str(b) for b in allowed)}."
+        )
+
+
+@register_quantizer
+class MinMaxWeightQuantizer(Quantizer):
+    """Symmetric, narrow-range uniform weight quantizer with the range of the weights.
+
+    `s = max|w| / (2^(b-1) - 1)` per output channel (or per tensor),
+    `ŵ = s · clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1)`; the integer zero point is
+    0, as TFLite requires of weights. The range is taken from the current weights at
+    every call (no state, no gradient through it); the weights get the straight-through
+    gradient inside the range. Jacob et al. 2018, "Quantization and Training of Neural
+    Networks for Efficient Integer-Arithmetic-Only Inference".
+
+    Example: at 2 bits, `w = [-0.9, -0.2, 0.1, 0.6]` (per tensor, max|w| = 0.9) becomes
+    `[-0.9, 0.0, 0.0, 0.9]`.
+
+    Args:
+      num_bits: 2 to 8.
+      per_channel: one range per slice along `axis` (the output-channel axis).
+      axis: the output-channel axis of the tensor this quantizer is built for.
+    """
+
+    def __init__(self, num_bits=8, per_channel=True, axis=-1):
+        _check_bits(num_bits, range(2, 9), "MinMaxWeightQuantizer")
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ValueError(f"MinMaxWeightQuantizer: axis must be an int, got {axis!r}.")
+        self._num_bits = num_bits
+        self.per_channel = bool(per_channel)
+        self.axis = axis
+
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        inputs = tf.convert_to_tensor(inputs)
+        rank = inputs.shape.rank
+        if self.per_channel:
+            axis = self.axis % rank
+            reduce_axes = [a for a in range(rank) if a != axis]
+            limit = tf.reduce_max(tf.abs(inputs), axis=reduce_axes)
+        else:
+            axis = None
+            limit = tf.reduce_max(tf.abs(inputs))
+        limit = tf.stop_gradient(tf.maximum(limit, _MIN_WEIGHT_RANGE))
+        if training:
+            return fake_quant(inputs, -limit, limit, num_bits=self._num_bits,
+                              narrow_range=True, axis=axis)
+        return export_fake_quant(inputs, -limit, limit, self._num_bits, True, axis)
+
+    def deployment(self):
+        if self._num_bits == 8:
+            return Deployment.INT8
+        if self._num_bits in (2, 4):
+            return Deployment.INT4
+        return Deployment.SIMULATION
+
+    def get_config(self):
+        return {"num_bits": self._num_bits, "per_channel": self.per_channel, "axis": self.axis}
+
+
+@register_quantizer
+class MovingAverageQuantizer(Quantizer):
+    """Uniform activation quantizer whose range follows an exponential moving average.
+
+    In training each batch's `[min(x, 0), max(x, 0)]` updates the range,
+    `r ← decay·r + (1 − decay)·r_batch` (the first batch sets it directly), and `x` is
+    fake-quantized with the updated range: `q = clamp(round(x/s) + z, qmin, qmax)`,
+    `x̂ = s·(q − z)`, with `s` and `z` nudged so that 0 is exact (TF's FakeQuant). The
+    gradient is straight-through inside the range and zero outside. Jacob et al. 2018.
+
+    Before any training the range is [-6, 6] (as TFMOT's), so an untrained model still
+    evaluates sensibly.
+
+    Args:
+      num_bits: 8 (int8 export) or 16 (int16x8 export).
+      symmetric: range `[-m, m]`, zero point 0.
+      narrow_range: leave out the lowest integer (`[-127, 127]` at 8 bits).
+      ema_decay: in [0, 1); 0 uses each batch's range alone.
+    """
+
+    def __init__(self, num_bits=8, symmetric=False, narrow_range=False, ema_decay=0.99):
+        _check_bits(num_bits, (8, 16), "MovingAverageQuantizer")
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(
+                f"MovingAverageQuantizer: ema_decay={ema_decay!r} must be in [0, 1)."
+            )
+        self._num_bits = num_bits
+        self.symmetric = bool(symmetric)
+        self.narrow_range = bool(narrow_range)
+        self.ema_decay = float(ema_decay)
+
+    def build(self, tensor_shape, name, layer):
+        def make(suffix, value):
+            return layer.add_weight(
+                name=f"{name}_{suffix}", shape=(), initializer=tf.constant_initializer(value),
+                trainable=False, dtype="float32",
+            )
+
+        return {"min": make("min", -6.0), "max": make("max", 6.0),
+                "observed": make("observed", 0.0)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        inputs = tf.convert_to_tensor(inputs)
+        if training:
+            range_min, range_max = self._observe(tf.cast(inputs, tf.float32), weights)
+            return fake_quant(inputs, range_min, range_max, num_bits=self._num_bits,
+                              narrow_range=self.narrow_range)
+        return export_fake_quant(
+            inputs, tf.convert_to_tensor(weights["min"]), tf.convert_to_tensor(weights["max"]),
+            self._num_bits, self.narrow_range,
+        )
+
+    def _observe(self, inputs, weights):
+        """Updates the range variables from `inputs`; returns the new range."""
+        batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
+        batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+        if self.symmetric:
+            batch_max = tf.maximum(-batch_min, batch_max)
+            batch_min = -batch_max
+        old_min = tf.convert_to_tensor(weights["min"])
+        old_max = tf.convert_to_tensor(weights["max"])
+        first = tf.convert_to_tensor(weights["observed"]) < 0.5
+        decay = self.ema_decay
+        new_min = tf.where(first, batch_min, decay * old_min + (1.0 - decay) * batch_min)
+        new_max = tf.where(first, batch_max, decay * old_max + (1.0 - decay) * batch_max)
+        # A non-finite batch (diverged training) must not poison the saved range.
+        finite = tf.logical_and(tf.math.is_finite(new_min), tf.math.is_finite(new_max))
+        new_min = tf.where(finite, new_min, old_min)
+        new_max = tf.where(finite, new_max, old_max)
+        weights["min"].assign(new_min)
+        weights["max"].assign(new_max)
+        weights["observed"].assign(1.0)
+        return tf.stop_gradient(new_min), tf.stop_gradient(new_max)
+
+    def deployment(self):
+        return Deployment.INT8 if self._num_bits == 8 else Deployment.INT16
+
+    def get_config(self):
+        return {"num_bits": self._num_bits, "symmetric": self.symmetric,
+                "narrow_range": self.narrow_range, "ema_decay": self.ema_decay}
+
+
+@register_quantizer
+class FixedRangeQuantizer(Quantizer):
+    """Uniform quantizer with a constant range, for outputs whose range a kernel fixes.
+
+    TFLite's int8 LOGISTIC and SOFTMAX write `scale = 1/256, zero point = −128` (range
+    `[0, 255/256]`) and TANH `scale = 1/128, zero point 0` (range `[−1, 127/128]`); they
+    refuse other output parameters, so these outputs are fake-quantized with exactly
+    those ranges. Same rounding and gradient as `MovingAverageQuantizer`, no state.
+
+    Args:
+      min_value, max_value: the range, `min_value ≤ 0 ≤ max_value`.
+      num_bits: 8 or 16.
+    """
+
+    def __init__(self, min_value, max_value, num_bits=8):
+        _check_bits(num_bits, (8, 16), "FixedRangeQuantizer")
+        if not float(min_value) <= 0.0 <= float(max_value) or min_value == max_value:
+            raise ValueError(
+                f"FixedRangeQuantizer: the range [{min_value}, {max_value}] must contain 0 "
+                "and not be empty."
+            )
+        self._num_bits = num_bits
+        self.min_value = float(min_value)
+        self.max_value = float(max_value)
+
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        if training:
+            return fake_quant(inputs, self.min_value, self.max_value, num_bits=self._num_bits)
+        return export_fake_quant(inputs, self.min_value, self.max_value, self._num_bits, False)
+
+    def deployment(self):
+        return Deployment.INT8 if self._num_bits == 8 else Deployment.INT16
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value,
+                "num_bits": self._num_bits}
+
+
+# The output ranges TFLite's int8 kernels require (see FixedRangeQuantizer).
+INT8_FIXED_OUTPUT_RANGES = {
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "softmax": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}
