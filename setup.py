@@ -30,7 +30,9 @@ TF_LINK_FLAGS = tf.sysconfig.get_link_flags()
 ABI_FLAGS = [f for f in TF_COMPILE_FLAGS if f.startswith("-D_GLIBCXX_USE_CXX11_ABI")]
 
 # -ffp-contract=off: no fused multiply-add, the forward must match TF's bits.
-COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-std=c++17"]
+# -fno-trapping-math changes no value (only FP exception-flag semantics) and
+# lets GCC vectorize the branch-free scalar kernels.
+COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-std=c++17"]
 
 # One translation unit per ISA (cc_ops/kernels/*_avx2.cc, ...): only that file
 # gets the ISA flags, so no wide-vector code leaks into shared functions.

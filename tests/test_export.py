@@ -139,3 +139,17 @@ def test_bad_export_requests_raise_clear_errors(trained_qat_model):
         tfquant.export_tflite(qmodel, representative_data=np.zeros((0, 28, 28, 1)))
     with pytest.raises(ValueError, match="input_type='int4'"):
         tfquant.export_tflite(qmodel, input_type="int4")
+
+
+def test_a_float_op_in_an_integer_export_is_an_error():
+    import tensorflow as tf
+
+    from tfquant.export import inspect_flatbuffer
+    from tfquant.export.tflite import check_integer_ops
+
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3, name="head")])
+    summary = inspect_flatbuffer(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    with pytest.raises(ExportError, match="FULLY_CONNECTED") as info:
+        check_integer_ops(summary)
+    assert "float_layers" in str(info.value)
+    assert check_integer_ops(summary, allow_float=True)[0].startswith("FULLY_CONNECTED")

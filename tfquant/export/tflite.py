@@ -127,6 +127,19 @@ def _convert(model, arrays, input_type, output_type, integer_only):
         ) from error
 
 
+def check_integer_ops(summary, allow_float=False):
+    """The float compute ops of a flatbuffer (as text); raises `ExportError` if there are
+    any and `allow_float` is False (every layer was meant to be integer)."""
+    float_ops = [summary.describe_op(op) for op in summary.float_compute_ops()]
+    if float_ops and not allow_float:
+        raise ExportError(
+            "These ops came out float although every layer was quantized: "
+            + "; ".join(float_ops) + ". Check that the layers before them are trained or "
+            "calibrated, or keep them in float with QuantConfig(float_layers=...)."
+        )
+    return float_ops
+
+
 def export_tflite(model, path=None, representative_data=None, input_type="float32",
                   output_type="float32", batch_size=256):
     """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
@@ -158,13 +171,7 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     float_layers = _float_layers(model)
     flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
     summary = inspect_flatbuffer(flatbuffer)
-    float_ops = summary.float_compute_ops()
-    if float_ops and not float_layers:
-        raise ExportError(
-            "These ops came out float although every layer was quantized: "
-            + "; ".join(map(str, float_ops)) + ". Check that the layers before them are "
-            "trained or calibrated, or keep them in float with QuantConfig(float_layers=...)."
-        )
+    float_ops = check_integer_ops(summary, allow_float=bool(float_layers))
     notes = []
     if float_layers:
         notes.append("float layers (kept by the config): "
@@ -194,6 +201,6 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         flatbuffer=flatbuffer, path=path, size_bytes=len(flatbuffer),
         op_counts=summary.op_counts(),
         weight_dtypes={name: info.type_name for name, info in summary.weight_tensors().items()},
-        float_ops=[str(op) for op in float_ops], max_abs_diff_lsb=max_lsb,
+        float_ops=float_ops, max_abs_diff_lsb=max_lsb,
         argmax_agreement=agreement, num_samples=num_samples, notes=notes, summary=summary,
     )
