@@ -69,6 +69,16 @@ def test_layers_are_wrapped_folded_and_quantized():
     assert qmodel.output_shape == model.output_shape
 
 
+def test_add_followed_by_relu_is_quantized_once_after_the_relu():
+    # TFLite fuses the ReLU into ADD; a quantizer between them would round twice.
+    inputs = keras.Input((4, 4, 2))
+    x = layers.Conv2D(2, 1, name="conv")(inputs)
+    x = layers.Add(name="add")([inputs, x])
+    outputs = layers.ReLU(name="relu")(x)
+    names = [layer.name for layer in tfquant.quantize_model(keras.Model(inputs, outputs)).layers]
+    assert "add_quant" not in names and "relu_quant" in names
+
+
 def test_input_model_is_not_modified():
     model = all_layers_model()
     before = [w.copy() for w in model.get_weights()]

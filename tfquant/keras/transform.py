@@ -44,6 +44,10 @@ OUTPUT_QUANTIZED_LAYERS = (
 )
 
 
+# Layers whose TFLite op takes a fused ReLU/ReLU6 (besides the convolutions).
+FUSED_ACTIVATION_LAYERS = (_L.Add, _L.Subtract, _L.Multiply)
+
+
 def _is_pass_through(layer):
     if isinstance(layer, (_L.UpSampling2D,)) and layer.interpolation != "nearest":
         return False
@@ -269,10 +273,20 @@ class _Rebuilder:
         elif _is_pass_through(layer):
             outputs = self._layer_for(layer, _clone)(*args, **kwargs)
         else:
-            outputs = self._quantize_output(layer, self._layer_for(layer, _clone)(*args, **kwargs))
+            outputs = self._layer_for(layer, _clone)(*args, **kwargs)
+            if not (isinstance(layer, FUSED_ACTIVATION_LAYERS) and self._next_is_fused(node)):
+                outputs = self._quantize_output(layer, outputs)
         flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for old, new in zip(node.outputs, flat):
             self.tensors[id(old)] = new
+
+    def _next_is_fused(self, node):
+        """True when `node` is directly and only followed by a ReLU/ReLU6 that TFLite
+        fuses into it: the output is then quantized once, after the activation."""
+        consumer = self.graph.sole_consumer(node)
+        return (consumer is not None and _is_fusable_activation(consumer.operation)
+                and not self.config.is_float(consumer.operation)
+                and not self.graph.is_shared(consumer.operation))
 
     def _layer_for(self, layer, make):
         """The replacement of `layer`, made once (shared layers stay shared)."""
@@ -302,14 +316,7 @@ class _Rebuilder:
         config = self.config
         bn_node = _batch_norm_to_fold(self.graph, node, layer)
         last_node = bn_node or node
-        activation_node = self.graph.sole_consumer(last_node)
-        fuse_next = (
-            activation_name(layer) == "linear"
-            and activation_node is not None
-            and _is_fusable_activation(activation_node.operation)
-            and not config.is_float(activation_node.operation)
-            and not self.graph.is_shared(activation_node.operation)
-        )
+        fuse_next = activation_name(layer) == "linear" and self._next_is_fused(last_node)
         if id(layer) in self.layers:
             wrapper = self.layers[id(layer)]
         else:
