@@ -117,12 +117,13 @@ def test_4_and_2_bit_weights_are_int4_and_3_bit_is_refused():
     model = keras.Model(inputs, outputs)
     x = np.random.rand(32, 8, 8, 3).astype(np.float32)
     for bits in (4, 2):
-        qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=bits))
+        qmodel = tfquant.quantize_model(
+            model, tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
         calibrate(qmodel, x)
         report = tfquant.export_tflite(qmodel, representative_data=x)
         assert "INT4" in report.weight_dtypes.values(), (bits, report.weight_dtypes)
         assert report.max_abs_diff_lsb <= 4
-    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=3))
+    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=3, first_last_bits=None))
     with pytest.raises(ExportError, match="no exact integer form"):
         tfquant.export_tflite(qmodel)
 

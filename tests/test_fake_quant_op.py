@@ -412,3 +412,234 @@ def test_range_gradients_repeat_bitwise():
         again = [t.numpy() for t in OPS.tfquant_fake_quant_grad(dy, x, mn, mx, axis=1)]
         for a, b in zip(first, again):
             assert a.tobytes() == b.tobytes()
+
+
+# ---------------------------------------------------------------- learned range gradient
+
+def nudge_np(mn, mx, num_bits, narrow_range):
+    """NudgeRange in numpy float32 scalars (same operations as the C++)."""
+    f = np.float32
+    qmin, qmax = f(1 if narrow_range else 0), f(2 ** num_bits - 1)
+    mn, mx = f(mn), f(mx)
+    if mn == 0 and mx == 0:
+        return None
+    scale = (mx - mn) / (qmax - qmin)
+    inv_scale = (qmax - qmin) / (mx - mn)
+    zp_from_min = qmin - mn / scale
+    if zp_from_min < qmin:
+        zp = qmin
+    elif zp_from_min > qmax:
+        zp = qmax
+    else:  # half away from zero, exact for |z| < 2^22
+        zp = f(np.sign(zp_from_min) * np.floor(np.abs(zp_from_min) + f(0.5)))
+    nmin, nmax = (qmin - zp) * scale, (qmax - zp) * scale
+    quant_zero = np.floor(-nmin * inv_scale + f(0.5))
+    return nmin, nmax, scale, inv_scale, quant_zero, float(qmax - qmin)
+
+
+def learned_grad_np(dy, x, mn, mx, num_bits, narrow_range, axis):
+    """The learned range gradient from its definition: u and q with the forward's
+    float32 arithmetic, products and sums in float64."""
+    xs, dys = (x, dy) if axis is None else (np.moveaxis(x, axis, 0), np.moveaxis(dy, axis, 0))
+    chans = [(xs, dys, mn, mx)] if axis is None else list(zip(xs, dys, mn, mx))
+    dmin, dmax = [], []
+    for xc, dyc, lo, hi in chans:
+        r = nudge_np(lo, hi, num_bits, narrow_range)
+        if r is None:
+            dmin.append(0.0), dmax.append(0.0)
+            continue
+        nmin, nmax, scale, inv_scale, qz, levels = r
+        c = np.minimum(np.maximum(xc, nmin), nmax)  # no NaN here
+        u = (c - nmin) / scale if axis is None else (c - nmin) * inv_scale
+        t = u - qz
+        e = (np.floor(t + np.float32(0.5)) - t).astype(np.float64)
+        inside = (xc >= nmin) & (xc <= nmax)
+        below, above = xc < nmin, xc > nmax
+        g = dyc.astype(np.float64)
+        dmin.append(np.sum(g * np.where(below, 1.0, np.where(inside, -e / levels, 0.0))))
+        dmax.append(np.sum(g * np.where(above, 1.0, np.where(inside, e / levels, 0.0))))
+    shape = np.shape(mn)
+    return np.array(dmin).reshape(shape), np.array(dmax).reshape(shape)
+
+
+def learned_gradient(dy, x, mn, mx, num_bits, narrow_range, axis):
+    xt, mnv, mxv = tf.constant(x), tf.constant(mn), tf.constant(mx)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, mnv, mxv])
+        y = fake_quant(xt, mnv, mxv, num_bits=num_bits, narrow_range=narrow_range, axis=axis,
+                       range_gradient="learned")
+    dx, dmin, dmax = tape.gradient(y, [xt, mnv, mxv], output_gradients=tf.constant(dy))
+    return y.numpy(), dx.numpy(), dmin.numpy(), dmax.numpy()
+
+
+def assert_learned_close(actual, expected, dy, context=""):
+    # Per-element terms are float products, sums double in tile order.
+    atol = 2e-6 * float(np.abs(dy).sum()) + 1e-7
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=atol, err_msg=context)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_learned_mode_matches_formula_random_cases(seed):
+    rng = np.random.default_rng(2000 + seed)
+    for case in range(150):
+        x, dy, mn, mx, num_bits, narrow, axis = random_case(rng)
+        ctx = (f"[seed {seed} case {case}: shape {x.shape} bits {num_bits} "
+               f"narrow {narrow} axis {axis} min {mn} max {mx}]")
+        y, dx, dmin, dmax = learned_gradient(dy, x, mn, mx, num_bits, narrow, axis)
+        # Forward and dx: exactly TF's, as in the clipped mode.
+        assert_same_bits(y, tf_forward(x, mn, mx, num_bits, narrow, axis), ctx)
+        assert_same_bits(dx, tf_gradient(dy, x, mn, mx, num_bits, narrow, axis)[0], "dx " + ctx)
+        rmin, rmax = learned_grad_np(dy, x, mn, mx, num_bits, narrow, axis)
+        assert dmin.shape == np.shape(mn) and dmax.shape == np.shape(mx), ctx
+        assert_learned_close(dmin, rmin, dy, "dmin " + ctx)
+        assert_learned_close(dmax, rmax, dy, "dmax " + ctx)
+
+
+@pytest.mark.parametrize("shape,axis", [((70001,), None), ((3, 40000), 0), ((40000, 3), 1),
+                                        ((5, 300, 20), 1), ((2, 9, 9, 700), -1)])
+def test_learned_mode_multi_tile(shape, axis):
+    rng = np.random.default_rng(8)
+    if axis is None:
+        mn, mx, lo, hi = np.float32(-1.3), np.float32(2.1), np.float32(-1.3), np.float32(2.1)
+    else:
+        c = shape[axis]
+        mn = -rng.uniform(0.1, 3, c).astype(np.float32)
+        mx = rng.uniform(0.1, 3, c).astype(np.float32)
+        mn[::17], mx[::17] = 0.0, 0.0
+        bshape = [1] * len(shape)
+        bshape[axis] = c
+        lo, hi = mn.reshape(bshape), mx.reshape(bshape)
+    x = random_inputs(rng, shape, lo, hi, 4)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    _, dx, dmin, dmax = learned_gradient(dy, x, mn, mx, 4, True, axis)
+    rmin, rmax = learned_grad_np(dy, x, mn, mx, 4, True, axis)
+    assert_learned_close(dmin, rmin, dy)
+    assert_learned_close(dmax, rmax, dy)
+
+
+LSQ_BITS = [(8, True), (4, False), (3, True), (2, False)]
+
+
+def lsq_levels(num_bits, narrow):
+    """(Qn, Qp) of a signed grid, as a quantizer builds min = -Qn*s, max = Qp*s."""
+    qn = 2 ** (num_bits - 1) - (1 if narrow else 0)
+    return qn, 2 ** (num_bits - 1) - 1
+
+
+def lsq_inputs(rng, shape, s, qn, qp):
+    """x = s*(k + d) with |d| <= 0.4 inside, plus clipped values: every x/s is at
+    least 0.1 from a rounding transition."""
+    k = rng.integers(-qn, qp + 1, size=shape)
+    d = rng.uniform(-0.4, 0.4, size=shape)
+    u = np.where(k == -qn, np.abs(d) - qn, np.where(k == qp, qp - np.abs(d), k + d))
+    out = rng.random(shape)
+    u = np.where(out < 0.1, -qn - 1 - 3 * rng.random(shape), u)
+    u = np.where(out > 0.9, qp + 1 + 3 * rng.random(shape), u)
+    return (u * s).astype(np.float32)
+
+
+def lsq_op_grad(x, c, s, qn, qp, num_bits, narrow, axis):
+    """dL/ds for L = sum(c * fake_quant(x; -Qn*s, Qp*s)) through the op."""
+    sv = tf.constant(s)
+    with tf.GradientTape() as tape:
+        tape.watch(sv)
+        y = fake_quant(x, -qn * sv, qp * sv, num_bits=num_bits, narrow_range=narrow, axis=axis,
+                       range_gradient="learned")
+        loss = tf.reduce_sum(tf.constant(c) * y)
+    return tape.gradient(loss, sv).numpy().astype(np.float64)
+
+
+def per_channel_sum(a, axis):
+    if axis is None:
+        return np.sum(a)
+    return np.sum(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1), axis=1)
+
+
+def broadcast_s(s, shape, axis):
+    if axis is None:
+        return np.float64(s)
+    bshape = [1] * len(shape)
+    bshape[axis] = shape[axis]
+    return np.asarray(s, np.float64).reshape(bshape)
+
+
+@pytest.mark.parametrize("num_bits,narrow", LSQ_BITS)
+@pytest.mark.parametrize("shape,axis", [((2000,), None), ((6, 5, 7), 0), ((6, 5, 7), 1),
+                                        ((6, 5, 7), -1), ((50, 3, 3, 16), 3)])
+def test_learned_mode_is_lsq_step_gradient(num_bits, narrow, shape, axis):
+    rng = np.random.default_rng(num_bits * 31 + len(shape))
+    qn, qp = lsq_levels(num_bits, narrow)
+    s = (np.float32(0.05) if axis is None
+         else rng.uniform(0.01, 0.2, shape[axis]).astype(np.float32))
+    sb = broadcast_s(s, shape, axis)
+    x = lsq_inputs(rng, shape, sb, qn, qp)
+    c = rng.standard_normal(shape).astype(np.float32)
+    got = lsq_op_grad(x, c, s, qn, qp, num_bits, narrow, axis)
+
+    # LSQ's closed form: round(x/s) - x/s inside, -Qn below, Qp above.
+    v = x.astype(np.float64) / sb
+    dyds = np.where(v < -qn, -qn, np.where(v > qp, qp, np.round(v) - v))
+    closed = per_channel_sum(c * dyds, axis)
+    np.testing.assert_allclose(got, closed, rtol=1e-4, atol=1e-4 * np.abs(c).sum() / np.size(s))
+
+    # Finite differences. y(s) = s * round(x/s) is piecewise linear in s, so central
+    # differences are only meaningful when no x/s crosses a rounding transition
+    # (lsq_inputs keeps every x/s >= 0.1 from one; h moves x/s by at most
+    # |x/s| * 2e-4 < 0.03 for |x/s| <= 2^7 + 4). Across
+    # a step the difference quotient measures the jump, not a derivative.
+    # What FD sees is the exact derivative of the quantized function, round(x/s)
+    # inside; the STE adds d(round(u))/du = 1, i.e. the -x/s term, which we add
+    # back explicitly: LSQ = FD(L) - sum_inside(c * x/s).
+    h = np.float32(2e-4) * s
+    def loss(step):
+        y = fake_quant(x, -qn * step, qp * step, num_bits=num_bits, narrow_range=narrow,
+                       axis=axis).numpy().astype(np.float64)
+        return c.astype(np.float64) * y
+    if axis is None:
+        fd = (np.sum(loss(s + h)) - np.sum(loss(s - h))) / (2 * np.float64(h))
+    else:
+        fd = np.array([(per_channel_sum(loss(np.where(np.arange(len(s)) == j, s + h, s)), axis)[j]
+                        - per_channel_sum(loss(np.where(np.arange(len(s)) == j, s - h, s)), axis)[j])
+                       / (2 * np.float64(h[j])) for j in range(len(s))])
+    inside = (v >= -qn) & (v <= qp)
+    ste = per_channel_sum(np.where(inside, c * v, 0.0), axis)
+    np.testing.assert_allclose(got, fd - ste, rtol=2e-3, atol=2e-3 * np.abs(c).sum() / np.size(s))
+
+
+def test_learned_mode_special_values_and_zero_range():
+    x = np.array([np.nan, -np.inf, np.inf, -5, 5, 0.3], np.float32)
+    dy = np.array([1, 2, 4, 8, 16, 32], np.float32)
+    _, dx, dmin, dmax = learned_gradient(dy, x, np.float32(-1), np.float32(1), 8, False, None)
+    assert_same_bits(dx, tf_gradient(dy, x, np.float32(-1), np.float32(1), 8, False, None)[0])
+    r = nudge_np(-1, 1, 8, False)
+    e = np.floor((np.float32(0.3) - r[0]) / r[2] - r[4] + np.float32(0.5)) - ((np.float32(0.3) - r[0]) / r[2] - r[4])
+    # NaN counts nowhere; -Inf, -5 below; +Inf, 5 above; 0.3 inside.
+    np.testing.assert_allclose(dmin, 2 + 8 - 32 * e / 255, rtol=1e-6)
+    np.testing.assert_allclose(dmax, 4 + 16 + 32 * e / 255, rtol=1e-6)
+    _, dx, dmin, dmax = learned_gradient(dy, x, np.float32(0), np.float32(0), 8, False, None)
+    np.testing.assert_array_equal(dx, dy)
+    assert dmin == 0 and dmax == 0
+
+
+def test_learned_mode_in_graph_with_variables():
+    mn, mx = tf.Variable([-1.0, -0.5, -2.0]), tf.Variable([1.0, 0.5, 2.0])
+    x = np.random.default_rng(3).standard_normal((4, 3, 5)).astype(np.float32) * 2
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            y = fake_quant(x, mn, mx, num_bits=4, narrow_range=True, axis=1,
+                           range_gradient="learned")
+        return tape.gradient(y, [mn, mx])
+
+    gmin, gmax = step(tf.constant(x))
+    rmin, rmax = learned_grad_np(np.ones_like(x), x, mn.numpy(), mx.numpy(), 4, True, 1)
+    assert_learned_close(gmin.numpy(), rmin, np.ones_like(x))
+    assert_learned_close(gmax.numpy(), rmax, np.ones_like(x))
+
+
+def test_range_gradient_is_checked():
+    with pytest.raises(ValueError, match=r"range_gradient='lsq' .*'clipped', 'learned'"):
+        fake_quant(X, -1.0, 1.0, range_gradient="lsq")
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="range_gradient"):
+        OPS.tfquant_fake_quant_grad(X, X, np.float32(-1), np.float32(1), range_gradient="lsq")

@@ -104,15 +104,18 @@ def test_fake_quant_reference_equals_tf_op(shape, axis, num_bits, narrow):
     assert ref.tobytes() == np.asarray(tf_ref).tobytes()
 
 
+@pytest.mark.parametrize("range_gradient", ["clipped", "learned"])
 @pytest.mark.parametrize("shape,axis,num_bits,narrow", REFERENCE_CASES)
-def test_grad_reference_equals_tf_op_bitwise(shape, axis, num_bits, narrow):
+def test_grad_reference_equals_tf_op_bitwise(shape, axis, num_bits, narrow, range_gradient):
     # Same tiles, same reduction order: serial numpy == thread-pool op.
     x, mn, mx = make_case(shape, axis)
     dy = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    ref = _native.fake_quant_grad_reference(dy, x, mn, mx, num_bits, narrow, axis)
+    ref = _native.fake_quant_grad_reference(dy, x, mn, mx, num_bits, narrow, axis,
+                                            range_gradient=range_gradient)
     ops = _library.load_op_library()
     ours = ops.tfquant_fake_quant_grad(dy, x, mn, mx, num_bits=num_bits, narrow_range=narrow,
-                                       axis=-1 if axis is None else axis)
+                                       axis=-1 if axis is None else axis,
+                                       range_gradient=range_gradient)
     for r, o in zip(ref, ours):
         assert r.shape == o.shape
         assert r.tobytes() == o.numpy().tobytes()
@@ -163,3 +166,9 @@ def test_check_build_message_for_unknown_version():
 def test_installed_build_matches_and_library_is_cached():
     _library.check_build(_native.build_info()["tf_version"], tf.__version__)
     assert _library.load_op_library() is _library.load_op_library()
+
+
+def test_grad_reference_rejects_unknown_range_gradient():
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"range_gradient = 'lsq' .*'clipped' and 'learned'"):
+        _native.fake_quant_grad_reference(x, x, -1.0, 1.0, range_gradient="lsq")

@@ -233,7 +233,11 @@ def test_sequential_and_rejected_models():
 @pytest.mark.parametrize("kwargs, message", [
     ({"weight_bits": 1}, "weight_bits=1"),
     ({"weight_bits": 9}, "weight_bits=9"),
-    ({"activation_bits": 4}, "activation_bits=4"),
+    ({"activation_bits": 1}, "activation_bits=1"),
+    ({"activation_bits": 12}, "activation_bits=12"),
+    ({"first_last_bits": 16}, "first_last_bits=16"),
+    ({"weight_quantizer": "NoSuchQuantizer"}, "Unknown quantizer 'NoSuchQuantizer'"),
+    ({"rules": ["conv"]}, "rules must be LayerRule"),
     ({"activation_ema_decay": 1.0}, "ema_decay=1.0"),
     ({"float_layers": ["("]}, "not a valid regular expression"),
     ({"float_layers": [3]}, "must be a layer name"),

@@ -9,13 +9,14 @@
 from tfquant import ops  # loads the C++ op library first: a clear ImportError if unbuilt
 from tfquant import quantizers
 from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
-from tfquant.keras import QuantConfig, freeze_batch_norm, quantize_model
+from tfquant.keras import LayerRule, QuantConfig, freeze_batch_norm, quantize_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExportError",
     "ExportReport",
+    "LayerRule",
     "QuantConfig",
     "export_tflite",
     "freeze_batch_norm",

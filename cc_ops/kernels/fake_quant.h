@@ -40,6 +40,18 @@
 // In a min == max == 0 range every x, NaN included, gives y = 0, dx = dy.
 // A range with min == max != 0 has scale 0 and gives NaN, as in TF.
 //
+// Learned-range gradient (RangeGradient::kLearned; LSQ, LSQ+, TQT in the
+// (min, max) parametrization). The forward and dx are unchanged. With
+// N = qmax - qmin, and u, t, r computed with the forward's own arithmetic
+// (u = (clamp(x) - nudged_min) / scale per tensor, * inv_scale per channel):
+//   t = u - quant_zero,  r = floor(t + 0.5f),  e = r - t   (= q - u, exact)
+//   w = inside ? e * inv_levels : 0                          (inv_levels = 1/N)
+//   dmin = sum(dy * (below - w)),  dmax = sum(dy * (above + w))
+// i.e. dy/dmin = -(q - u)/N inside, 1 below; dy/dmax = (q - u)/N inside,
+// 1 above. The per-element products are float, the sums double, so every
+// kernel variant gives the same per-element terms and only the summation
+// order differs (a few ulp of the double sums before the final cast).
+//
 // The kernels below only accumulate; tiling, threading and the final
 // deterministic reduction live in fake_quant_plan.h.
 
@@ -59,8 +71,15 @@ struct NudgedRange {
   float scale = 1.0f;
   float inv_scale = 1.0f;
   float quant_zero = 0.0f;
+  float inv_levels = 1.0f;  // 1 / (qmax - qmin), for the learned gradient
   // min == max == 0: forward yields zeros, backward passes dy through.
   bool zero_range = true;
+};
+
+// How the gradient w.r.t. min and max is defined.
+enum class RangeGradient {
+  kClipped,  // TF's: only elements outside the nudged range contribute.
+  kLearned,  // learned step size: inside elements contribute -(q-u)/N, (q-u)/N.
 };
 
 inline int QuantMin(bool narrow_range) { return narrow_range ? 1 : 0; }
@@ -103,6 +122,11 @@ struct FakeQuantKernelTable {
   FakeQuantStridedFn forward_strided_mul_inv_scale;  // per channel, inner == 1
   FakeQuantGradRowFn backward_row;
   FakeQuantGradStridedFn backward_strided;
+  // RangeGradient::kLearned; u divides by scale (per tensor) or multiplies
+  // by inv_scale (per channel), as the matching forward does.
+  FakeQuantGradRowFn backward_row_learned_div_scale;
+  FakeQuantGradRowFn backward_row_learned_mul_inv_scale;
+  FakeQuantGradStridedFn backward_strided_learned;
 };
 
 // Scalar reference kernels (fake_quant_scalar.cc).
@@ -120,6 +144,21 @@ void FakeQuantGradStridedScalar(const float* dy, const float* x, int64_t rows,
                                 int64_t channels, int64_t row_stride,
                                 const NudgedRange* ranges, float* dx,
                                 double* dmin, double* dmax);
+
+void FakeQuantGradLearnedRowDivScaleScalar(const float* dy, const float* x,
+                                           int64_t n, const NudgedRange& range,
+                                           float* dx, double* dmin,
+                                           double* dmax);
+void FakeQuantGradLearnedRowMulInvScaleScalar(const float* dy, const float* x,
+                                              int64_t n,
+                                              const NudgedRange& range,
+                                              float* dx, double* dmin,
+                                              double* dmax);
+void FakeQuantGradLearnedStridedScalar(const float* dy, const float* x,
+                                       int64_t rows, int64_t channels,
+                                       int64_t row_stride,
+                                       const NudgedRange* ranges, float* dx,
+                                       double* dmin, double* dmax);
 
 const FakeQuantKernelTable& ScalarFakeQuantKernels();
 

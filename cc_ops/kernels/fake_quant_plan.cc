@@ -101,6 +101,18 @@ std::string CheckRangeValues(const float* min, const float* max, int64_t n,
   return "";
 }
 
+std::string ParseRangeGradient(const std::string& name, RangeGradient* mode) {
+  if (name == "clipped") {
+    *mode = RangeGradient::kClipped;
+  } else if (name == "learned") {
+    *mode = RangeGradient::kLearned;
+  } else {
+    return "range_gradient = '" + name +
+           "' is not supported; allowed values are 'clipped' and 'learned'";
+  }
+  return "";
+}
+
 std::vector<NudgedRange> NudgeRanges(const float* min, const float* max,
                                      int64_t n, int num_bits,
                                      bool narrow_range) {
@@ -189,8 +201,9 @@ void FakeQuantPlan::ForwardTile(int64_t t, const float* x,
 }
 
 void FakeQuantPlan::BackwardTile(int64_t t, const float* dy, const float* x,
-                                 const NudgedRange* ranges, float* dx,
-                                 double* partials) const {
+                                 const NudgedRange* ranges, RangeGradient mode,
+                                 float* dx, double* partials) const {
+  const bool learned = mode == RangeGradient::kLearned;
   const Tile tile = TileAt(t);
   const int64_t C = shape_.channels;
   double* pmin = partials;
@@ -198,19 +211,27 @@ void FakeQuantPlan::BackwardTile(int64_t t, const float* dy, const float* x,
   std::fill(partials, partials + 2 * tile_channels_, 0.0);
   if (strided_) {
     const int64_t off = tile.outer_begin * C + tile.channel_begin;
-    kernels_.backward_strided(dy + off, x + off,
+    const FakeQuantGradStridedFn strided = learned
+                                               ? kernels_.backward_strided_learned
+                                               : kernels_.backward_strided;
+    strided(dy + off, x + off,
                               tile.outer_end - tile.outer_begin,
                               tile.channel_end - tile.channel_begin, C,
                               ranges + tile.channel_begin, dx + off, pmin,
                               pmax);
     return;
   }
+  // The learned gradient needs u exactly as the forward computed it.
+  const FakeQuantGradRowFn row =
+      !learned ? kernels_.backward_row
+      : shape_.per_channel ? kernels_.backward_row_learned_mul_inv_scale
+                           : kernels_.backward_row_learned_div_scale;
   const int64_t len = tile.inner_end - tile.inner_begin;
   for (int64_t o = tile.outer_begin; o < tile.outer_end; ++o) {
     for (int64_t c = tile.channel_begin; c < tile.channel_end; ++c) {
       const int64_t off = (o * C + c) * shape_.inner + tile.inner_begin;
       const int64_t j = c - tile.channel_begin;
-      kernels_.backward_row(dy + off, x + off, len, ranges[c], dx + off,
+      row(dy + off, x + off, len, ranges[c], dx + off,
                             &pmin[j], &pmax[j]);
     }
   }
@@ -224,14 +245,14 @@ void FakeQuantPlan::Forward(const float* x, const NudgedRange* ranges,
 }
 
 void FakeQuantPlan::Backward(const float* dy, const float* x,
-                             const NudgedRange* ranges, float* dx,
-                             float* dmin, float* dmax,
+                             const NudgedRange* ranges, RangeGradient mode,
+                             float* dx, float* dmin, float* dmax,
                              const TileRunner& run) const {
   const int64_t stride = 2 * tile_channels_;
   std::vector<double> partials(static_cast<size_t>(num_tiles_ * stride));
   run(num_tiles_, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      BackwardTile(t, dy, x, ranges, dx, partials.data() + t * stride);
+      BackwardTile(t, dy, x, ranges, mode, dx, partials.data() + t * stride);
     }
   });
   // Fixed order: outer blocks, then pieces, whatever ran where.

@@ -49,6 +49,9 @@ std::string ResolveFakeQuantShape(const int64_t* dims, int rank, int min_rank,
 std::string CheckRangeValues(const float* min, const float* max, int64_t n,
                              bool per_channel);
 
+// "clipped" or "learned"; returns "" and sets *mode, or an error message.
+std::string ParseRangeGradient(const std::string& name, RangeGradient* mode);
+
 std::vector<NudgedRange> NudgeRanges(const float* min, const float* max,
                                      int64_t n, int num_bits,
                                      bool narrow_range);
@@ -78,7 +81,7 @@ class FakeQuantPlan {
                const TileRunner& run) const;
   // dmin/dmax have shape.channels entries (1 per tensor).
   void Backward(const float* dy, const float* x, const NudgedRange* ranges,
-                float* dx, float* dmin, float* dmax,
+                RangeGradient mode, float* dx, float* dmin, float* dmax,
                 const TileRunner& run) const;
 
  private:
@@ -94,7 +97,7 @@ class FakeQuantPlan {
                    float* y) const;
   // partials: this tile's [tile_channels_ dmin | tile_channels_ dmax].
   void BackwardTile(int64_t t, const float* dy, const float* x,
-                    const NudgedRange* ranges, float* dx,
+                    const NudgedRange* ranges, RangeGradient mode, float* dx,
                     double* partials) const;
 
   FakeQuantShape shape_;

@@ -13,6 +13,7 @@ namespace kernels {
 
 NudgedRange NudgeRange(float min, float max, int quant_min, int quant_max) {
   NudgedRange r;
+  r.inv_levels = 1.0f / static_cast<float>(quant_max - quant_min);
   if (min == 0.0f && max == 0.0f) return r;  // zero_range
   r.zero_range = false;
   const float qmin = static_cast<float>(quant_min);
@@ -83,6 +84,43 @@ inline void AccumulateGrad(float g, float x, const NudgedRange& r, float* dx,
   *sum_max += static_cast<double>(g * above);
 }
 
+// Learned range gradient, see fake_quant.h: u as in the matching forward,
+// e = q - u taken from the forward's own rounding.
+template <bool kDivide>
+inline void AccumulateLearnedGrad(float g, float x, const NudgedRange& r,
+                                  float* dx, double* sum_min,
+                                  double* sum_max) {
+  const bool in = x >= r.nudged_min && x <= r.nudged_max;
+  const float below = (x < r.nudged_min) ? 1.0f : 0.0f;
+  const float above = (x > r.nudged_max) ? 1.0f : 0.0f;
+  const float shifted = ClampToRange(x, r) - r.nudged_min;
+  const float u = kDivide ? shifted / r.scale : shifted * r.inv_scale;
+  const float t = u - r.quant_zero;
+  const float e = FloorExact(t + 0.5f) - t;
+  // A select, not a product: e is NaN for a NaN x, which must not count.
+  const float w = in ? e * r.inv_levels : 0.0f;
+  *dx = g * (in ? 1.0f : 0.0f);
+  *sum_min += static_cast<double>(g * (below - w));
+  *sum_max += static_cast<double>(g * (above + w));
+}
+
+template <bool kDivide>
+void GradLearnedRow(const float* dy, const float* x, int64_t n,
+                    const NudgedRange& range, float* dx, double* dmin,
+                    double* dmax) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i];
+    return;
+  }
+  double sum_min = 0.0, sum_max = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    AccumulateLearnedGrad<kDivide>(dy[i], x[i], range, &dx[i], &sum_min,
+                                   &sum_max);
+  }
+  *dmin += sum_min;
+  *dmax += sum_max;
+}
+
 }  // namespace
 
 void FakeQuantRowDivScaleScalar(const float* x, int64_t n,
@@ -148,6 +186,39 @@ void FakeQuantGradStridedScalar(const float* dy, const float* x, int64_t rows,
   }
 }
 
+void FakeQuantGradLearnedRowDivScaleScalar(const float* dy, const float* x,
+                                           int64_t n, const NudgedRange& range,
+                                           float* dx, double* dmin,
+                                           double* dmax) {
+  GradLearnedRow<true>(dy, x, n, range, dx, dmin, dmax);
+}
+
+void FakeQuantGradLearnedRowMulInvScaleScalar(const float* dy, const float* x,
+                                              int64_t n,
+                                              const NudgedRange& range,
+                                              float* dx, double* dmin,
+                                              double* dmax) {
+  GradLearnedRow<false>(dy, x, n, range, dx, dmin, dmax);
+}
+
+void FakeQuantGradLearnedStridedScalar(const float* dy, const float* x,
+                                       int64_t rows, int64_t channels,
+                                       int64_t row_stride,
+                                       const NudgedRange* ranges, float* dx,
+                                       double* dmin, double* dmax) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = r * row_stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      if (ranges[c].zero_range) {
+        dx[off + c] = dy[off + c];
+      } else {
+        AccumulateLearnedGrad<false>(dy[off + c], x[off + c], ranges[c],
+                                     &dx[off + c], &dmin[c], &dmax[c]);
+      }
+    }
+  }
+}
+
 const FakeQuantKernelTable& ScalarFakeQuantKernels() {
   static const FakeQuantKernelTable table = {
       "scalar",
@@ -156,6 +227,9 @@ const FakeQuantKernelTable& ScalarFakeQuantKernels() {
       &FakeQuantStridedMulInvScaleScalar,
       &FakeQuantGradRowScalar,
       &FakeQuantGradStridedScalar,
+      &FakeQuantGradLearnedRowDivScaleScalar,
+      &FakeQuantGradLearnedRowMulInvScaleScalar,
+      &FakeQuantGradLearnedStridedScalar,
   };
   return table;
 }

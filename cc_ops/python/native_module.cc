@@ -124,10 +124,14 @@ FloatArray FakeQuantReference(const FloatArray& x, const FloatArray& min,
 py::tuple FakeQuantGradReference(const FloatArray& dy, const FloatArray& x,
                                  const FloatArray& min, const FloatArray& max,
                                  int num_bits, bool narrow_range,
-                                 std::optional<int64_t> axis) {
+                                 std::optional<int64_t> axis,
+                                 const std::string& range_gradient) {
   if (ShapeOf(dy) != ShapeOf(x)) {
     throw py::value_error("gradients and inputs must have the same shape");
   }
+  k::RangeGradient mode;
+  const std::string mode_error = k::ParseRangeGradient(range_gradient, &mode);
+  if (!mode_error.empty()) throw py::value_error(mode_error);
   const PreparedCall call = Prepare(x, min, max, num_bits, narrow_range, axis);
   FloatArray dx(ShapeOf(x));
   FloatArray dmin(ShapeOf(min));
@@ -135,7 +139,8 @@ py::tuple FakeQuantGradReference(const FloatArray& dy, const FloatArray& x,
   {
     py::gil_scoped_release release;
     const k::FakeQuantPlan plan(call.shape, k::SelectFakeQuantKernels());
-    plan.Backward(dy.data(), x.data(), call.ranges.data(), dx.mutable_data(),
+    plan.Backward(dy.data(), x.data(), call.ranges.data(), mode,
+                  dx.mutable_data(),
                   dmin.mutable_data(), dmax.mutable_data(),
                   k::RunTilesSerially);
   }
@@ -158,5 +163,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("fake_quant_grad_reference", &FakeQuantGradReference, py::arg("dy"),
         py::arg("x"), py::arg("min"), py::arg("max"), py::arg("num_bits") = 8,
         py::arg("narrow_range") = false, py::arg("axis") = py::none(),
-        "Returns (dx, dmin, dmax), the gradient of fake_quant_reference.");
+        py::arg("range_gradient") = "clipped",
+        "Returns (dx, dmin, dmax), the gradient of fake_quant_reference; "
+        "range_gradient is 'clipped' (TF's) or 'learned' (LSQ family).");
 }

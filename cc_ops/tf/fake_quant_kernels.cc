@@ -37,6 +37,12 @@ class FakeQuantOpBase : public OpKernel {
     num_bits_ = static_cast<int>(num_bits);
     OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    std::string range_gradient;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("range_gradient", &range_gradient));
+    const std::string mode_error =
+        k::ParseRangeGradient(range_gradient, &range_gradient_);
+    OP_REQUIRES(ctx, mode_error.empty(),
+                absl::InvalidArgumentError(mode_error));
   }
 
  protected:
@@ -84,6 +90,7 @@ class FakeQuantOpBase : public OpKernel {
   int num_bits_ = 8;
   bool narrow_range_ = false;
   int64_t axis_ = -1;
+  k::RangeGradient range_gradient_ = k::RangeGradient::kClipped;
 };
 
 class FakeQuantOp : public FakeQuantOpBase {
@@ -135,7 +142,7 @@ class FakeQuantGradOp : public FakeQuantOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, max.shape(), &dmax));
     const k::FakeQuantPlan plan(shape, k::SelectFakeQuantKernels());
     plan.Backward(gradients.flat<float>().data(), inputs.flat<float>().data(),
-                  ranges.data(), dx->flat<float>().data(),
+                  ranges.data(), range_gradient_, dx->flat<float>().data(),
                   dmin->flat<float>().data(), dmax->flat<float>().data(),
                   PoolRunner(ctx, plan));
   }

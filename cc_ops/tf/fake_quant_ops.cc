@@ -66,11 +66,14 @@ REGISTER_OP("TfquantFakeQuant")
     .Attr("num_bits: int = 8")
     .Attr("narrow_range: bool = false")
     .Attr("axis: int = -1")
+    .Attr("range_gradient: {'clipped', 'learned'} = 'clipped'")
     .SetShapeFn(FakeQuantShape)
     .Doc(R"doc(
 Fake-quantizes `inputs` to `num_bits` on the nudged range [min, max], bit for
 bit like FakeQuantWithMinMaxVars (scalar min/max) or
 FakeQuantWithMinMaxVarsPerChannel along any `axis` (1-D min/max).
+`range_gradient` does not change the forward; it tells the registered
+gradient which range gradient to compute (see TfquantFakeQuantGrad).
 )doc");
 
 REGISTER_OP("TfquantFakeQuantGrad")
@@ -84,10 +87,14 @@ REGISTER_OP("TfquantFakeQuantGrad")
     .Attr("num_bits: int = 8")
     .Attr("narrow_range: bool = false")
     .Attr("axis: int = -1")
+    .Attr("range_gradient: {'clipped', 'learned'} = 'clipped'")
     .SetShapeFn(FakeQuantGradShape)
     .Doc(R"doc(
 Straight-through gradient of TfquantFakeQuant with respect to inputs, min and
-max (range gradients summed per channel, deterministically).
+max (range gradients summed per channel, deterministically). `clipped`: TF's
+range gradient (only elements outside the nudged range count). `learned`: the
+learned-step-size gradient (LSQ, LSQ+, TQT): elements inside the range add
+-(q - u)/N to d/dmin and (q - u)/N to d/dmax, with u the unrounded level.
 )doc");
 
 }  // namespace tfquant

@@ -15,7 +15,7 @@ from tfquant.export.report import ExportReport
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.transform import OUTPUT_QUANTIZED_LAYERS, _is_pass_through
-from tfquant.quantizers.base import Deployment
+from tfquant.quantizers.base import Deployment, exporting
 
 _IO_TYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
 
@@ -52,6 +52,7 @@ def _quantizers(model):
 
 
 def _check_deployable(model):
+    """Raises for quantizers the export cannot keep; returns notes on what it changes."""
     quantizers = list(_quantizers(model))
     if not quantizers:
         raise ExportError(
@@ -66,6 +67,13 @@ def _check_deployable(model):
             "change their numbers: " + "; ".join(simulated) + ". Use 8, 4 or 2 weight bits "
             "for them (QuantConfig(weight_bits=...)), or keep those layers in float."
         )
+    widened = sorted({f"{layer.name} ({role}, {quantizer.num_bits} bits)"
+                      for layer, role, quantizer in quantizers
+                      if quantizer.deployment() is Deployment.INT8_WIDENED})
+    if widened:
+        return ["activations quantized to fewer than 8 bits in training run at 8 bits in "
+                "LiteRT (its integer kernels take 8 or 16): " + ", ".join(widened)]
+    return []
 
 
 def _as_input_list(model, data):
@@ -127,6 +135,19 @@ def _convert(model, arrays, input_type, output_type, integer_only):
         ) from error
 
 
+def _keras_outputs(model, arrays, batch_size):
+    """The model's inference outputs as the export computes them (eager calls, so the
+    `exporting` context reaches every quantizer, unlike a cached predict function)."""
+    batches = []
+    with exporting():
+        for start in range(0, len(arrays[0]), batch_size):
+            batch = [a[start:start + batch_size] for a in arrays]
+            outputs = model(batch if len(batch) > 1 else batch[0], training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            batches.append([np.asarray(o) for o in outputs])
+    return [np.concatenate(parts) for parts in zip(*batches)]
+
+
 def check_integer_ops(summary, allow_float=False):
     """The float compute ops of a flatbuffer (as text); raises `ExportError` if there are
     any and `allow_float` is False (every layer was meant to be integer)."""
@@ -145,7 +166,8 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
 
     Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights — and activations
-    int8 (int16 for 16-bit activation quantizers). Layers kept in float by the config
+    int8 (int16 for 16-bit activation quantizers; activations trained with fewer than 8
+    bits run at 8, which the report's notes say). Layers kept in float by the config
     stay float. The flatbuffer is checked: an op that came out float although every layer
     was quantized raises `ExportError`. With `representative_data`, the flatbuffer runs in
     the LiteRT interpreter (`ai_edge_litert`) on it and its outputs are compared with
@@ -166,22 +188,20 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     """
     input_type = _io_type(input_type, "input_type")
     output_type = _io_type(output_type, "output_type")
-    _check_deployable(model)
+    notes = _check_deployable(model)
     arrays = None if representative_data is None else _as_input_list(model, representative_data)
     float_layers = _float_layers(model)
-    flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
+    with exporting():
+        flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
     summary = inspect_flatbuffer(flatbuffer)
     float_ops = check_integer_ops(summary, allow_float=bool(float_layers))
-    notes = []
     if float_layers:
         notes.append("float layers (kept by the config): "
                      + ", ".join(layer.name for layer in float_layers))
     max_lsb = agreement = None
     num_samples = 0
     if arrays is not None:
-        reference = model.predict(arrays if len(arrays) > 1 else arrays[0],
-                                  batch_size=batch_size, verbose=0)
-        reference = reference if isinstance(reference, list) else [reference]
+        reference = _keras_outputs(model, arrays, batch_size)
         litert = run_litert(flatbuffer, arrays, batch_size=batch_size)
         lsbs = output_lsb(flatbuffer)
         comparisons = [compare_outputs(ref, out, lsb)

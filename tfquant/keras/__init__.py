@@ -2,9 +2,9 @@
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.batch_norm import freeze_batch_norm
-from tfquant.keras.config import QuantConfig
+from tfquant.keras.config import LayerRule, QuantConfig
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.transform import quantize_model
 
-__all__ = ["ActivationFakeQuant", "QuantConfig", "QuantizedConvolution", "freeze_batch_norm",
+__all__ = ["ActivationFakeQuant", "LayerRule", "QuantConfig", "QuantizedConvolution", "freeze_batch_norm",
            "quantize_model"]

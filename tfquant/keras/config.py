@@ -1,116 +1,308 @@
-"""`QuantConfig`: which layers `quantize_model` quantizes, and with what."""
+"""`QuantConfig` and `LayerRule`: which layers `quantize_model` quantizes, and how.
 
+A config holds defaults for every layer and a list of rules. For each layer the defaults
+apply first, then the first/last-layer override, then every rule that matches the layer
+(by name — a regular expression — or by class), later rules over earlier ones. The result
+is a `LayerSpec`, which builds the layer's quantizers.
+"""
+
+import dataclasses
+import inspect
 import re
 
 import keras
 
-from tfquant.quantizers.uniform import (
-    INT8_FIXED_OUTPUT_RANGES,
-    FixedRangeQuantizer,
-    MinMaxWeightQuantizer,
-    MovingAverageQuantizer,
-)
+from tfquant.quantizers.base import Quantizer, deserialize_quantizer, get_quantizer_class
+from tfquant.quantizers.uniform import INT8_FIXED_OUTPUT_RANGES, FixedRangeQuantizer
 
 WEIGHT_BITS = tuple(range(2, 9))
-ACTIVATION_BITS = (8, 16)
+ACTIVATION_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+UNSIGNED_ACTIVATIONS = ("relu", "relu6")
+
+
+def _check_bits(value, allowed, what, where):
+    if value is None:
+        return
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(
+            f"{where}: {what}={value!r} is not supported; allowed: "
+            f"{', '.join(map(str, allowed))}."
+        )
+
+
+def _check_match(entry, where):
+    if isinstance(entry, str):
+        try:
+            re.compile(entry)
+        except re.error as error:
+            raise ValueError(
+                f"{where}: {entry!r} is not a valid regular expression ({error})."
+            ) from None
+    elif not (isinstance(entry, type) and issubclass(entry, keras.layers.Layer)):
+        raise ValueError(
+            f"{where}: {entry!r} must be a layer name, a regular expression or a "
+            "keras.layers.Layer subclass."
+        )
+
+
+def _matches(entry, layer):
+    if isinstance(entry, str):
+        return layer.name == entry or re.fullmatch(entry, layer.name) is not None
+    return isinstance(layer, entry)
+
+
+@dataclasses.dataclass
+class LayerRule:
+    """Settings for the layers that `match` (a name, a regular expression matched against
+    the whole name, or a layer class). Fields left None keep what applies otherwise.
+
+    Args:
+      match: which layers.
+      weight_quantizer, activation_quantizer: a registered quantizer name
+        (`tfquant.quantizers.registered_quantizers()`), a Quantizer class or instance.
+      weight_bits: 2–8. activation_bits: 2–8 (below 8: training only, export uses 8) or 16.
+      per_channel: per-output-channel weights (True) or per tensor.
+      symmetric_activations: activation ranges symmetric around 0.
+      float: keep the matching layers in float.
+
+    Example: `LayerRule(r"block3_.*", weight_quantizer="LSQQuantizer", weight_bits=4)`.
+    """
+
+    match: object
+    weight_quantizer: object = None
+    activation_quantizer: object = None
+    weight_bits: int = None
+    activation_bits: int = None
+    per_channel: bool = None
+    symmetric_activations: bool = None
+    float: bool = False
+
+    def __post_init__(self):
+        where = f"LayerRule({self.match!r})"
+        _check_match(self.match, where)
+        _check_bits(self.weight_bits, WEIGHT_BITS, "weight_bits", where)
+        _check_bits(self.activation_bits, ACTIVATION_BITS, "activation_bits", where)
+        for spec in (self.weight_quantizer, self.activation_quantizer):
+            if spec is not None:
+                _quantizer_class_or_error(spec, where)
+
+    def get_config(self):
+        config = dataclasses.asdict(self)
+        config["match"] = self.match if isinstance(self.match, str) else self.match.__name__
+        for key in ("weight_quantizer", "activation_quantizer"):
+            config[key] = _spec_to_config(getattr(self, key))
+        return config
+
+
+def _quantizer_class_or_error(spec, where):
+    try:
+        if isinstance(spec, type):
+            if not issubclass(spec, Quantizer):
+                raise ValueError(f"{spec.__name__} is not a tfquant Quantizer.")
+            return spec
+        if isinstance(spec, Quantizer):
+            return type(spec)
+        if isinstance(spec, dict):
+            return type(deserialize_quantizer(spec))
+        if isinstance(spec, str):
+            return get_quantizer_class(spec)
+        raise ValueError(f"{spec!r} is not a quantizer name, class or instance.")
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _spec_to_config(spec):
+    if spec is None or isinstance(spec, str):
+        return spec
+    if isinstance(spec, type):
+        return spec.__name__
+    if isinstance(spec, Quantizer):
+        return {"class_name": type(spec).__name__, "config": spec.get_config()}
+    return spec
+
+
+@dataclasses.dataclass
+class LayerSpec:
+    """What applies to one layer; builds its quantizers."""
+
+    layer_name: str
+    weight_quantizer: object
+    activation_quantizer: object
+    weight_bits: int
+    activation_bits: int
+    per_channel: bool
+    symmetric_activations: bool
+    ema_decay: float
+
+    def weight_quantizer_for(self, axis):
+        """The quantizer of a kernel whose output channels lie on `axis`."""
+        return self._build(self.weight_quantizer, "weights", {
+            "num_bits": self.weight_bits, "per_channel": self.per_channel, "axis": axis,
+            "signed": True})
+
+    def activation_quantizer_for(self, activation=None, bits=None):
+        """The quantizer of an output whose last operation is `activation` (a name such
+        as "sigmoid"; None: not an activation); `bits` overrides the activation bits."""
+        bits = bits or self.activation_bits
+        if bits == 8 and activation in INT8_FIXED_OUTPUT_RANGES:
+            return FixedRangeQuantizer(*INT8_FIXED_OUTPUT_RANGES[activation], num_bits=8)
+        return self._build(self.activation_quantizer, "activations", {
+            "num_bits": bits, "symmetric": self.symmetric_activations,
+            "ema_decay": self.ema_decay, "signed": activation not in UNSIGNED_ACTIVATIONS,
+            "per_channel": False})
+
+    def _build(self, spec, role, settings):
+        where = f"layer {self.layer_name!r}"
+        cls = _quantizer_class_or_error(spec, where)
+        applies_to = getattr(cls, "applies_to", ("weights", "activations"))
+        if role not in applies_to:
+            raise ValueError(
+                f"{where}: {cls.__name__} quantizes {' and '.join(applies_to)}, not {role}; "
+                f"choose another {role[:-1]} quantizer for it."
+            )
+        if isinstance(spec, Quantizer):
+            return type(spec).from_config(spec.get_config())
+        if isinstance(spec, dict):
+            return deserialize_quantizer(spec)
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in settings.items() if k in accepted}
+        try:
+            return cls(**kwargs)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
 
 class QuantConfig:
-    """Defaults for every layer, and the layers to leave in float.
+    """Defaults for every layer, per-layer rules, and the layers to leave in float.
 
     Args:
-      weight_bits: bits of the weight quantizer, 2 to 8 (symmetric, narrow range).
-      activation_bits: bits of the activation quantizers, 8 or 16.
+      weight_quantizer: quantizer of Dense/conv kernels (name, class or instance);
+        default "MinMaxWeightQuantizer" (symmetric, narrow range).
+      activation_quantizer: quantizer of activations; default "MovingAverageQuantizer".
+      weight_bits: 2 to 8.
+      activation_bits: 2 to 8, or 16. Below 8 bits activations are training-only:
+        LiteRT runs 8 or 16, so `export_tflite` uses 8 and says so.
       per_channel_weights: one weight range per output channel (else per tensor).
       symmetric_activations: activation ranges `[-m, m]` (else asymmetric).
       activation_ema_decay: decay of the moving-average activation ranges.
-      float_layers: layers that stay in float: layer names, regular expressions matched
+      first_last_bits: bits of the weights and input activations of the first layers
+        (those reading a model input) and the last layers (those writing a model output),
+        and of the model outputs, as PACT and LSQ keep them at 8; None: no exception.
+      shortcut_bits: activation bits of tensors that feed an Add (residual shortcuts);
+        e.g. 8 keeps shortcuts at the highest integer precision in a low-bit model
+        (Choi et al. 2018); None: as other activations.
+      float_layers: layers that stay in float: names, regular expressions matched
         against the whole name, or layer classes (matching subclasses too).
+      rules: `LayerRule`s, applied in order after the defaults and first/last bits.
 
     Example:
-      `QuantConfig(float_layers=["lstm", r"head_.*", keras.layers.LayerNormalization])`
+      `QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=4, activation_bits=4,
+                   rules=[LayerRule("head", float=True)])`
     """
 
     def __init__(
         self,
+        weight_quantizer="MinMaxWeightQuantizer",
+        activation_quantizer="MovingAverageQuantizer",
         weight_bits=8,
         activation_bits=8,
         per_channel_weights=True,
         symmetric_activations=False,
         activation_ema_decay=0.99,
+        first_last_bits=8,
+        shortcut_bits=None,
         float_layers=(),
+        rules=(),
     ):
-        if weight_bits not in WEIGHT_BITS or isinstance(weight_bits, bool):
+        where = "QuantConfig"
+        _check_bits(weight_bits, WEIGHT_BITS, "weight_bits", where)
+        _check_bits(activation_bits, ACTIVATION_BITS, "activation_bits", where)
+        _check_bits(first_last_bits, WEIGHT_BITS, "first_last_bits", where)
+        _check_bits(shortcut_bits, ACTIVATION_BITS, "shortcut_bits", where)
+        if not 0.0 <= float(activation_ema_decay) < 1.0:
             raise ValueError(
-                f"QuantConfig: weight_bits={weight_bits!r} is not supported; allowed: "
-                f"{', '.join(map(str, WEIGHT_BITS))}."
-            )
-        if activation_bits not in ACTIVATION_BITS or isinstance(activation_bits, bool):
-            raise ValueError(
-                f"QuantConfig: activation_bits={activation_bits!r} is not supported; "
-                f"allowed: {', '.join(map(str, ACTIVATION_BITS))} (what LiteRT runs)."
+                f"{where}: activation_ema_decay={activation_ema_decay!r} must be in [0, 1)."
             )
         if isinstance(float_layers, (str, type)):
             float_layers = [float_layers]
         for entry in float_layers:
-            if isinstance(entry, str):
-                try:
-                    re.compile(entry)
-                except re.error as error:
-                    raise ValueError(
-                        f"QuantConfig: float_layers entry {entry!r} is not a valid regular "
-                        f"expression ({error})."
-                    ) from None
-            elif not (isinstance(entry, type) and issubclass(entry, keras.layers.Layer)):
-                raise ValueError(
-                    f"QuantConfig: float_layers entry {entry!r} must be a layer name, a "
-                    "regular expression or a keras.layers.Layer subclass."
-                )
-        # A throwaway quantizer checks the decay with its own message.
-        MovingAverageQuantizer(activation_bits, ema_decay=activation_ema_decay)
+            _check_match(entry, f"{where}: float_layers entry")
+        rules = list(rules)
+        for rule in rules:
+            if not isinstance(rule, LayerRule):
+                raise ValueError(f"{where}: rules must be LayerRule objects, got {rule!r}.")
+        for spec in (weight_quantizer, activation_quantizer):
+            _quantizer_class_or_error(spec, where)
+        self.weight_quantizer = weight_quantizer
+        self.activation_quantizer = activation_quantizer
         self.weight_bits = weight_bits
         self.activation_bits = activation_bits
         self.per_channel_weights = bool(per_channel_weights)
         self.symmetric_activations = bool(symmetric_activations)
         self.activation_ema_decay = float(activation_ema_decay)
+        self.first_last_bits = first_last_bits
+        self.shortcut_bits = shortcut_bits
         self.float_layers = list(float_layers)
+        self.rules = rules
 
     def is_float(self, layer):
         """True when `layer` is to stay in float."""
-        for entry in self.float_layers:
-            if isinstance(entry, str):
-                if layer.name == entry or re.fullmatch(entry, layer.name):
-                    return True
-            elif isinstance(layer, entry):
-                return True
-        return False
+        if any(_matches(entry, layer) for entry in self.float_layers):
+            return True
+        result = False
+        for rule in self.rules:
+            if _matches(rule.match, layer):
+                result = rule.float
+        return result
 
-    def weight_quantizer(self, layer, axis):
-        """The quantizer for a kernel of `layer` whose output channels lie on `axis`."""
-        return MinMaxWeightQuantizer(self.weight_bits, self.per_channel_weights, axis)
+    def layer_spec(self, layer, first_or_last_weights=False, first_or_last_activations=False):
+        """The settings that apply to `layer` (None: a model input).
 
-    def activation_quantizer(self, layer, activation=None):
-        """The quantizer for the output of `layer` (None: a model input), whose last
-        operation is `activation` (a name, e.g. "sigmoid"; None: not an activation)."""
-        if self.activation_bits == 8 and activation in INT8_FIXED_OUTPUT_RANGES:
-            return FixedRangeQuantizer(*INT8_FIXED_OUTPUT_RANGES[activation], num_bits=8)
-        return MovingAverageQuantizer(
-            self.activation_bits,
-            symmetric=self.symmetric_activations,
+        `first_or_last_weights`: the layer is a first or last layer, so its weights take
+        `first_last_bits`; `first_or_last_activations`: its output is a model output or
+        the input of a last layer, so it takes `first_last_bits` too (the input of a first
+        layer is a model input, always at `first_last_bits`).
+        """
+        spec = LayerSpec(
+            layer_name=layer.name if layer is not None else "model input",
+            weight_quantizer=self.weight_quantizer,
+            activation_quantizer=self.activation_quantizer,
+            weight_bits=self.weight_bits,
+            activation_bits=self.activation_bits,
+            per_channel=self.per_channel_weights,
+            symmetric_activations=self.symmetric_activations,
             ema_decay=self.activation_ema_decay,
         )
+        if self.first_last_bits is not None:
+            if first_or_last_weights:
+                spec.weight_bits = self.first_last_bits
+            if (first_or_last_activations or layer is None) and spec.activation_bits != 16:
+                spec.activation_bits = max(self.first_last_bits, spec.activation_bits)
+        if layer is None:
+            return spec
+        for rule in self.rules:
+            if not _matches(rule.match, layer):
+                continue
+            for field in ("weight_quantizer", "activation_quantizer", "weight_bits",
+                          "activation_bits", "per_channel", "symmetric_activations"):
+                value = getattr(rule, field)
+                if value is not None:
+                    setattr(spec, field, value)
+        return spec
 
     def get_config(self):
         return {
+            "weight_quantizer": _spec_to_config(self.weight_quantizer),
+            "activation_quantizer": _spec_to_config(self.activation_quantizer),
             "weight_bits": self.weight_bits,
             "activation_bits": self.activation_bits,
             "per_channel_weights": self.per_channel_weights,
             "symmetric_activations": self.symmetric_activations,
             "activation_ema_decay": self.activation_ema_decay,
-            "float_layers": [
-                entry if isinstance(entry, str) else entry.__name__
-                for entry in self.float_layers
-            ],
+            "first_last_bits": self.first_last_bits,
+            "shortcut_bits": self.shortcut_bits,
+            "float_layers": [e if isinstance(e, str) else e.__name__ for e in self.float_layers],
+            "rules": [rule.get_config() for rule in self.rules],
         }
 
     def __repr__(self):

@@ -44,6 +44,11 @@ OUTPUT_QUANTIZED_LAYERS = (
 )
 
 
+# Layers that apply an activation or a per-channel affine map: a Dense before them that
+# writes the model output is still "the last layer".
+_ACTIVATION_LIKE_LAYERS = (_L.ReLU, _L.LeakyReLU, _L.ELU, _L.Softmax, _L.Activation,
+                           _L.BatchNormalization)
+
 # Layers whose TFLite op takes a fused ReLU/ReLU6 (besides the convolutions).
 FUSED_ACTIVATION_LAYERS = (_L.Add, _L.Subtract, _L.Multiply)
 
@@ -119,6 +124,54 @@ class _Graph:
 
     def is_shared(self, layer):
         return self.node_count.get(id(layer), 0) > 1
+
+    def reads_model_input(self, node):
+        """True when a model input reaches `node` through pass-through layers only."""
+        for tensor in node.input_tensors:
+            producer, node_index, _ = tensor._keras_history
+            if isinstance(producer, _L.InputLayer):
+                return True
+            if _is_pass_through(producer) and self.reads_model_input(
+                    producer._inbound_nodes[node_index]):
+                return True
+        return False
+
+    def writes_model_output(self, node):
+        """True when `node`'s output reaches a model output through layers that only
+        pass values on or apply an activation (BN, ReLU, Softmax, Reshape, ...)."""
+        for tensor in node.outputs:
+            if id(tensor) in self.output_ids:
+                return True
+            for consumer in self.consumers.get(id(tensor), []):
+                layer = consumer.operation
+                if (_is_pass_through(layer) or isinstance(layer, _ACTIVATION_LIKE_LAYERS)) \
+                        and self.writes_model_output(consumer):
+                    return True
+        return False
+
+    def is_first_or_last(self, node):
+        return self.reads_model_input(node) or self.writes_model_output(node)
+
+    def feeds_last_layer(self, node):
+        """True when `node`'s output is read (through pass-through layers) by a Dense or
+        convolution that writes a model output."""
+        for tensor in node.outputs:
+            for consumer in self.consumers.get(id(tensor), []):
+                layer = consumer.operation
+                if kernel_kind(layer) is not None and self.writes_model_output(consumer):
+                    return True
+                if _is_pass_through(layer) and self.feeds_last_layer(consumer):
+                    return True
+        return False
+
+    def output_at_first_last_bits(self, node):
+        return self.writes_model_output(node) or self.feeds_last_layer(node)
+
+    def feeds_add(self, node):
+        """True when `node`'s output is an input of an Add (a residual shortcut)."""
+        return any(isinstance(consumer.operation, _L.Add)
+                   for tensor in node.outputs
+                   for consumer in self.consumers.get(id(tensor), []))
 
 
 def _functional_view(model):
@@ -253,7 +306,8 @@ class _Rebuilder:
         consumers = self.graph.consumers.get(id(tensor), [])
         if consumers and all(self.config.is_float(n.operation) for n in consumers):
             return new_input
-        layer = ActivationFakeQuant(self.config.activation_quantizer(None),
+        spec = self.config.layer_spec(None)
+        layer = ActivationFakeQuant(spec.activation_quantizer_for(),
                                     name=self.unique_name(f"{new_input.name}_quant"))
         return layer(new_input)
 
@@ -267,7 +321,8 @@ class _Rebuilder:
         args, kwargs = node.arguments.fill_in(self.tensors)
         if self.config.is_float(layer):
             outputs = self._layer_for(layer, _clone)(*args, **kwargs)
-            outputs = self._quantize_float_output(node, outputs)
+            if self._feeds_quantized_layer(node):
+                outputs = self._quantize_output(node, outputs)
         elif kernel_kind(layer) is not None:
             outputs = self._rebuild_convolution(node, args, kwargs)
         elif _is_pass_through(layer):
@@ -275,7 +330,7 @@ class _Rebuilder:
         else:
             outputs = self._layer_for(layer, _clone)(*args, **kwargs)
             if not (isinstance(layer, FUSED_ACTIVATION_LAYERS) and self._next_is_fused(node)):
-                outputs = self._quantize_output(layer, outputs)
+                outputs = self._quantize_output(node, outputs)
         flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for old, new in zip(node.outputs, flat):
             self.tensors[id(old)] = new
@@ -297,23 +352,28 @@ class _Rebuilder:
                 self.weight_sources.append((new_layer, layer))
         return self.layers[id(layer)]
 
-    def _quantize_output(self, layer, outputs):
-        quantizer = ActivationFakeQuant(self.config.activation_quantizer(layer, _last_activation(layer)),
+    def _output_quantizer(self, node, activation):
+        """The quantizer of `node`'s output, which ends with `activation`."""
+        spec = self.config.layer_spec(
+            node.operation, first_or_last_activations=self.graph.output_at_first_last_bits(node))
+        shortcut = self.config.shortcut_bits if self.graph.feeds_add(node) else None
+        return spec.activation_quantizer_for(activation, shortcut)
+
+    def _quantize_output(self, node, outputs):
+        layer = node.operation
+        quantizer = ActivationFakeQuant(self._output_quantizer(node, _last_activation(layer)),
                                         name=self.unique_name(f"{layer.name}_quant"))
         return quantizer(outputs)
 
-    def _quantize_float_output(self, node, outputs):
+    def _feeds_quantized_layer(self, node):
         """A float layer's output is quantized where a quantized layer reads it."""
         if len(node.outputs) != 1:
-            return outputs
+            return False
         consumers = self.graph.consumers.get(id(node.outputs[0]), [])
-        if any(not self.config.is_float(c.operation) for c in consumers):
-            return self._quantize_output(node.operation, outputs)
-        return outputs
+        return any(not self.config.is_float(c.operation) for c in consumers)
 
     def _rebuild_convolution(self, node, args, kwargs):
         layer = node.operation
-        config = self.config
         bn_node = _batch_norm_to_fold(self.graph, node, layer)
         last_node = bn_node or node
         fuse_next = activation_name(layer) == "linear" and self._next_is_fused(last_node)
@@ -323,15 +383,17 @@ class _Rebuilder:
             kind = kernel_kind(layer)
             axis = -2 if kind == "transpose" else -1
             own_activation = activation_name(layer)
+            spec = self.config.layer_spec(
+                layer, first_or_last_weights=self.graph.is_first_or_last(node))
             wrapper = QuantizedConvolution(
                 _clone(layer),
                 batch_norm=_clone(bn_node.operation) if bn_node is not None else None,
-                weight_quantizer=config.weight_quantizer(layer, axis),
+                weight_quantizer=spec.weight_quantizer_for(axis),
                 output_quantizer=(None if fuse_next else
-                                  config.activation_quantizer(layer, own_activation)),
-                intermediate_quantizer=(config.activation_quantizer(layer)
+                                  self._output_quantizer(last_node, own_activation)),
+                intermediate_quantizer=(spec.activation_quantizer_for()
                                         if kind == "separable" else None),
-                pre_activation_quantizer=(config.activation_quantizer(layer)
+                pre_activation_quantizer=(spec.activation_quantizer_for()
                                           if own_activation not in FUSABLE_ACTIVATIONS else None),
                 name=layer.name,
             )

@@ -3,7 +3,8 @@
 The forward is bit-identical to tf.quantization.fake_quant_with_min_max_vars
 (per tensor) and ..._per_channel (per channel), but works along any axis; the
 gradient is the straight-through estimator of TF's gradient ops, with
-deterministic range-gradient sums.
+deterministic range-gradient sums. With range_gradient="learned" the gradient
+w.r.t. min and max is that of the learned-step-size family (LSQ, LSQ+, TQT).
 """
 
 import numbers
@@ -16,6 +17,7 @@ _ops = _library.load_op_library()
 
 MIN_NUM_BITS = 2
 MAX_NUM_BITS = 16
+RANGE_GRADIENTS = ("clipped", "learned")
 
 
 def _check_num_bits(num_bits):
@@ -61,7 +63,8 @@ def _check_axis(axis, x, min, max):
     return axis
 
 
-def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None, name=None):
+def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None,
+               range_gradient="clipped", name=None):
     """Fake-quantizes x to `num_bits` on the nudged range [min, max].
 
     Args:
@@ -70,11 +73,26 @@ def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None, name=None
         (per channel along `axis`, any axis, negative allowed).
       num_bits: 2..16. narrow_range: use levels [1, 2^bits - 1] instead of
         [0, 2^bits - 1].
+      range_gradient: how gradients reach min and max (the forward and the
+        gradient w.r.t. x are the same in both modes):
+        "clipped" (TF's): dy summed where x is below (min) / above (max) the
+          nudged range.
+        "learned" (LSQ, LSQ+, TQT in the (min, max) parametrization): with
+          N = 2^bits - 1 (- 1 if narrow), s the nudged scale, u = (x - nudged_min)/s
+          and q = round(u) as in the forward, each element inside the range adds
+          dy*-(q - u)/N to d/dmin and dy*(q - u)/N to d/dmax; elements below add
+          dy to d/dmin, above add dy to d/dmax. With min = -Qn*s, max = Qp*s this
+          gives LSQ's d/ds = round(x/s) - x/s inside, -Qn below, Qp above (apply
+          LSQ's gradient scale yourself).
 
     Returns a tensor like x. Gradients flow to x (inside the range) and to
-    min/max (summed where x is below/above the range).
+    min/max as chosen by `range_gradient`, summed per channel in double.
     """
     num_bits = _check_num_bits(num_bits)
+    if range_gradient not in RANGE_GRADIENTS:
+        raise ValueError(
+            f"range_gradient={range_gradient!r} is not supported; allowed values are "
+            f"{', '.join(repr(m) for m in RANGE_GRADIENTS)}")
     with tf.name_scope(name or "fake_quant"):
         x = tf.convert_to_tensor(x)
         out_dtype = x.dtype
@@ -86,7 +104,8 @@ def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None, name=None
         max = tf.cast(max, tf.float32)
         axis_attr = _check_axis(axis, x, min, max)
         y = _ops.tfquant_fake_quant(
-            x, min, max, num_bits=num_bits, narrow_range=bool(narrow_range), axis=axis_attr)
+            x, min, max, num_bits=num_bits, narrow_range=bool(narrow_range), axis=axis_attr,
+            range_gradient=range_gradient)
         return y if out_dtype == tf.float32 else tf.cast(y, out_dtype)
 
 
@@ -95,7 +114,8 @@ def _fake_quant_grad(op, grad):
         grad, op.inputs[0], op.inputs[1], op.inputs[2],
         num_bits=op.get_attr("num_bits"),
         narrow_range=op.get_attr("narrow_range"),
-        axis=op.get_attr("axis"))
+        axis=op.get_attr("axis"),
+        range_gradient=op.get_attr("range_gradient"))
 
 
 try:

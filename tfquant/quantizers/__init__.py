@@ -9,6 +9,16 @@ from tfquant.quantizers.base import (
     registered_quantizers,
     serialize_quantizer,
 )
+from tfquant.quantizers._common import check_applies_to
+from tfquant.quantizers.binary import BinaryQuantizer
+from tfquant.quantizers.dorefa import DoReFaActivationQuantizer, DoReFaWeightQuantizer
+from tfquant.quantizers.lqnets import LQNetsQuantizer
+from tfquant.quantizers.lsq import LearnedRangeQuantizer, LSQPlusQuantizer, LSQQuantizer
+from tfquant.quantizers.pact import PACTQuantizer
+from tfquant.quantizers.sawb import SAWBQuantizer
+from tfquant.quantizers.soft import SoftQuantizer
+from tfquant.quantizers.ternary import TernaryQuantizer, TTQQuantizer
+from tfquant.quantizers.tqt import TQTQuantizer
 from tfquant.quantizers.uniform import (
     FixedRangeQuantizer,
     MinMaxWeightQuantizer,
@@ -16,6 +26,20 @@ from tfquant.quantizers.uniform import (
 )
 
 __all__ = [
+    "BinaryQuantizer",
+    "DoReFaActivationQuantizer",
+    "DoReFaWeightQuantizer",
+    "LQNetsQuantizer",
+    "LSQPlusQuantizer",
+    "LSQQuantizer",
+    "LearnedRangeQuantizer",
+    "PACTQuantizer",
+    "SAWBQuantizer",
+    "SoftQuantizer",
+    "TQTQuantizer",
+    "TTQQuantizer",
+    "TernaryQuantizer",
+    "check_applies_to",
     "Deployment",
     "FixedRangeQuantizer",
     "MinMaxWeightQuantizer",

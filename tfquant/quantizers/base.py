@@ -7,9 +7,12 @@ quantizer object serves tfquant's Keras 3 wrappers and a tf_keras TFMOT
 `QuantizeConfig` alike.
 """
 
+import contextlib
+import contextvars
 import enum
 
 _REGISTRY = {}
+_EXPORTING = contextvars.ContextVar("tfquant_exporting", default=False)
 
 
 class Deployment(enum.Enum):
@@ -18,7 +21,24 @@ class Deployment(enum.Enum):
     INT8 = "int8"  # exact: 8-bit integer tensors
     INT4 = "int4"  # exact: packed 4-bit weights (also 2-bit grids, which INT4 holds exactly)
     INT16 = "int16"  # exact: 16-bit activations (int16x8 kernels)
+    INT8_WIDENED = "int8, widened"  # sub-8-bit activations: LiteRT runs them at 8 bits
     SIMULATION = "simulation"  # training only; export cannot keep these numbers
+
+
+@contextlib.contextmanager
+def exporting():
+    """While active, inference-mode quantizers emit what the TFLite export runs:
+    sub-8-bit activations as 8-bit FakeQuant (LiteRT has no 2–7-bit activations)."""
+    token = _EXPORTING.set(True)
+    try:
+        yield
+    finally:
+        _EXPORTING.reset(token)
+
+
+def deployed_activation_bits(num_bits):
+    """The activation bits an inference-mode quantizer emits now (see `exporting`)."""
+    return 8 if _EXPORTING.get() and num_bits < 8 else num_bits
 
 
 class Quantizer:
@@ -81,16 +101,17 @@ def deserialize_quantizer(config):
     if config is None or isinstance(config, Quantizer):
         return config
     if isinstance(config, str):
-        return _lookup(config)()
+        return get_quantizer_class(config)()
     if isinstance(config, dict) and "class_name" in config:
-        return _lookup(config["class_name"]).from_config(config.get("config", {}))
+        return get_quantizer_class(config["class_name"]).from_config(config.get("config", {}))
     raise ValueError(
         f"Cannot make a quantizer from {config!r}: expected a Quantizer, a registered "
         f"name ({', '.join(registered_quantizers())}) or a dict with 'class_name'."
     )
 
 
-def _lookup(name):
+def get_quantizer_class(name):
+    """The registered quantizer class called `name`."""
     if name not in _REGISTRY:
         raise ValueError(
             f"Unknown quantizer {name!r}; registered quantizers: "

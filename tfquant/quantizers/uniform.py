@@ -9,7 +9,14 @@ integer tensors. The two give bit-identical forward results.
 import tensorflow as tf
 
 from tfquant.ops import fake_quant
-from tfquant.quantizers.base import Deployment, Quantizer, register_quantizer
+from tfquant.quantizers.base import (
+    Deployment,
+    Quantizer,
+    deployed_activation_bits,
+    register_quantizer,
+)
+
+ACTIVATION_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 # Smallest weight range: keeps an all-zero channel from giving a zero scale.
 _MIN_WEIGHT_RANGE = 1e-8
@@ -38,6 +45,13 @@ def export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis=None
         narrow_range=narrow_range,
     )
     return tf.transpose(moved, perm)
+
+
+def activation_deployment(num_bits):
+    """How an activation quantizer of `num_bits` deploys (8, 16, or widened to 8)."""
+    if num_bits == 16:
+        return Deployment.INT16
+    return Deployment.INT8 if num_bits == 8 else Deployment.INT8_WIDENED
 
 
 def _check_bits(num_bits, allowed, what):
@@ -117,14 +131,15 @@ class MovingAverageQuantizer(Quantizer):
     evaluates sensibly.
 
     Args:
-      num_bits: 8 (int8 export) or 16 (int16x8 export).
+      num_bits: 8 (int8 export), 16 (int16x8 export), or 2–7 (training only: the export
+        runs them at 8 bits, as LiteRT has no narrower activations).
       symmetric: range `[-m, m]`, zero point 0.
       narrow_range: leave out the lowest integer (`[-127, 127]` at 8 bits).
       ema_decay: in [0, 1); 0 uses each batch's range alone.
     """
 
     def __init__(self, num_bits=8, symmetric=False, narrow_range=False, ema_decay=0.99):
-        _check_bits(num_bits, (8, 16), "MovingAverageQuantizer")
+        _check_bits(num_bits, ACTIVATION_BITS, "MovingAverageQuantizer")
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(
                 f"MovingAverageQuantizer: ema_decay={ema_decay!r} must be in [0, 1)."
@@ -152,7 +167,7 @@ class MovingAverageQuantizer(Quantizer):
                               narrow_range=self.narrow_range)
         return export_fake_quant(
             inputs, tf.convert_to_tensor(weights["min"]), tf.convert_to_tensor(weights["max"]),
-            self._num_bits, self.narrow_range,
+            deployed_activation_bits(self._num_bits), self.narrow_range,
         )
 
     def _observe(self, inputs, weights):
@@ -178,7 +193,7 @@ class MovingAverageQuantizer(Quantizer):
         return tf.stop_gradient(new_min), tf.stop_gradient(new_max)
 
     def deployment(self):
-        return Deployment.INT8 if self._num_bits == 8 else Deployment.INT16
+        return activation_deployment(self._num_bits)
 
     def get_config(self):
         return {"num_bits": self._num_bits, "symmetric": self.symmetric,

@@ -1,0 +1,227 @@
+// The SIMD fake quantization kernels, written once over a vector type.
+//
+// Included only by the per-ISA translation units (fake_quant_avx2.cc,
+// fake_quant_avx512.cc, fake_quant_neon.cc), INSIDE their anonymous
+// namespace and after they define `struct V` (see fake_quant_avx2.cc for the
+// interface). Everything here therefore has internal linkage and is compiled
+// with that file's ISA flags only; no std:: template may be used here, or an
+// instance compiled with AVX-512 could be picked by the linker for scalar
+// code. No include guard on purpose; no #include either.
+//
+// Per element the operations, their order and their rounding are exactly
+// those of fake_quant_scalar.cc (no fused multiply-add: the files are built
+// with -ffp-contract=off), so y and dx are bit-identical to the scalar
+// kernels. Only the double sums of dmin/dmax are added in another order.
+
+using F = V::F;
+using M = V::M;
+using D = V::D;
+constexpr int kW = V::kWidth;
+
+// One grid per lane; lanes of a partial channel block get a zero range.
+struct RangeVec {
+  F nmin, nmax, scale, inv_scale, quant_zero, inv_levels;
+  M zero;  // min == max == 0
+};
+
+inline RangeVec Broadcast(const NudgedRange& r) {
+  RangeVec v;
+  v.nmin = V::Set1(r.nudged_min);
+  v.nmax = V::Set1(r.nudged_max);
+  v.scale = V::Set1(r.scale);
+  v.inv_scale = V::Set1(r.inv_scale);
+  v.quant_zero = V::Set1(r.quant_zero);
+  v.inv_levels = V::Set1(r.inv_levels);
+  v.zero = V::Lt(V::Zero(), V::Zero());  // all false
+  return v;
+}
+
+// Transposes n <= kW consecutive NudgedRange structs into lanes.
+inline RangeVec Transpose(const NudgedRange* r, int n) {
+  alignas(64) float f[7][kW];
+  for (int j = 0; j < kW; ++j) {
+    const NudgedRange& g = r[j < n ? j : 0];
+    const bool on = j < n;
+    f[0][j] = on ? g.nudged_min : 0.0f;
+    f[1][j] = on ? g.nudged_max : 0.0f;
+    f[2][j] = on ? g.scale : 1.0f;
+    f[3][j] = on ? g.inv_scale : 1.0f;
+    f[4][j] = on ? g.quant_zero : 0.0f;
+    f[5][j] = on ? g.inv_levels : 1.0f;
+    f[6][j] = (on && !g.zero_range) ? 0.0f : 1.0f;
+  }
+  RangeVec v;
+  v.nmin = V::Load(f[0]);
+  v.nmax = V::Load(f[1]);
+  v.scale = V::Load(f[2]);
+  v.inv_scale = V::Load(f[3]);
+  v.quant_zero = V::Load(f[4]);
+  v.inv_levels = V::Load(f[5]);
+  v.zero = V::Lt(V::Zero(), V::Load(f[6]));
+  return v;
+}
+
+// clamp, then (c - nudged_min) / scale or * inv_scale: the level before
+// rounding, u, as in the forward.
+template <bool kDivide>
+inline F Level(F x, const RangeVec& r) {
+  const F c = V::ClampLo(V::ClampHi(x, r.nmax), r.nmin);
+  const F shifted = V::Sub(c, r.nmin);
+  return kDivide ? V::Div(shifted, r.scale) : V::Mul(shifted, r.inv_scale);
+}
+
+template <bool kDivide>
+inline F Quantize(F x, const RangeVec& r) {
+  const F t = V::Sub(Level<kDivide>(x, r), r.quant_zero);
+  return V::Mul(V::Floor(V::Add(t, V::Set1(0.5f))), r.scale);
+}
+
+// dx and this element's dmin/dmax terms; see fake_quant.h for the formulas.
+template <bool kLearned, bool kDivide>
+inline void Grad(F dy, F x, const RangeVec& r, F* dx, F* cmin, F* cmax) {
+  const F one = V::Set1(1.0f);
+  const F zero = V::Zero();
+  const M inside = V::And(V::Ge(x, r.nmin), V::Le(x, r.nmax));
+  F below = V::Select(V::Lt(x, r.nmin), one, zero);
+  F above = V::Select(V::Gt(x, r.nmax), one, zero);
+  if (kLearned) {
+    const F t = V::Sub(Level<kDivide>(x, r), r.quant_zero);
+    const F e = V::Sub(V::Floor(V::Add(t, V::Set1(0.5f))), t);
+    const F w = V::Select(inside, V::Mul(e, r.inv_levels), zero);
+    below = V::Sub(below, w);
+    above = V::Add(above, w);
+  }
+  // Products, not selects: NaN/Inf dy propagate as in TF.
+  *dx = V::Mul(dy, V::Select(inside, one, zero));
+  *cmin = V::Mul(dy, below);
+  *cmax = V::Mul(dy, above);
+}
+
+template <bool kDivide>
+void ForwardRow(const float* x, int64_t n, const NudgedRange& range,
+                float* y) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
+    return;
+  }
+  const RangeVec r = Broadcast(range);
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    const F a = Quantize<kDivide>(V::Load(x + i), r);
+    const F b = Quantize<kDivide>(V::Load(x + i + kW), r);
+    V::Store(y + i, a);
+    V::Store(y + i + kW, b);
+  }
+  for (; i < n; i += kW) {
+    const int m = (n - i < kW) ? static_cast<int>(n - i) : kW;
+    V::StoreN(y + i, Quantize<kDivide>(V::LoadN(x + i, m), r), m);
+  }
+}
+
+template <bool kLearned, bool kDivide>
+void GradRow(const float* dy, const float* x, int64_t n,
+             const NudgedRange& range, float* dx, double* dmin,
+             double* dmax) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i];
+    return;
+  }
+  const RangeVec r = Broadcast(range);
+  // Two sets of accumulators hide the latency of the double adds.
+  D min0 = V::AccZero(), max0 = V::AccZero();
+  D min1 = V::AccZero(), max1 = V::AccZero();
+  F g, cmin, cmax;
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    Grad<kLearned, kDivide>(V::Load(dy + i), V::Load(x + i), r, &g, &cmin,
+                            &cmax);
+    V::Store(dx + i, g);
+    V::AccAdd(&min0, cmin);
+    V::AccAdd(&max0, cmax);
+    Grad<kLearned, kDivide>(V::Load(dy + i + kW), V::Load(x + i + kW), r, &g,
+                            &cmin, &cmax);
+    V::Store(dx + i + kW, g);
+    V::AccAdd(&min1, cmin);
+    V::AccAdd(&max1, cmax);
+  }
+  // Zero-filled tail lanes have dy = 0 and finite terms: they add +0.
+  for (; i < n; i += kW) {
+    const int m = (n - i < kW) ? static_cast<int>(n - i) : kW;
+    Grad<kLearned, kDivide>(V::LoadN(dy + i, m), V::LoadN(x + i, m), r, &g,
+                            &cmin, &cmax);
+    V::StoreN(dx + i, g, m);
+    V::AccAdd(&min0, cmin);
+    V::AccAdd(&max0, cmax);
+  }
+  *dmin += V::AccSum(min0) + V::AccSum(min1);
+  *dmax += V::AccSum(max0) + V::AccSum(max1);
+}
+
+// Channels last: vectorized across channels. Each block of kW channels keeps
+// its grids and its accumulators in registers while it walks down the rows.
+void ForwardStrided(const float* x, int64_t rows, int64_t channels,
+                    int64_t row_stride, const NudgedRange* ranges, float* y) {
+  for (int64_t c = 0; c < channels; c += kW) {
+    const int m = (channels - c < kW) ? static_cast<int>(channels - c) : kW;
+    const RangeVec r = Transpose(ranges + c, m);
+    const float* xc = x + c;
+    float* yc = y + c;
+    // The zero-range test is a blend per vector, decided once per block.
+    if (m == kW) {
+      for (int64_t row = 0; row < rows; ++row) {
+        const F q = Quantize<false>(V::Load(xc + row * row_stride), r);
+        V::Store(yc + row * row_stride, V::Select(r.zero, V::Zero(), q));
+      }
+    } else {
+      for (int64_t row = 0; row < rows; ++row) {
+        const F q = Quantize<false>(V::LoadN(xc + row * row_stride, m), r);
+        V::StoreN(yc + row * row_stride, V::Select(r.zero, V::Zero(), q), m);
+      }
+    }
+  }
+}
+
+template <bool kLearned>
+void GradStrided(const float* dy, const float* x, int64_t rows,
+                 int64_t channels, int64_t row_stride,
+                 const NudgedRange* ranges, float* dx, double* dmin,
+                 double* dmax) {
+  for (int64_t c = 0; c < channels; c += kW) {
+    const int m = (channels - c < kW) ? static_cast<int>(channels - c) : kW;
+    const RangeVec r = Transpose(ranges + c, m);
+    D acc_min = V::AccZero(), acc_max = V::AccZero();
+    F g, cmin, cmax;
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t off = row * row_stride + c;
+      const F d = m == kW ? V::Load(dy + off) : V::LoadN(dy + off, m);
+      const F xv = m == kW ? V::Load(x + off) : V::LoadN(x + off, m);
+      Grad<kLearned, false>(d, xv, r, &g, &cmin, &cmax);
+      // Zero-range channels: dx = dy, no range gradient.
+      g = V::Select(r.zero, d, g);
+      cmin = V::Select(r.zero, V::Zero(), cmin);
+      cmax = V::Select(r.zero, V::Zero(), cmax);
+      if (m == kW) {
+        V::Store(dx + off, g);
+      } else {
+        V::StoreN(dx + off, g, m);
+      }
+      V::AccAdd(&acc_min, cmin);
+      V::AccAdd(&acc_max, cmax);
+    }
+    V::AccAddTo(acc_min, dmin + c, m);
+    V::AccAddTo(acc_max, dmax + c, m);
+  }
+}
+
+// The table of this ISA.
+const FakeQuantKernelTable kTable = {
+    kIsaName,
+    &ForwardRow<true>,
+    &ForwardRow<false>,
+    &ForwardStrided,
+    &GradRow<false, false>,
+    &GradStrided<false>,
+    &GradRow<true, true>,
+    &GradRow<true, false>,
+    &GradStrided<true>,
+};

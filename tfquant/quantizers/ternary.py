@@ -1,0 +1,147 @@
+"""Ternary weights: TWN (Li et al. 2016) and TTQ (Zhu et al. 2017)."""
+
+import tensorflow as tf
+
+from tfquant.quantizers import _common as c
+from tfquant.quantizers.base import Deployment, Quantizer, register_quantizer
+from tfquant.quantizers.uniform import export_fake_quant
+
+_MIN_SCALE = 1e-8
+
+
+@register_quantizer
+class TernaryQuantizer(Quantizer):
+    """Ternary weight networks: `ŵ = α·sign(w)·[|w| > Δ]`.
+
+    `Δ = 0.7·E|w|` (`threshold_factor`), `α = mean(|w| where |w| > Δ)` (the
+    approximate L2-optimal pair of the paper), per tensor or per output channel; the
+    gradient for w is straight through (identity), none through Δ and α.
+    Li, Zhang & Liu 2016, "Ternary Weight Networks".
+
+    The grid `{−α, 0, α}` is a 2-bit narrow symmetric grid, so with `training=False`
+    the ternary weights also pass through TF's 2-bit narrow fake quant on `[−α, α]`
+    (which leaves them unchanged, bit for bit) for the converter to find: they
+    deploy as INT4 (`{−7, 0, 7}·α/7`).
+
+    Example: `w = [-1.0, -0.2, 0.3, 0.9]`: E|w| = 0.6, Δ = 0.42, α = (1.0 + 0.9)/2 = 0.95
+    → `ŵ = [-0.95, 0, 0, 0.95]`.
+
+    Args:
+      threshold_factor: the 0.7 of Δ (> 0).
+      per_channel: Δ and α per slice along `axis` (the output-channel axis).
+      axis: the output-channel axis.
+    """
+
+    applies_to = ("weights",)
+
+    def __init__(self, threshold_factor=0.7, per_channel=False, axis=-1):
+        self.threshold_factor = c.check_positive("TernaryQuantizer", "threshold_factor",
+                                                 threshold_factor)
+        self.per_channel = bool(per_channel)
+        self.axis = c.check_axis("TernaryQuantizer", axis)
+        self._num_bits = 2
+
+    def threshold_and_scale(self, w, axis=None):
+        """(Δ, α) of `w`, per slice along `axis` (per tensor when None)."""
+        w = tf.convert_to_tensor(w, tf.float32)
+        axes = c.reduce_axes(w, axis)
+        magnitude = tf.abs(w)
+        delta = self.threshold_factor * tf.reduce_mean(magnitude, axis=axes)
+        above = tf.cast(magnitude > c.per_channel(delta, w, axis), tf.float32)
+        count = tf.reduce_sum(above, axis=axes)
+        alpha = tf.reduce_sum(magnitude * above, axis=axes) / tf.maximum(count, 1.0)
+        return delta, tf.maximum(alpha, _MIN_SCALE)
+
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        x = tf.convert_to_tensor(inputs)
+        axis = self.axis % x.shape.rank if self.per_channel else None
+        delta, alpha = self.threshold_and_scale(tf.stop_gradient(x), axis)
+
+        def ternarize(w):
+            keep = tf.abs(w) > c.per_channel(delta, w, axis)
+            signs = tf.where(w >= 0.0, 1.0, -1.0)
+            return tf.where(keep, c.per_channel(alpha, w, axis) * signs, tf.zeros_like(w))
+
+        if training:
+            return c.straight_through(x, ternarize)
+        return export_fake_quant(ternarize(x), -alpha, alpha, 2, True, axis)
+
+    def deployment(self, kind=None):
+        return Deployment.INT4
+
+    def get_config(self):
+        return {"threshold_factor": self.threshold_factor, "per_channel": self.per_channel,
+                "axis": self.axis}
+
+
+@register_quantizer
+class TTQQuantizer(Quantizer):
+    """Trained ternary quantization: `ŵ = m·W_p` where `w > Δ`, `−m·W_n` where `w < −Δ`,
+    0 otherwise, with `Δ = t·m`, `m = max|w|` (t = 0.05).
+
+    `W_p`, `W_n` are trained (init 1.0; scalars, or per output channel with
+    `per_channel`). They are in units of `m` — the paper ternarizes weights normalized
+    to [−1, 1]; tfquant keeps the raw weights and multiplies by `m` (held constant) so
+    that the init 1.0 keeps the layer's scale. Gradients (autodiff of that forward):
+    `∂L/∂W_p = m·Σ_{I_p} ∂L/∂ŵ`, `∂L/∂W_n = −m·Σ_{I_n} ∂L/∂ŵ` (the paper writes the sum
+    without the sign, treating `−W_n` as the level); latent weights get the paper's
+    scaled straight-through gradient: `W_p·∂L/∂ŵ` on I_p, `∂L/∂ŵ` on I_z, `W_n·∂L/∂ŵ`
+    on I_n. Zhu, Han, Mao & Dally 2017, "Trained Ternary Quantization".
+
+    Example: `w = [-0.8, 0.01, 0.5, 1.0]`, W_p = 1.2, W_n = 0.9: m = 1, Δ = 0.05 →
+    `ŵ = [-0.9, 0, 1.2, 1.2]`.
+
+    Args:
+      threshold_factor: t of `Δ = t·max|w|` (in (0, 1)).
+      per_channel: `m`, `Δ`, `W_p`, `W_n` per slice along `axis`.
+      axis: the output-channel axis.
+
+    Deployment: SIMULATION (levels `−W_n`, 0, `W_p` are not symmetric).
+    """
+
+    applies_to = ("weights",)
+
+    def __init__(self, threshold_factor=0.05, per_channel=False, axis=-1):
+        self.threshold_factor = c.check_positive("TTQQuantizer", "threshold_factor",
+                                                 threshold_factor)
+        if self.threshold_factor >= 1.0:
+            raise ValueError(f"TTQQuantizer: threshold_factor={threshold_factor!r} is not "
+                             "supported; allowed: a number in (0, 1).")
+        self.per_channel = bool(per_channel)
+        self.axis = c.check_axis("TTQQuantizer", axis)
+        self._num_bits = 2
+
+    def build(self, tensor_shape, name, layer):
+        shape = ()
+        if self.per_channel:
+            shape = (c.channel_count("TTQQuantizer", tensor_shape, self.axis),)
+        return {"positive_scale": c.make_variable(layer, f"{name}_positive_scale", shape,
+                                                  1.0, True),
+                "negative_scale": c.make_variable(layer, f"{name}_negative_scale", shape,
+                                                  1.0, True)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        x = tf.convert_to_tensor(inputs)
+        axis = self.axis % x.shape.rank if self.per_channel else None
+        w = tf.stop_gradient(x)
+        m = tf.maximum(tf.reduce_max(tf.abs(w), axis=c.reduce_axes(w, axis)), _MIN_SCALE)
+        m = c.per_channel(m, w, axis)
+        delta = self.threshold_factor * m
+        positive = tf.cast(w > delta, tf.float32)
+        negative = tf.cast(w < -delta, tf.float32)
+        w_p = c.per_channel(weights["positive_scale"], w, axis)
+        w_n = c.per_channel(weights["negative_scale"], w, axis)
+        value = m * (w_p * positive - w_n * negative)
+        if not training:
+            return value
+        latent_scale = tf.stop_gradient(w_p * positive + (1.0 - positive - negative)
+                                        + w_n * negative)
+        straight = latent_scale * x
+        return value + (straight - tf.stop_gradient(straight))
+
+    def deployment(self, kind=None):
+        return Deployment.SIMULATION
+
+    def get_config(self):
+        return {"threshold_factor": self.threshold_factor, "per_channel": self.per_channel,
+                "axis": self.axis}
