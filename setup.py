@@ -36,10 +36,16 @@ COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-std
 
 # One translation unit per ISA (cc_ops/kernels/*_avx2.cc, ...): only that file
 # gets the ISA flags, so no wide-vector code leaks into shared functions.
+# The dispatch (cc_ops/kernels/fake_quant_dispatch.cc) runs a file's code only
+# when the CPU and OS support every flag given here; keep the two in step.
+# VNNI code goes in *_avx512vnni.cc, so the plain AVX-512 kernels also run on
+# AVX-512 CPUs without VNNI.
 ISA_FLAGS = {
     "_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
     "_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                   "-mavx512vnni", "-mfma", "-mf16c"],
+                   "-mfma", "-mf16c"],
+    "_avx512vnni.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                       "-mavx512vnni", "-mfma", "-mf16c"],
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

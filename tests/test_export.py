@@ -110,22 +110,43 @@ def test_float_layers_from_the_config_export_as_float():
     assert report.max_abs_diff_lsb <= 4
 
 
-def test_4_and_2_bit_weights_are_int4_and_3_bit_is_refused():
+@pytest.mark.parametrize("bits, dtype", [(2, "INT4"), (3, "INT4"), (4, "INT4"), (5, "INT8"),
+                                         (7, "INT8")])
+def test_every_weight_width_exports_its_exact_grid(bits, dtype):
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(8, 3, name="conv")(inputs)
     outputs = layers.Dense(4, name="dense")(layers.Flatten()(x))
     model = keras.Model(inputs, outputs)
     x = np.random.rand(32, 8, 8, 3).astype(np.float32)
-    for bits in (4, 2):
-        qmodel = tfquant.quantize_model(
-            model, tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
-        calibrate(qmodel, x)
-        report = tfquant.export_tflite(qmodel, representative_data=x)
-        assert "INT4" in report.weight_dtypes.values(), (bits, report.weight_dtypes)
-        assert report.max_abs_diff_lsb <= 4
-    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=3, first_last_bits=None))
-    with pytest.raises(ExportError, match="no exact integer form"):
-        tfquant.export_tflite(qmodel)
+    qmodel = tfquant.quantize_model(
+        model, tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
+    calibrate(qmodel, x)
+    report = tfquant.export_tflite(qmodel, representative_data=x)
+    weights = {name: info for name, info in report.summary.weight_tensors().items()
+               if info.type_name in ("INT4", "INT8")}
+    assert len(weights) == 2 and {w.type_name for w in weights.values()} == {dtype}
+    limit = 2 ** (bits - 1) - 1
+    for name in weights:
+        values = tensor_integers(report.flatbuffer, name)
+        assert values.min() >= -limit and values.max() <= limit
+        assert values.max() == limit  # the channel maximum sits on the top level
+    assert report.max_abs_diff_lsb <= 2
+
+
+def tensor_integers(flatbuffer, tensor_name):
+    """The integer values of a constant INT8/INT4 tensor, read with TF's schema module."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    subgraph = model.subgraphs[0]
+    for tensor in subgraph.tensors:
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+        if name == tensor_name.split("#")[0]:
+            raw = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8)
+            if tensor.type == 17:  # INT4: two values a byte, low nibble first
+                return np.stack([(raw << 4).astype(np.int8) >> 4, raw >> 4], -1).ravel()
+            return raw
+    raise KeyError(tensor_name)
 
 
 def test_bad_export_requests_raise_clear_errors(trained_qat_model):

@@ -61,7 +61,8 @@ def test_build_info():
     assert info["cxx_standard"] >= 201703
     for flag in ("-O3", "-ffp-contract=off", "-fPIC", "-std=c++17"):
         assert flag in info["flags"].split()
-    assert info["kernels"] == "scalar"
+    assert info["kernels"] == _native.kernel_variant()
+    assert info["kernels"] in info["kernel_variants"] == _native.kernel_variants()
 
 
 # ---------------------------------------------------------------- numpy kernels

@@ -4,6 +4,12 @@
 // each ISA gets its own translation unit and a dispatch table picks one at
 // load time, so no ISA-specific code may leak into shared inline functions.
 //
+// Every kernel variant (scalar, avx2, avx512, neon) gives the same y and dx
+// bits, NaN/Inf cases included; dmin/dmax are sums of the same float terms in
+// double, added in a variant-specific order, so they agree to a few ulp of
+// the double sum (far below float precision after the final cast, except when
+// the sum cancels to near zero: compare with a tolerance of ~1e-6 * sum|dy|).
+//
 // Numbers are bit-identical to TensorFlow's FakeQuantWithMinMaxVars
 // (per tensor) and FakeQuantWithMinMaxVarsPerChannel (per channel), whose
 // arithmetic is (all in float, no fused multiply-add):
@@ -162,8 +168,14 @@ void FakeQuantGradLearnedStridedScalar(const float* dy, const float* x,
 
 const FakeQuantKernelTable& ScalarFakeQuantKernels();
 
-// The table for this CPU, chosen once from cpuid and OS support
-// (fake_quant_dispatch.cc). Scalar until ISA-specific files are added.
+// The ISA tables (fake_quant_avx2.cc, fake_quant_avx512.cc,
+// fake_quant_neon.cc); nullptr where this build has no such code. Whether the
+// CPU can run them is decided in fake_quant_dispatch.cc.
+const FakeQuantKernelTable* Avx2FakeQuantKernels();
+const FakeQuantKernelTable* Avx512FakeQuantKernels();
+const FakeQuantKernelTable* NeonFakeQuantKernels();
+
+// The table for this CPU, chosen once (fake_quant_dispatch.h).
 const FakeQuantKernelTable& SelectFakeQuantKernels();
 
 }  // namespace kernels

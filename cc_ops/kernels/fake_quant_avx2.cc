@@ -3,11 +3,14 @@
 // flags): FMA is allowed by the flags but never contracted, the forward must
 // round like TF. Chosen at run time only if the CPU and OS support AVX2+FMA.
 
-#include <immintrin.h>
-
 #include <cstdint>
 
 #include "fake_quant.h"
+
+// Only x86 builds with the ISA flags have this code; others get a null table.
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace tfquant {
 namespace kernels {
@@ -39,6 +42,7 @@ struct V {
   static void StoreN(float* p, F v, int n) {
     _mm256_maskstore_ps(p, FirstLanes(n), v);
   }
+  static M FirstLanesMask(int n) { return _mm256_castsi256_ps(FirstLanes(n)); }
   static F Set1(float v) { return _mm256_set1_ps(v); }
   static F Zero() { return _mm256_setzero_ps(); }
   static F Add(F a, F b) { return _mm256_add_ps(a, b); }

@@ -4,11 +4,14 @@
 // forward must round like TF). Chosen at run time only if the CPU and OS
 // support AVX-512 F, BW, VL and DQ.
 
-#include <immintrin.h>
-
 #include <cstdint>
 
 #include "fake_quant.h"
+
+// Only x86 builds with the ISA flags have this code; others get a null table.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#endif
 
 namespace tfquant {
 namespace kernels {
@@ -39,6 +42,7 @@ struct V {
   static void StoreN(float* p, F v, int n) {
     _mm512_mask_storeu_ps(p, FirstLanes(n), v);
   }
+  static M FirstLanesMask(int n) { return FirstLanes(n); }
   static F Set1(float v) { return _mm512_set1_ps(v); }
   static F Zero() { return _mm512_setzero_ps(); }
   static F Add(F a, F b) { return _mm512_add_ps(a, b); }

@@ -144,14 +144,15 @@ void GradRow(const float* dy, const float* x, int64_t n,
     V::AccAdd(&min1, cmin);
     V::AccAdd(&max1, cmax);
   }
-  // Zero-filled tail lanes have dy = 0 and finite terms: they add +0.
   for (; i < n; i += kW) {
     const int m = (n - i < kW) ? static_cast<int>(n - i) : kW;
     Grad<kLearned, kDivide>(V::LoadN(dy + i, m), V::LoadN(x + i, m), r, &g,
                             &cmin, &cmax);
     V::StoreN(dx + i, g, m);
-    V::AccAdd(&min0, cmin);
-    V::AccAdd(&max0, cmax);
+    // Zero-filled lanes are not always harmless (0 * NaN when the scale is 0).
+    const M live = V::FirstLanesMask(m);
+    V::AccAdd(&min0, V::Select(live, cmin, V::Zero()));
+    V::AccAdd(&max0, V::Select(live, cmax, V::Zero()));
   }
   *dmin += V::AccSum(min0) + V::AccSum(min1);
   *dmax += V::AccSum(max0) + V::AccSum(max1);

@@ -13,6 +13,7 @@
 
 #include "cc_ops/kernels/cpu_features.h"
 #include "cc_ops/kernels/fake_quant.h"
+#include "cc_ops/kernels/fake_quant_dispatch.h"
 #include "cc_ops/kernels/fake_quant_plan.h"
 
 // setup.py passes these; the fallbacks only keep other builds compiling.
@@ -67,7 +68,30 @@ py::dict BuildInfo() {
   out["cxx_standard"] = static_cast<long>(__cplusplus);  // 201703 = C++17
   out["flags"] = TFQUANT_BUILD_FLAGS;
   out["kernels"] = k::SelectFakeQuantKernels().isa;
+  out["kernel_variants"] = k::SupportedFakeQuantKernels();
+  out["kernels_requested"] = k::FakeQuantKernelSelection().requested;
+  out["kernels_warning"] = k::FakeQuantKernelSelection().warning;
   return out;
+}
+
+std::string Join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// The table `variant` names (None: the one chosen at load); ValueError if it
+// cannot run here.
+const k::FakeQuantKernelTable& KernelsFor(
+    const std::optional<std::string>& variant) {
+  if (!variant.has_value()) return k::SelectFakeQuantKernels();
+  const k::FakeQuantKernelTable* table = k::FakeQuantKernelsNamed(*variant);
+  if (table == nullptr) {
+    throw py::value_error("kernel variant '" + *variant +
+                          "' is not supported here; supported: " +
+                          Join(k::SupportedFakeQuantKernels()));
+  }
+  return *table;
 }
 
 struct PreparedCall {
@@ -109,12 +133,14 @@ PreparedCall Prepare(const FloatArray& x, const FloatArray& min,
 
 FloatArray FakeQuantReference(const FloatArray& x, const FloatArray& min,
                               const FloatArray& max, int num_bits,
-                              bool narrow_range, std::optional<int64_t> axis) {
+                              bool narrow_range, std::optional<int64_t> axis,
+                              const std::optional<std::string>& variant) {
+  const k::FakeQuantKernelTable& kernels = KernelsFor(variant);
   const PreparedCall call = Prepare(x, min, max, num_bits, narrow_range, axis);
   FloatArray y(ShapeOf(x));
   {
     py::gil_scoped_release release;
-    const k::FakeQuantPlan plan(call.shape, k::SelectFakeQuantKernels());
+    const k::FakeQuantPlan plan(call.shape, kernels);
     plan.Forward(x.data(), call.ranges.data(), y.mutable_data(),
                  k::RunTilesSerially);
   }
@@ -125,7 +151,9 @@ py::tuple FakeQuantGradReference(const FloatArray& dy, const FloatArray& x,
                                  const FloatArray& min, const FloatArray& max,
                                  int num_bits, bool narrow_range,
                                  std::optional<int64_t> axis,
-                                 const std::string& range_gradient) {
+                                 const std::string& range_gradient,
+                                 const std::optional<std::string>& variant) {
+  const k::FakeQuantKernelTable& kernels = KernelsFor(variant);
   if (ShapeOf(dy) != ShapeOf(x)) {
     throw py::value_error("gradients and inputs must have the same shape");
   }
@@ -138,7 +166,7 @@ py::tuple FakeQuantGradReference(const FloatArray& dy, const FloatArray& x,
   FloatArray dmax(ShapeOf(max));
   {
     py::gil_scoped_release release;
-    const k::FakeQuantPlan plan(call.shape, k::SelectFakeQuantKernels());
+    const k::FakeQuantPlan plan(call.shape, kernels);
     plan.Backward(dy.data(), x.data(), call.ranges.data(), mode,
                   dx.mutable_data(),
                   dmin.mutable_data(), dmax.mutable_data(),
@@ -156,14 +184,23 @@ PYBIND11_MODULE(_native, m) {
   m.def("build_info", &BuildInfo,
         "How this module and the TF op library were built (tf_version, "
         "compiler, glibcxx_use_cxx11_abi, cxx_standard, flags, kernels).");
+  m.def(
+      "kernel_variant", [] { return std::string(k::SelectFakeQuantKernels().isa); },
+      "The fake-quant kernel variant in use: the best this CPU supports, or "
+      "the one the TFQUANT_KERNELS environment variable forces.");
+  m.def("kernel_variants", &k::SupportedFakeQuantKernels,
+        "Kernel variants runnable here, worst first (scalar first).");
   m.def("fake_quant_reference", &FakeQuantReference, py::arg("x"),
         py::arg("min"), py::arg("max"), py::arg("num_bits") = 8,
         py::arg("narrow_range") = false, py::arg("axis") = py::none(),
-        "Fake-quantizes a float32 array exactly like tfquant.ops.fake_quant.");
+        py::arg("variant") = py::none(),
+        "Fake-quantizes a float32 array exactly like tfquant.ops.fake_quant. "
+        "variant: a kernel variant from kernel_variants() (default: the one "
+        "the op uses).");
   m.def("fake_quant_grad_reference", &FakeQuantGradReference, py::arg("dy"),
         py::arg("x"), py::arg("min"), py::arg("max"), py::arg("num_bits") = 8,
         py::arg("narrow_range") = false, py::arg("axis") = py::none(),
-        py::arg("range_gradient") = "clipped",
+        py::arg("range_gradient") = "clipped", py::arg("variant") = py::none(),
         "Returns (dx, dmin, dmax), the gradient of fake_quant_reference; "
         "range_gradient is 'clipped' (TF's) or 'learned' (LSQ family).");
 }

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.export.flatbuffer import inspect_flatbuffer
+from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
 from tfquant.export.report import ExportReport
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
@@ -51,29 +52,58 @@ def _quantizers(model):
             yield layer, "activation", layer.quantizer
 
 
-def _check_deployable(model):
-    """Raises for quantizers the export cannot keep; returns notes on what it changes."""
+def _plan_deployment(model, nonuniform):
+    """Checks that every quantizer can be exported; returns (notes, weight grids).
+
+    Weights of quantizers without a uniform deployment go onto an exact integer grid
+    when their levels allow, else onto the nearest int8 grid if `nonuniform` says so.
+    """
     quantizers = list(_quantizers(model))
     if not quantizers:
         raise ExportError(
             f"Model {model.name!r} has no tfquant quantizers: call tfquant.quantize_model "
             "(and train or calibrate it) before export_tflite."
         )
-    simulated = [f"{layer.name} ({role}: {quantizer!r})" for layer, role, quantizer in quantizers
-                 if quantizer.deployment() is Deployment.SIMULATION]
-    if simulated:
+    notes, grids, problems = [], {}, []
+    for layer, role, quantizer in quantizers:
+        if quantizer.deployment() is not Deployment.SIMULATION:
+            continue
+        if role != "kernel":
+            problems.append(f"{layer.name} ({role}): {type(quantizer).__name__} levels have "
+                            "no integer form in TFLite; keep this layer in float")
+            continue
+        for kernel_name, (values, axis) in layer.deployed_kernels().items():
+            grid = find_integer_grid(values, axis)
+            where = f"{layer.name}.{kernel_name}"
+            if grid is not None:
+                notes.append(f"{where}: {type(quantizer).__name__} levels stored exactly as "
+                             f"{'INT4' if grid.num_bits == 4 else 'int8'} integers")
+                grids[(layer.name, kernel_name)] = grid
+                continue
+            nearest = nearest_int8_grid(values, axis)
+            if nonuniform == "nearest_grid":
+                notes.append(f"{where}: {type(quantizer).__name__} levels rounded to the "
+                             f"nearest int8 grid (relative error {nearest.relative_error:.3%})")
+                grids[(layer.name, kernel_name)] = nearest
+            else:
+                problems.append(
+                    f"{where}: {type(quantizer).__name__} levels are not integer multiples "
+                    f"of one step (nearest int8 grid: relative error "
+                    f"{nearest.relative_error:.3%})")
+    if problems:
         raise ExportError(
-            "These quantizers have no exact integer form in TFLite, so the export would "
-            "change their numbers: " + "; ".join(simulated) + ". Use 8, 4 or 2 weight bits "
-            "for them (QuantConfig(weight_bits=...)), or keep those layers in float."
+            "These quantizers have no exact integer form in TFLite: " + "; ".join(problems)
+            + ". Export the weights on the nearest int8 grid with "
+            "export_tflite(..., nonuniform='nearest_grid'), or keep those layers in float "
+            "with QuantConfig(float_layers=[...]) and quantize again."
         )
     widened = sorted({f"{layer.name} ({role}, {quantizer.num_bits} bits)"
                       for layer, role, quantizer in quantizers
                       if quantizer.deployment() is Deployment.INT8_WIDENED})
     if widened:
-        return ["activations quantized to fewer than 8 bits in training run at 8 bits in "
-                "LiteRT (its integer kernels take 8 or 16): " + ", ".join(widened)]
-    return []
+        notes.append("activations quantized to fewer than 8 bits in training run at 8 bits "
+                     "in LiteRT (its integer kernels take 8 or 16): " + ", ".join(widened))
+    return notes, grids
 
 
 def _as_input_list(model, data):
@@ -135,11 +165,11 @@ def _convert(model, arrays, input_type, output_type, integer_only):
         ) from error
 
 
-def _keras_outputs(model, arrays, batch_size):
+def _keras_outputs(model, arrays, batch_size, grids):
     """The model's inference outputs as the export computes them (eager calls, so the
     `exporting` context reaches every quantizer, unlike a cached predict function)."""
     batches = []
-    with exporting():
+    with exporting(grids):
         for start in range(0, len(arrays[0]), batch_size):
             batch = [a[start:start + batch_size] for a in arrays]
             outputs = model(batch if len(batch) > 1 else batch[0], training=False)
@@ -162,7 +192,7 @@ def check_integer_ops(summary, allow_float=False):
 
 
 def export_tflite(model, path=None, representative_data=None, input_type="float32",
-                  output_type="float32", batch_size=256):
+                  output_type="float32", batch_size=256, nonuniform="error"):
     """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
 
     Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights — and activations
@@ -181,6 +211,11 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
       input_type, output_type: "float32" (quantize/dequantize inside the model), "int8"
         or "uint8".
       batch_size: batch size of the verification runs.
+      nonuniform: what to do with weights whose quantizer has no uniform grid and whose
+        levels are not integer multiples of one step (TTQ with W_p ≠ W_n, LQ-Nets):
+        "error" (default: raise, with the error the fallback would cost) or
+        "nearest_grid" (round them to the nearest int8 grid; the report's notes give the
+        relative error). Levels on an integer grid (TWN, XNOR, DoReFa) export exactly.
 
     Returns:
       An `ExportReport`: the flatbuffer bytes, size, ops, weight dtypes read from the
@@ -188,10 +223,13 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     """
     input_type = _io_type(input_type, "input_type")
     output_type = _io_type(output_type, "output_type")
-    notes = _check_deployable(model)
+    if nonuniform not in ("error", "nearest_grid"):
+        raise ValueError(f"nonuniform={nonuniform!r} is not supported; allowed: 'error', "
+                         "'nearest_grid'.")
+    notes, grids = _plan_deployment(model, nonuniform)
     arrays = None if representative_data is None else _as_input_list(model, representative_data)
     float_layers = _float_layers(model)
-    with exporting():
+    with exporting(grids):
         flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
     summary = inspect_flatbuffer(flatbuffer)
     float_ops = check_integer_ops(summary, allow_float=bool(float_layers))
@@ -201,7 +239,7 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     max_lsb = agreement = None
     num_samples = 0
     if arrays is not None:
-        reference = _keras_outputs(model, arrays, batch_size)
+        reference = _keras_outputs(model, arrays, batch_size, grids)
         litert = run_litert(flatbuffer, arrays, batch_size=batch_size)
         lsbs = output_lsb(flatbuffer)
         comparisons = [compare_outputs(ref, out, lsb)

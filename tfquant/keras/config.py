@@ -17,7 +17,6 @@ from tfquant.quantizers.uniform import INT8_FIXED_OUTPUT_RANGES, FixedRangeQuant
 
 WEIGHT_BITS = tuple(range(2, 9))
 ACTIVATION_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
-UNSIGNED_ACTIVATIONS = ("relu", "relu6")
 
 
 def _check_bits(value, allowed, what, where):
@@ -133,23 +132,32 @@ class LayerSpec:
     per_channel: bool
     symmetric_activations: bool
     ema_decay: float
+    signed_activation_quantizer: object = "MovingAverageQuantizer"
 
     def weight_quantizer_for(self, axis):
         """The quantizer of a kernel whose output channels lie on `axis`."""
         return self._build(self.weight_quantizer, "weights", {
             "num_bits": self.weight_bits, "per_channel": self.per_channel, "axis": axis,
-            "signed": True})
+            "signed": True, "kind": "weights"})
 
-    def activation_quantizer_for(self, activation=None, bits=None):
+    def activation_quantizer_for(self, activation=None, bits=None, non_negative=False):
         """The quantizer of an output whose last operation is `activation` (a name such
-        as "sigmoid"; None: not an activation); `bits` overrides the activation bits."""
+        as "sigmoid"; None: not an activation); `bits` overrides the activation bits;
+        `non_negative`: the output is known never to be negative.
+
+        A quantizer for non-negative inputs only (`unsigned_only`, e.g. PACT) is replaced
+        by `signed_activation_quantizer` where the output may be negative."""
         bits = bits or self.activation_bits
         if bits == 8 and activation in INT8_FIXED_OUTPUT_RANGES:
             return FixedRangeQuantizer(*INT8_FIXED_OUTPUT_RANGES[activation], num_bits=8)
-        return self._build(self.activation_quantizer, "activations", {
+        spec = self.activation_quantizer
+        if not non_negative and getattr(_quantizer_class_or_error(spec, self.layer_name),
+                                        "unsigned_only", False):
+            spec = self.signed_activation_quantizer
+        return self._build(spec, "activations", {
             "num_bits": bits, "symmetric": self.symmetric_activations,
-            "ema_decay": self.ema_decay, "signed": activation not in UNSIGNED_ACTIVATIONS,
-            "per_channel": False})
+            "ema_decay": self.ema_decay, "signed": not non_negative,
+            "per_channel": False, "kind": "activations"})
 
     def _build(self, spec, role, settings):
         where = f"layer {self.layer_name!r}"
@@ -179,6 +187,9 @@ class QuantConfig:
       weight_quantizer: quantizer of Dense/conv kernels (name, class or instance);
         default "MinMaxWeightQuantizer" (symmetric, narrow range).
       activation_quantizer: quantizer of activations; default "MovingAverageQuantizer".
+      signed_activation_quantizer: used instead of an `activation_quantizer` made for
+        non-negative inputs only (PACT, DoReFa) on outputs that can be negative (e.g. a
+        convolution+BN feeding an Add); default "MovingAverageQuantizer".
       weight_bits: 2 to 8.
       activation_bits: 2 to 8, or 16. Below 8 bits activations are training-only:
         LiteRT runs 8 or 16, so `export_tflite` uses 8 and says so.
@@ -204,6 +215,7 @@ class QuantConfig:
         self,
         weight_quantizer="MinMaxWeightQuantizer",
         activation_quantizer="MovingAverageQuantizer",
+        signed_activation_quantizer="MovingAverageQuantizer",
         weight_bits=8,
         activation_bits=8,
         per_channel_weights=True,
@@ -231,10 +243,11 @@ class QuantConfig:
         for rule in rules:
             if not isinstance(rule, LayerRule):
                 raise ValueError(f"{where}: rules must be LayerRule objects, got {rule!r}.")
-        for spec in (weight_quantizer, activation_quantizer):
+        for spec in (weight_quantizer, activation_quantizer, signed_activation_quantizer):
             _quantizer_class_or_error(spec, where)
         self.weight_quantizer = weight_quantizer
         self.activation_quantizer = activation_quantizer
+        self.signed_activation_quantizer = signed_activation_quantizer
         self.weight_bits = weight_bits
         self.activation_bits = activation_bits
         self.per_channel_weights = bool(per_channel_weights)
@@ -272,6 +285,7 @@ class QuantConfig:
             per_channel=self.per_channel_weights,
             symmetric_activations=self.symmetric_activations,
             ema_decay=self.activation_ema_decay,
+            signed_activation_quantizer=self.signed_activation_quantizer,
         )
         if self.first_last_bits is not None:
             if first_or_last_weights:
@@ -294,6 +308,7 @@ class QuantConfig:
         return {
             "weight_quantizer": _spec_to_config(self.weight_quantizer),
             "activation_quantizer": _spec_to_config(self.activation_quantizer),
+            "signed_activation_quantizer": _spec_to_config(self.signed_activation_quantizer),
             "weight_bits": self.weight_bits,
             "activation_bits": self.activation_bits,
             "per_channel_weights": self.per_channel_weights,

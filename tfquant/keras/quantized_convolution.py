@@ -15,8 +15,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
-from tfquant.quantizers.uniform import MinMaxWeightQuantizer
+from tfquant.quantizers.base import (
+    deserialize_quantizer,
+    export_weight_grid,
+    serialize_quantizer,
+)
+from tfquant.quantizers.uniform import MinMaxWeightQuantizer, export_fake_quant
 
 # Activations that TFLite fuses into CONV_2D/FULLY_CONNECTED/..., so that no
 # quantizer is needed between the layer and the activation.
@@ -70,14 +74,20 @@ def _scale_output_channels(kernel, factor, kind):
     return kernel * factor
 
 
-def _quantize_kernel(kernel, quantizer, kind, training, weights):
-    if kind == "depthwise":
-        flat = quantizer(_flatten_depthwise(kernel), training, weights)
-        return ops.reshape(flat, ops.shape(kernel))
-    return quantizer(kernel, training, weights)
+def _quantize_kernel(kernel, quantizer, kind, training, weights, grid=None):
+    """Quantizes `kernel` (depthwise: with its channels flattened); `grid`: the integer
+    grid the export stores it on (see tfquant.export.integer_grid)."""
+    flat = _flatten_depthwise(kernel) if kind == "depthwise" else kernel
+    quantized = quantizer(flat, training, weights)
+    if grid is not None:
+        limit = grid.scales * float(2 ** (grid.num_bits - 1) - 1)
+        quantized = export_fake_quant(quantized, -limit, limit, grid.num_bits, True,
+                                      _output_axis(kind))
+    return ops.reshape(quantized, ops.shape(kernel)) if kind == "depthwise" else quantized
 
 
 def _output_axis(kind):
+    """The output-channel axis of a kernel (of a depthwise one: after flattening)."""
     return -2 if kind == "transpose" else -1
 
 
@@ -147,8 +157,12 @@ class QuantizedConvolution(keras.layers.Wrapper):
             self.batch_norm.build(output_shape)
         self._kernel_vars = {}
         for name in self._kernel_names():
-            self._kernel_vars[name] = self.weight_quantizer.build(
-                getattr(self.layer, name).shape, name, self)
+            shape = tuple(getattr(self.layer, name).shape)
+            if name == "depthwise_kernel" or self.kind == "depthwise":
+                # The quantizer sees the kernel with [in, multiplier] flattened into one
+                # axis of output channels (see _quantize_kernel).
+                shape = shape[:-2] + (shape[-2] * shape[-1],)
+            self._kernel_vars[name] = self.weight_quantizer.build(shape, name, self)
         self._bn_frozen = None
         if self.batch_norm is not None:
             # 1.0 once FreezeBatchNorm (or freeze_batch_norm) has switched the layer to
@@ -205,10 +219,16 @@ class QuantizedConvolution(keras.layers.Wrapper):
     def _quantized_kernels(self, kernels, training):
         quantized = {}
         for name, kernel in kernels.items():
-            kind = "depthwise" if name == "depthwise_kernel" else self.kind
-            quantized[name] = _quantize_kernel(kernel, self.weight_quantizer, kind, training,
-                                               self._kernel_vars[name])
+            grid = None if training else export_weight_grid(self.name, name)
+            quantized[name] = _quantize_kernel(kernel, self.weight_quantizer,
+                                               self._kernel_kind(name), training,
+                                               self._kernel_vars[name], grid)
         return quantized
+
+    def _kernel_kind(self, name):
+        if name == "pointwise_kernel":
+            return "conv"
+        return "depthwise" if name == "depthwise_kernel" else self.kind
 
     def _folded_kernel_name(self):
         return "pointwise_kernel" if self.kind == "separable" else "kernel"
@@ -325,6 +345,24 @@ class QuantizedConvolution(keras.layers.Wrapper):
         """Switches the folded BN to moving statistics (and stops updating them)."""
         if self._bn_frozen is not None:
             self._bn_frozen.assign(1.0 if frozen else 0.0)
+
+    def deployed_kernels(self):
+        """{kernel name: (quantized values, output-channel axis)} as the export sees them,
+        BN folded in; a depthwise kernel with its channels flattened."""
+        if self.batch_norm is None:
+            kernels = self._float_kernels()
+        else:
+            gamma, _ = self._bn_params()
+            sigma_mv = ops.sqrt(ops.convert_to_tensor(self.batch_norm.moving_variance)
+                                + self.batch_norm.epsilon)
+            kernels = self._folded_kernels(gamma, sigma_mv)
+        result = {}
+        for name, kernel in kernels.items():
+            kind = self._kernel_kind(name)
+            flat = _flatten_depthwise(kernel) if kind == "depthwise" else kernel
+            values = self.weight_quantizer(flat, False, self._kernel_vars[name])
+            result[name] = (ops.convert_to_numpy(values), _output_axis(kind))
+        return result
 
     def folded_kernels_and_bias(self):
         """The deployed float kernel(s) and bias, BN folded in (before quantization)."""

@@ -49,6 +49,17 @@ OUTPUT_QUANTIZED_LAYERS = (
 _ACTIVATION_LIKE_LAYERS = (_L.ReLU, _L.LeakyReLU, _L.ELU, _L.Softmax, _L.Activation,
                            _L.BatchNormalization)
 
+# Activations whose output is never negative.
+NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid")
+
+# Layers whose output is non-negative when all their inputs are.
+_ORDER_PRESERVING_LAYERS = (
+    _L.Add, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum, _L.Concatenate,
+    _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
+    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D,
+    _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D,
+)
+
 # Layers whose TFLite op takes a fused ReLU/ReLU6 (besides the convolutions).
 FUSED_ACTIVATION_LAYERS = (_L.Add, _L.Subtract, _L.Multiply)
 
@@ -166,6 +177,25 @@ class _Graph:
 
     def output_at_first_last_bits(self, node):
         return self.writes_model_output(node) or self.feeds_last_layer(node)
+
+    def is_non_negative(self, node):
+        """True when `node`'s output is never negative (after a ReLU, a sigmoid, ...),
+        so that an unsigned activation quantizer (PACT, DoReFa) fits it."""
+        layer = node.operation
+        if isinstance(layer, _L.Softmax) or (
+                type(layer) is _L.ReLU and layer.negative_slope == 0 and layer.threshold >= 0):
+            return True
+        if isinstance(layer, _L.Activation) or kernel_kind(layer) is not None:
+            return activation_name(layer) in NON_NEGATIVE_ACTIVATIONS
+        if _is_pass_through(layer) or isinstance(layer, _ORDER_PRESERVING_LAYERS):
+            producers = []
+            for tensor in node.input_tensors:
+                producer, node_index, _ = tensor._keras_history
+                if isinstance(producer, _L.InputLayer):
+                    return False
+                producers.append(producer._inbound_nodes[node_index])
+            return bool(producers) and all(self.is_non_negative(p) for p in producers)
+        return False
 
     def feeds_add(self, node):
         """True when `node`'s output is an input of an Add (a residual shortcut)."""
@@ -357,7 +387,8 @@ class _Rebuilder:
         spec = self.config.layer_spec(
             node.operation, first_or_last_activations=self.graph.output_at_first_last_bits(node))
         shortcut = self.config.shortcut_bits if self.graph.feeds_add(node) else None
-        return spec.activation_quantizer_for(activation, shortcut)
+        return spec.activation_quantizer_for(activation, shortcut,
+                                             non_negative=self.graph.is_non_negative(node))
 
     def _quantize_output(self, node, outputs):
         layer = node.operation

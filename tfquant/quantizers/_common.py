@@ -7,8 +7,7 @@ import weakref
 import tensorflow as tf
 
 from tfquant.ops import fake_quant
-from tfquant.quantizers.base import Deployment
-from tfquant.quantizers.uniform import export_fake_quant
+from tfquant.quantizers.uniform import export_fake_quant, weight_deployment
 
 KINDS = ("weights", "activations")
 
@@ -133,12 +132,9 @@ def uniform_quantize(x, min_value, max_value, num_bits, narrow_range, axis, trai
 
 
 def symmetric_weight_deployment(num_bits):
-    """Deployment of a symmetric narrow-range uniform weight grid (DESIGN.md facts)."""
-    if num_bits == 8:
-        return Deployment.INT8
-    if num_bits in (2, 4):
-        return Deployment.INT4
-    return Deployment.SIMULATION
+    """Deployment of a symmetric narrow-range uniform weight grid: exact at every width
+    (`uniform.deployable_weight_grid` keeps 2/3/5–7-bit grids exact in INT4/int8)."""
+    return weight_deployment(num_bits)
 
 
 class PerBuild:

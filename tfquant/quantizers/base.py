@@ -12,7 +12,7 @@ import contextvars
 import enum
 
 _REGISTRY = {}
-_EXPORTING = contextvars.ContextVar("tfquant_exporting", default=False)
+_EXPORTING = contextvars.ContextVar("tfquant_exporting", default=None)
 
 
 class Deployment(enum.Enum):
@@ -26,19 +26,32 @@ class Deployment(enum.Enum):
 
 
 @contextlib.contextmanager
-def exporting():
+def exporting(weight_grids=None):
     """While active, inference-mode quantizers emit what the TFLite export runs:
-    sub-8-bit activations as 8-bit FakeQuant (LiteRT has no 2–7-bit activations)."""
-    token = _EXPORTING.set(True)
+    sub-8-bit activations as 8-bit FakeQuant (LiteRT has no 2–7-bit activations), and
+    the kernels named in `weight_grids` ({(layer name, kernel name): WeightGrid}) on
+    their integer grid."""
+    token = _EXPORTING.set({"weight_grids": dict(weight_grids or {})})
     try:
         yield
     finally:
         _EXPORTING.reset(token)
 
 
+def export_weight_grid(layer_name, kernel_name):
+    """The integer grid `exporting` set for a kernel, or None."""
+    state = _EXPORTING.get()
+    return None if state is None else state["weight_grids"].get((layer_name, kernel_name))
+
+
+def is_exporting():
+    """True inside `exporting()`."""
+    return _EXPORTING.get() is not None
+
+
 def deployed_activation_bits(num_bits):
     """The activation bits an inference-mode quantizer emits now (see `exporting`)."""
-    return 8 if _EXPORTING.get() and num_bits < 8 else num_bits
+    return 8 if is_exporting() and num_bits < 8 else num_bits
 
 
 class Quantizer:

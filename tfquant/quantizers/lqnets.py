@@ -19,7 +19,8 @@ class LQNetsQuantizer(Quantizer):
     weights; a basis `v ∈ R^K` per output channel) or `B ∈ {0, 1}^K` (unsigned,
     activations; one basis per tensor), K = `num_bits`.
 
-    Forward: each element is encoded to the nearest of the `2^K` levels and replaced by it; the gradient is straight through (identity for
+    Forward: each element is encoded to the nearest of the `2^K` levels and replaced
+    by it; the gradient is straight through (identity for
     signed tensors, gated to `[lowest, highest]` level for unsigned ones, like a clip).
     In training, after encoding, one step of quantization-error minimization (QEM)
     updates the basis: `v* = (BᵀB + εI)⁻¹(Bᵀx + εv)` over the batch's codes (ε = 1e-4,

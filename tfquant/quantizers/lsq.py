@@ -12,7 +12,11 @@ import tensorflow as tf
 
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import Quantizer, deployed_activation_bits, register_quantizer
-from tfquant.quantizers.uniform import activation_deployment, export_fake_quant
+from tfquant.quantizers.uniform import (
+    activation_deployment,
+    deployable_weight_grid,
+    export_fake_quant,
+)
 from tfquant.ops import fake_quant
 
 _MIN_STEP = 1e-8
@@ -101,10 +105,11 @@ class LearnedRangeQuantizer(Quantizer):
                 x = c.add_rounding_noise(x, step, axis)
             return fake_quant(x, low, high, num_bits=self._num_bits, narrow_range=narrow,
                               axis=axis, range_gradient="learned")
-        bits = self._num_bits
         if kind == "activations":
-            bits = deployed_activation_bits(bits)
-        return export_fake_quant(x, low, high, bits, narrow, axis)
+            return export_fake_quant(x, low, high, deployed_activation_bits(self._num_bits),
+                                     narrow, axis)
+        quantized = export_fake_quant(x, low, high, self._num_bits, narrow, axis)
+        return deployable_weight_grid(quantized, high / float(qp), self._num_bits, axis)
 
     def _per_scale_count(self, x, kind, axis):
         """N of LSQ's gradient scale: elements per scale (per example for activations)."""
@@ -122,13 +127,13 @@ class LearnedRangeQuantizer(Quantizer):
     # -- for subclasses ----------------------------------------------------------------
 
     def _make_variables(self, layer, name, shape, kind):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} does not implement this method")
 
     def _initialize(self, x, weights, kind, axis):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} does not implement this method")
 
     def _range(self, x, weights, kind, axis, training):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} does not implement this method")
 
     def deployment(self, kind=None):
         """INT8 at 8 bits; weights: INT4 at 4 and 2 bits (symmetric narrow grids),

@@ -3,7 +3,8 @@
 import tensorflow as tf
 
 from tfquant.quantizers import _common as c
-from tfquant.quantizers.base import Deployment, Quantizer, register_quantizer
+from tfquant.quantizers.base import Quantizer, deployed_activation_bits, register_quantizer
+from tfquant.quantizers.uniform import activation_deployment
 
 
 @register_quantizer
@@ -29,6 +30,10 @@ class PACTQuantizer(Quantizer):
       alpha_init: initial α (> 0).
       per_channel: one α per channel of the last axis (else one scalar).
       regularization: λ of the penalty `λ·Σα²` (≥ 0).
+
+    Deployment: INT8 at 8 bits; below, INT8_WIDENED (LiteRT runs the activation at 8 bits
+    on the same range; under `tfquant.quantizers.base.exporting()` the inference graph
+    emits that 8-bit fake quant).
       stochastic_rounding: in training add `U(−½, ½)·s` before rounding (unbiased).
     """
 
@@ -62,11 +67,11 @@ class PACTQuantizer(Quantizer):
                 layer = self._builds.get(weights["alpha"], "layer")
                 if layer is not None:
                     layer.add_loss(self.regularization * tf.reduce_sum(tf.square(alpha)))
-        return c.uniform_quantize(x, tf.zeros_like(alpha), alpha, self._num_bits, False,
-                                  axis, training)
+        bits = self._num_bits if training else deployed_activation_bits(self._num_bits)
+        return c.uniform_quantize(x, tf.zeros_like(alpha), alpha, bits, False, axis, training)
 
     def deployment(self, kind=None):
-        return Deployment.INT8 if self._num_bits == 8 else Deployment.SIMULATION
+        return activation_deployment(self._num_bits)
 
     def get_config(self):
         return {"num_bits": self._num_bits, "alpha_init": self.alpha_init,

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import Quantizer, register_quantizer
+from tfquant.quantizers.uniform import deployable_weight_grid
 
 _MIN_CLIP = 1e-8
 
@@ -63,7 +64,11 @@ class SAWBQuantizer(Quantizer):
         alpha = tf.stop_gradient(self.clip(x, axis))
         if training and self.stochastic_rounding:
             x = c.add_rounding_noise(x, alpha / float(2 ** (self._num_bits - 1) - 1), axis)
-        return c.uniform_quantize(x, -alpha, alpha, self._num_bits, True, axis, training)
+        quantized = c.uniform_quantize(x, -alpha, alpha, self._num_bits, True, axis, training)
+        if training:
+            return quantized
+        return deployable_weight_grid(quantized, alpha / float(2 ** (self._num_bits - 1) - 1),
+                                      self._num_bits, axis)
 
     def deployment(self, kind=None):
         return c.symmetric_weight_deployment(self._num_bits)

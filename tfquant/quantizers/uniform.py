@@ -13,6 +13,7 @@ from tfquant.quantizers.base import (
     Deployment,
     Quantizer,
     deployed_activation_bits,
+    is_exporting as _exporting,
     register_quantizer,
 )
 
@@ -47,6 +48,30 @@ def export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis=None
     return tf.transpose(moved, perm)
 
 
+def weight_deployment(num_bits):
+    """How a symmetric narrow-range weight grid of `num_bits` deploys (see
+    `deployable_weight_grid`): INT4 up to 4 bits, int8 above, always exactly."""
+    return Deployment.INT4 if num_bits <= 4 else Deployment.INT8
+
+
+def deployable_weight_grid(quantized, scale, num_bits, axis=None):
+    """Makes a `num_bits` symmetric narrow-range weight grid exportable without change.
+
+    The converter stores 4-bit grids as INT4 and 8-bit grids as int8, but re-spreads any
+    other grid over [-7, 7] or [-127, 127], rounding its values (DESIGN.md, facts). The
+    values `k·scale`, |k| ≤ 2^(b-1) − 1, also lie on the 4-bit (b < 4) or 8-bit (b > 4)
+    grid with the same scale, so a second FakeQuant on that wider grid — range
+    ±(2^(d-1) − 1)·scale — leaves them unchanged and makes the converter store the
+    integers k exactly. Applied only while `exporting()`: the extra op would change the
+    last bits of the training-vs-inference comparison otherwise.
+    """
+    if not _exporting() or num_bits in (4, 8):
+        return quantized
+    deploy_bits = 4 if num_bits < 4 else 8
+    limit = scale * float(2 ** (deploy_bits - 1) - 1)
+    return export_fake_quant(quantized, -limit, limit, deploy_bits, True, axis)
+
+
 def activation_deployment(num_bits):
     """How an activation quantizer of `num_bits` deploys (8, 16, or widened to 8)."""
     if num_bits == 16:
@@ -76,6 +101,9 @@ class MinMaxWeightQuantizer(Quantizer):
     Example: at 2 bits, `w = [-0.9, -0.2, 0.1, 0.6]` (per tensor, max|w| = 0.9) becomes
     `[-0.9, 0.0, 0.0, 0.9]`.
 
+    Every width exports exactly: 4 and 8 bits natively (INT4, int8), 2 and 3 bits as INT4
+    and 5–7 bits as int8 holding the same integers (`deployable_weight_grid`).
+
     Args:
       num_bits: 2 to 8.
       per_channel: one range per slice along `axis` (the output-channel axis).
@@ -104,14 +132,12 @@ class MinMaxWeightQuantizer(Quantizer):
         if training:
             return fake_quant(inputs, -limit, limit, num_bits=self._num_bits,
                               narrow_range=True, axis=axis)
-        return export_fake_quant(inputs, -limit, limit, self._num_bits, True, axis)
+        quantized = export_fake_quant(inputs, -limit, limit, self._num_bits, True, axis)
+        return deployable_weight_grid(quantized, limit / float(2 ** (self._num_bits - 1) - 1),
+                                      self._num_bits, axis)
 
     def deployment(self):
-        if self._num_bits == 8:
-            return Deployment.INT8
-        if self._num_bits in (2, 4):
-            return Deployment.INT4
-        return Deployment.SIMULATION
+        return weight_deployment(self._num_bits)
 
     def get_config(self):
         return {"num_bits": self._num_bits, "per_channel": self.per_channel, "axis": self.axis}

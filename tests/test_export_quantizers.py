@@ -1,0 +1,100 @@
+"""Every quantizer through export_tflite: exact integer grids where they exist, a clear
+error (with the nearest-grid fallback's measured error) where they don't."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import tfquant
+from tfquant.export import ExportError
+from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
+
+
+def small_model():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.DepthwiseConv2D(3, name="dw")(x)
+    x = layers.ReLU(name="relu_dw")(x)
+    outputs = layers.Dense(4, name="dense")(layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+def trained(config, steps=3):
+    keras.utils.set_random_seed(3)
+    qmodel = tfquant.quantize_model(small_model(), config)
+    qmodel.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    x = np.random.rand(64, 8, 8, 3).astype(np.float32)
+    y = np.random.randn(64, 4).astype(np.float32)
+    qmodel.fit(x, y, epochs=steps, batch_size=16, verbose=0)
+    tfquant.freeze_batch_norm(qmodel)
+    qmodel.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    return qmodel, x
+
+
+EXPORTABLE = [
+    ("MinMaxWeightQuantizer", "MovingAverageQuantizer", 8, 8),
+    ("LSQQuantizer", "LSQQuantizer", 4, 8),
+    ("LSQPlusQuantizer", "LSQPlusQuantizer", 4, 8),
+    ("SAWBQuantizer", "PACTQuantizer", 4, 8),
+    ("TQTQuantizer", "TQTQuantizer", 3, 8),
+    ("LSQQuantizer", "DoReFaActivationQuantizer", 6, 8),
+    ("TernaryQuantizer", "PACTQuantizer", 2, 4),
+    ("DoReFaWeightQuantizer", "MovingAverageQuantizer", 2, 8),
+    ({"class_name": "BinaryQuantizer", "config": {"scale": "per_channel_mean"}},
+     "MovingAverageQuantizer", 8, 8),
+]
+
+
+@pytest.mark.parametrize("weights, activations, w_bits, a_bits", EXPORTABLE,
+                         ids=lambda v: v if isinstance(v, str) else str(v)[:20])
+def test_exportable_quantizers_agree_with_litert(weights, activations, w_bits, a_bits):
+    config = tfquant.QuantConfig(weight_quantizer=weights, activation_quantizer=activations,
+                                 weight_bits=w_bits, activation_bits=a_bits,
+                                 first_last_bits=None)
+    qmodel, x = trained(config)
+    report = tfquant.export_tflite(qmodel, representative_data=x)
+    assert report.float_ops == []
+    kernels = [t for t in report.weight_dtypes.values() if t in ("INT4", "INT8")]
+    assert len(kernels) == 3
+    expected = "INT4" if w_bits <= 4 else "INT8"
+    if isinstance(weights, dict):  # XNOR ±s per channel: INT4 integers ±1
+        expected = "INT4"
+    assert set(kernels) == {expected}, report.weight_dtypes
+    assert report.max_abs_diff_lsb <= 3, report
+
+
+def test_non_integer_levels_are_refused_with_the_fallback_error_then_exported():
+    config = tfquant.QuantConfig(weight_quantizer="TTQQuantizer", first_last_bits=None)
+    qmodel, x = trained(config, steps=5)
+    # TTQ trains W_p and W_n apart, so {-W_n, 0, W_p} is no integer grid.
+    with pytest.raises(ExportError) as info:
+        tfquant.export_tflite(qmodel, representative_data=x)
+    message = str(info.value)
+    assert "conv.kernel: TTQQuantizer levels are not integer multiples" in message
+    assert "nearest int8 grid: relative error" in message and "nonuniform='nearest_grid'" in message
+    report = tfquant.export_tflite(qmodel, representative_data=x, nonuniform="nearest_grid")
+    assert any("rounded to the nearest int8 grid" in note for note in report.notes)
+    assert report.float_ops == []
+
+
+def test_activation_quantizers_without_integer_form_are_refused():
+    config = tfquant.QuantConfig(activation_quantizer="SoftQuantizer", activation_bits=2,
+                                 first_last_bits=None)
+    qmodel = tfquant.quantize_model(small_model(), config)
+    with pytest.raises(ExportError, match="SoftQuantizer levels have no integer form"):
+        tfquant.export_tflite(qmodel)
+
+
+def test_integer_grid_finder():
+    levels = np.array([[-1.0, -1 / 3, 1 / 3, 1.0], [0.5, -0.5, 0.0, 0.5]], np.float32).T
+    grid = find_integer_grid(levels, axis=-1)
+    assert grid.exact and grid.num_bits == 4
+    np.testing.assert_allclose(grid.scales, [1 / 3, 0.5], rtol=1e-6)
+    assert find_integer_grid(np.array([[0.3], [0.7], [-1.0]], np.float32)) is None
+    wide = np.arange(-100, 101, dtype=np.float32)[:, None] * 0.01
+    assert find_integer_grid(wide).num_bits == 8
+    nearest = nearest_int8_grid(np.array([[0.3], [0.7], [-1.0]]))
+    assert not nearest.exact and 0 < nearest.relative_error < 0.01
