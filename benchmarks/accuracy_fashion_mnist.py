@@ -55,7 +55,7 @@ def float_model(x_train, y_train):
     """The demo CNN trained in float once; cached in out/ so reruns start from it."""
     import keras
 
-    from fashion_mnist import build_float_model
+    from demo_model import build_float_model
 
     path = os.path.join(ROOT, "out", f"accuracy_float_{FLAGS.float_epochs}.weights.h5")
     model = build_float_model()

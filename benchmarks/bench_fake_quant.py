@@ -126,6 +126,7 @@ def main():
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     runs = max(args.runs, 10)
+    load_before = os.getloadavg()[0]
     rows = []
     for shape_name, shape in SHAPES.items():
         x = tf.random.stateless_normal(shape, seed=[1, 2])
@@ -140,13 +141,15 @@ def main():
                 print(f"{shape_name:12s} {bits}-bit {gran:11s} " +
                       "  ".join(f"{k} {v * 1e3:7.2f}" for k, v in t.items()), flush=True)
 
+    load_after = os.getloadavg()[0]
     ms = lambda v: f"{v * 1e3:.2f}"  # noqa: E731
     ratio = lambda a, b: f"{a / b:.1f}×"  # noqa: E731
     body = [
         f"Kernels: `{_native.kernel_variant()}` (of {', '.join(_native.kernel_variants())}); "
         f"TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}. "
         f"Medians of {runs} runs of a tf.function computing y and the gradients with a fixed "
-        "upstream gradient. Milliseconds.",
+        "upstream gradient. Milliseconds. 1-minute load average "
+        f"{load_before:.2f} before, {load_after:.2f} after (this run itself keeps ~1-2 busy).",
         "",
         "**Fused op vs TensorFlow's FakeQuant** (same semantics, grads for x, min, max):",
         "",

@@ -93,7 +93,10 @@ def test_integer_grid_finder():
     grid = find_integer_grid(levels, axis=-1)
     assert grid.exact and grid.num_bits == 4
     np.testing.assert_allclose(grid.scales, [1 / 3, 0.5], rtol=1e-6)
-    assert find_integer_grid(np.array([[0.3], [0.7], [-1.0]], np.float32)) is None
+    # Only ±3 and ±5 steps of 0.1 present: the step is still found.
+    grid = find_integer_grid(np.array([[0.3], [-0.5], [0.5]], np.float32))
+    assert grid.exact and grid.num_bits == 4 and abs(grid.scales[0] - 0.1) < 1e-6
+    assert find_integer_grid(np.array([[0.3], [0.7], [-1.0], [0.0011]], np.float32)) is None
     wide = np.arange(-100, 101, dtype=np.float32)[:, None] * 0.01
     assert find_integer_grid(wide).num_bits == 8
     nearest = nearest_int8_grid(np.array([[0.3], [0.7], [-1.0]]))

@@ -383,8 +383,10 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
         dy = rng.standard_normal(shape).astype(np.float32)
         mn = np.float32(-1.5) if c == 0 else -rng.uniform(0.5, 2, c).astype(np.float32)
         mx = np.float32(1.25) if c == 0 else rng.uniform(0.5, 2, c).astype(np.float32)
-        _, dmin, dmax = ops.tfquant_fake_quant_grad(dy, x, mn, mx, axis=axis)
-        out.append(dmin.numpy().tobytes().hex() + ":" + dmax.numpy().tobytes().hex())
+        for mode in ("clipped", "learned"):
+            _, dmin, dmax = ops.tfquant_fake_quant_grad(dy, x, mn, mx, axis=axis,
+                                                        range_gradient=mode)
+            out.append(dmin.numpy().tobytes().hex() + ":" + dmax.numpy().tobytes().hex())
     print("|".join(out))
 """)
 

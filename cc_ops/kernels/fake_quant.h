@@ -50,13 +50,16 @@
 // (min, max) parametrization). The forward and dx are unchanged. With
 // N = qmax - qmin, and u, t, r computed with the forward's own arithmetic
 // (u = (clamp(x) - nudged_min) / scale per tensor, * inv_scale per channel):
-//   t = u - quant_zero,  r = floor(t + 0.5f),  e = r - t   (= q - u, exact)
+//   t = u - quant_zero,  r = floor(t + 0.5f),  e = r - t
+// (e is q - u up to the float rounding of t; r - t itself is exact).
 //   w = inside ? e * inv_levels : 0                          (inv_levels = 1/N)
 //   dmin = sum(dy * (below - w)),  dmax = sum(dy * (above + w))
 // i.e. dy/dmin = -(q - u)/N inside, 1 below; dy/dmax = (q - u)/N inside,
-// 1 above. The per-element products are float, the sums double, so every
-// kernel variant gives the same per-element terms and only the summation
-// order differs (a few ulp of the double sums before the final cast).
+// 1 above. Non-finite x as in the clipped mode (NaN counts nowhere, -Inf
+// below, +Inf above); a NaN/Inf dy makes the channel's sums NaN; zero ranges
+// give zero range gradients and dx = dy. The per-element products are float,
+// the sums double, so every kernel variant gives the same per-element terms
+// and only the summation order differs.
 //
 // The kernels below only accumulate; tiling, threading and the final
 // deterministic reduction live in fake_quant_plan.h.

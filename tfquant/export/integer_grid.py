@@ -31,23 +31,34 @@ def _channels_last(values, axis):
     return np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis])
 
 
+def _channel_step(values):
+    """The largest step of which every value is an integer multiple (≤ 127 of it), or
+    None. The smallest |value| is k steps for some k (DoReFa's 2-bit levels ±1/3, ±1 may
+    have only ±1 in a channel), so try k = 1, 2, ... in turn."""
+    nonzero = np.abs(values[values != 0])
+    if nonzero.size == 0:
+        return 1.0
+    smallest = nonzero.min()
+    for k in range(1, 128):
+        step = smallest / k
+        multiples = values / step
+        if np.max(np.abs(multiples)) > 127.5:
+            return None
+        if np.max(np.abs(multiples - np.round(multiples))) <= _INTEGER_TOLERANCE * k:
+            return step
+    return None
+
+
 def find_integer_grid(values, axis=-1):
     """The per-channel integer grid that holds `values` exactly, or None."""
     channels = _channels_last(np.asarray(values, np.float64), axis)
     scales = np.ones(channels.shape[1])
-    largest = 0
     for c in range(channels.shape[1]):
-        nonzero = np.abs(channels[:, c][channels[:, c] != 0])
-        if nonzero.size == 0:
-            continue
-        step = nonzero.min()
-        multiples = channels[:, c] / step
-        if np.max(np.abs(multiples - np.round(multiples))) > _INTEGER_TOLERANCE:
+        step = _channel_step(channels[:, c])
+        if step is None:
             return None
         scales[c] = step
-        largest = max(largest, int(np.max(np.abs(np.round(multiples)))))
-    if largest > 127:
-        return None
+    largest = int(np.max(np.abs(np.round(channels / scales)))) if channels.size else 0
     return WeightGrid(scales.astype(np.float32), 4 if largest <= 7 else 8, True, 0.0)
 
 

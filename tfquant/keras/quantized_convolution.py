@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfquant.keras.activation_fake_quant import apply_switch
 from tfquant.quantizers.base import (
     deserialize_quantizer,
     export_weight_grid,
@@ -169,6 +170,15 @@ class QuantizedConvolution(keras.layers.Wrapper):
             # moving statistics; a variable so it is saved and read inside tf.function.
             self._bn_frozen = self.add_weight(
                 name="batch_norm_frozen", shape=(), initializer="zeros", trainable=False)
+        # Switches (1.0 = on) read inside the graph: at 0 the kernels (resp. the
+        # activations: intermediate, pre-activation and output tensors) are used in float,
+        # while their quantizers still run and observe. QuantizationDelay and
+        # TwoStageQuantization flip them; export always quantizes.
+        self.weights_quantize_enabled = self.add_weight(
+            name="weights_quantize_enabled", shape=(), initializer="ones", trainable=False)
+        self.activations_quantize_enabled = self.add_weight(
+            name="activations_quantize_enabled", shape=(), initializer="ones",
+            trainable=False)
         self._intermediate_vars = {}
         if self.intermediate_quantizer is not None:
             self._intermediate_vars = self.intermediate_quantizer.build(
@@ -209,7 +219,10 @@ class QuantizedConvolution(keras.layers.Wrapper):
                                        dilation_rate=layer.dilation_rate,
                                        data_format=layer.data_format)
         if quantized:
-            depthwise = self.intermediate_quantizer(depthwise, training, self._intermediate_vars)
+            depthwise = apply_switch(
+                self.activations_quantize_enabled,
+                self.intermediate_quantizer(depthwise, training, self._intermediate_vars),
+                depthwise)
         return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid",
                         data_format=layer.data_format)
 
@@ -220,9 +233,9 @@ class QuantizedConvolution(keras.layers.Wrapper):
         quantized = {}
         for name, kernel in kernels.items():
             grid = None if training else export_weight_grid(self.name, name)
-            quantized[name] = _quantize_kernel(kernel, self.weight_quantizer,
-                                               self._kernel_kind(name), training,
-                                               self._kernel_vars[name], grid)
+            values = _quantize_kernel(kernel, self.weight_quantizer, self._kernel_kind(name),
+                                      training, self._kernel_vars[name], grid)
+            quantized[name] = apply_switch(self.weights_quantize_enabled, values, kernel)
         return quantized
 
     def _kernel_kind(self, name):
@@ -303,12 +316,15 @@ class QuantizedConvolution(keras.layers.Wrapper):
         return outputs + (beta - gamma * shift / sigma_b)
 
     def _activate_and_quantize(self, outputs, training):
+        switch = self.activations_quantize_enabled
         if self.pre_activation_quantizer is not None:
-            outputs = self.pre_activation_quantizer(outputs, training, self._pre_activation_vars)
+            outputs = apply_switch(switch, self.pre_activation_quantizer(
+                outputs, training, self._pre_activation_vars), outputs)
         if self.activation != "linear":
             outputs = self.layer.activation(outputs)
         if self.output_quantizer is not None:
-            outputs = self.output_quantizer(outputs, training, self._output_vars)
+            outputs = apply_switch(switch, self.output_quantizer(
+                outputs, training, self._output_vars), outputs)
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -345,6 +361,14 @@ class QuantizedConvolution(keras.layers.Wrapper):
         """Switches the folded BN to moving statistics (and stops updating them)."""
         if self._bn_frozen is not None:
             self._bn_frozen.assign(1.0 if frozen else 0.0)
+
+    def set_quantize_enabled(self, weights=None, activations=None):
+        """Turns fake quantization of the kernels and/or the activations on or off
+        (None: leave that switch as it is)."""
+        if weights is not None:
+            self.weights_quantize_enabled.assign(1.0 if weights else 0.0)
+        if activations is not None:
+            self.activations_quantize_enabled.assign(1.0 if activations else 0.0)
 
     def deployed_kernels(self):
         """{kernel name: (quantized values, output-channel axis)} as the export sees them,

@@ -73,7 +73,9 @@ class LQNetsQuantizer(Quantizer):
         default = np.tile(self._powers * outer / (2 ** self._num_bits - 1), (channels, 1))
         return {"basis": c.make_variable(layer, f"{name}_basis", (channels, self._num_bits),
                                          tf.constant_initializer(default), False),
-                "initialized": c.make_variable(layer, f"{name}_initialized", (), 0.0, False)}
+                "initialized": c.make_variable(layer, f"{name}_initialized", (), 0.0, False),
+                # 1.0: the QEM update stops (tfquant.callbacks.FreezeQuantizerRanges).
+                "frozen": c.make_variable(layer, f"{name}_frozen", (), 0.0, False)}
 
     def _rows(self, x):
         """x as [N, C] rows (channel last), and a function mapping [N, C] back."""
@@ -110,7 +112,11 @@ class LQNetsQuantizer(Quantizer):
         current = tf.convert_to_tensor(basis)
         quantized, index = self._encode(rows, current)
         if training:
-            basis.assign(self._qem(rows, index, current))
+            updated = self._qem(rows, index, current)
+            if "frozen" in weights:
+                updated = tf.where(tf.convert_to_tensor(weights["frozen"]) > 0.5, current,
+                                   updated)
+            basis.assign(updated)
         levels = self.levels(current)
         q = restore(quantized)
         if self.signed:

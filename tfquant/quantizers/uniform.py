@@ -182,8 +182,9 @@ class MovingAverageQuantizer(Quantizer):
                 trainable=False, dtype="float32",
             )
 
+        # "frozen" (1.0: the range stops following the data; FreezeQuantizerRanges).
         return {"min": make("min", -6.0), "max": make("max", 6.0),
-                "observed": make("observed", 0.0)}
+                "observed": make("observed", 0.0), "frozen": make("frozen", 0.0)}
 
     def __call__(self, inputs, training, weights, **kwargs):
         inputs = tf.convert_to_tensor(inputs)
@@ -211,8 +212,14 @@ class MovingAverageQuantizer(Quantizer):
         new_max = tf.where(first, batch_max, decay * old_max + (1.0 - decay) * batch_max)
         # A non-finite batch (diverged training) must not poison the saved range.
         finite = tf.logical_and(tf.math.is_finite(new_min), tf.math.is_finite(new_max))
-        new_min = tf.where(finite, new_min, old_min)
-        new_max = tf.where(finite, new_max, old_max)
+        keep = tf.logical_not(finite)
+        if "frozen" in weights:
+            # Frozen after at least one observation: the range stays where it is.
+            frozen = tf.logical_and(tf.convert_to_tensor(weights["frozen"]) > 0.5,
+                                    tf.logical_not(first))
+            keep = tf.logical_or(keep, frozen)
+        new_min = tf.where(keep, old_min, new_min)
+        new_max = tf.where(keep, old_max, new_max)
         weights["min"].assign(new_min)
         weights["max"].assign(new_max)
         weights["observed"].assign(1.0)

@@ -1,0 +1,108 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import tfquant
+from tfquant import callbacks as cb
+from tfquant.keras.distillation import Distillation
+from tfquant.keras.train_step import QuantizedModel, with_hooks
+from tfquant.regularizers import GradientL1, Periodic, ProxQuant
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def conv_model():
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(3, name="logits")(x)
+    return keras.Model(inputs, outputs, name="student")
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(2)
+    return rng.random((32, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 32)
+
+
+def test_hooks_compose_in_fit_and_share_variables(data):
+    x, y = data
+    teacher = conv_model()
+    student = conv_model()
+    hooked = with_hooks(student, [
+        GradientL1(0.01, name="gradient_l1"),
+        Distillation(teacher, hints=("relu",), name="distillation"),
+        ProxQuant(1e-3), Periodic(1e-5, name="periodic")])
+    hooked.compile("adam", LOSS)
+    before = student.get_layer("conv").kernel.numpy().copy()
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    logs = hooked.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    for name in ("loss", "gradient_l1", "distillation", "distillation_hints", "periodic"):
+        assert np.isfinite(logs[name][0]), name
+    # The hooked model trains the original model's variables; the teacher stays frozen.
+    assert not np.allclose(student.get_layer("conv").kernel.numpy(), before)
+    for a, b in zip(teacher.get_weights(), teacher_before):
+        np.testing.assert_array_equal(a, b)
+    evaluation = hooked.evaluate(x, y, verbose=0, return_dict=True)
+    assert "gradient_l1" not in evaluation and "loss" in evaluation
+
+
+def test_distillation_term_definition(data):
+    x, y = data
+    teacher, student = conv_model(), conv_model()
+    hook = Distillation(teacher, temperature=3.0, alpha=0.7, name="distillation")
+    hooked = with_hooks(student, [hook])
+    hooked.compile(keras.optimizers.SGD(0.0), LOSS)
+    logs = hooked.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    t = teacher(x, training=False).numpy() / 3.0
+    s = student(x, training=True).numpy() / 3.0
+    p = tf.nn.softmax(t).numpy()
+    kl = np.sum(p * (np.log(p) - tf.nn.log_softmax(s).numpy()), axis=-1).mean()
+    np.testing.assert_allclose(logs["distillation"][0], 0.7 * 9.0 * kl, rtol=1e-4)
+
+
+def test_hooked_model_saves_and_loads_without_custom_objects(tmp_path, data):
+    x, y = data
+    teacher = conv_model()
+    qmodel = tfquant.quantize_model(conv_model())
+    prox = ProxQuant(1e-3, freeze_epoch=5)
+    hooked = with_hooks(qmodel, [Distillation(teacher, temperature=2.0), prox,
+                                 Periodic(3e-4, name="grid")])
+    hooked.compile("adam", LOSS)
+    hooked.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb.ProxQuantSchedule(prox)])
+    path = str(tmp_path / "hooked.keras")
+    hooked.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, QuantizedModel)
+    names = [type(h).__name__ for h in loaded.train_step_hooks]
+    assert names == ["Distillation", "ProxQuant", "Periodic"]
+    assert loaded.train_step_hooks[0].temperature == 2.0
+    assert loaded.train_step_hooks[1].freeze_epoch == 5
+    np.testing.assert_allclose(loaded.train_step_hooks[1].strength.numpy(), 1e-3)
+    assert len(loaded.weights) == len(hooked.weights)
+    for a, b in zip(hooked.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), hooked.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+def test_two_stage_quantization_weights_first(data):
+    x, y = data
+    qmodel = tfquant.quantize_model(conv_model())
+    qmodel.compile("adam", LOSS)
+    conv, relu_quant = qmodel.get_layer("conv"), qmodel.get_layer("relu_quant")
+    seen = []
+
+    class Read(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((float(conv.weights_quantize_enabled.numpy()),
+                         float(relu_quant.quantize_enabled.numpy())))
+
+    qmodel.fit(x, y, batch_size=16, epochs=3, verbose=0,
+               callbacks=[cb.TwoStageQuantization(after_epochs=2), Read()])
+    assert seen == [(1.0, 0.0), (1.0, 0.0), (1.0, 1.0)]

@@ -1,0 +1,416 @@
+"""Training controls as Keras callbacks: freezing BN, quantization delay, freezing ranges,
+bit-width / temperature / regularizer schedules, and TensorBoard statistics.
+
+Every schedule decides from the optimizer's step counter (`model.optimizer.iterations`):
+step-based ones compare it with `after_steps`, epoch-based ones use
+`epoch = iterations // steps_per_epoch` (Keras' epoch index when the number of steps is
+unknown). A model saved mid-schedule as `.keras` (which stores the optimizer state) and
+trained again in a new `fit` therefore continues where it stopped; the switches are
+model variables, saved with the model, and Python settings (bit widths) are in the
+saved quantizer configs.
+"""
+
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.batch_norm import freeze_batch_norm
+from tfquant.keras.quantized_convolution import QuantizedConvolution
+from tfquant.quantizers.soft import SoftQuantizer
+from tfquant.quantizers.uniform import FixedRangeQuantizer
+
+
+def quantizer_slots(model, weights=True, activations=True):
+    """(layer, role, quantizer, variables) for every quantizer of `model`; role is
+    "weights:<kernel>", "activation", "intermediate", "pre_activation" or "output"."""
+    slots = []
+    for layer in model.layers:
+        if isinstance(layer, ActivationFakeQuant) and activations:
+            slots.append((layer, "activation", layer.quantizer, layer._quantizer_vars))
+        elif isinstance(layer, QuantizedConvolution):
+            if weights:
+                for name, variables in layer._kernel_vars.items():
+                    slots.append((layer, f"weights:{name}", layer.weight_quantizer, variables))
+            if activations:
+                for role in ("intermediate", "pre_activation", "output"):
+                    quantizer = getattr(layer, f"{role}_quantizer")
+                    if quantizer is not None:
+                        slots.append((layer, role, quantizer, getattr(layer, f"_{role}_vars")))
+    return slots
+
+
+class _Scheduled(keras.callbacks.Callback):
+    """Base: `after_steps` xor `after_epochs`; `_sync()` runs at train begin and at every
+    batch (step-based) or epoch (epoch-based) begin."""
+
+    def __init__(self, after_steps=None, after_epochs=None, per="epoch"):
+        super().__init__()
+        if after_steps is not None and after_epochs is not None:
+            raise ValueError(f"{type(self).__name__}: give after_steps or after_epochs, "
+                             "not both.")
+        self.after_steps = None if after_steps is None else int(after_steps)
+        self.after_epochs = None if after_epochs is None else int(after_epochs)
+        self.per = "step" if after_steps is not None else per
+        self._keras_epoch = 0
+
+    def iterations(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def epoch(self):
+        steps = (self.params or {}).get("steps")
+        if steps:
+            return self.iterations() // int(steps)
+        return self._keras_epoch
+
+    def due(self):
+        """True once the schedule's point is reached."""
+        if self.after_steps is not None:
+            return self.iterations() >= self.after_steps
+        return self.epoch() >= (self.after_epochs or 0)
+
+    def _sync(self):
+        raise TypeError(f"{type(self).__name__} does not implement _sync")
+
+    def on_train_begin(self, logs=None):
+        self._sync()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._keras_epoch = epoch
+        if self.per == "epoch":
+            self._sync()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.per == "step":
+            self._sync()
+
+
+class FreezeBatchNorm(_Scheduled):
+    """From `after_steps` optimizer steps (or `after_epochs` epochs) on, every folded BN
+    trains with its moving statistics and stops updating them (`tfquant.freeze_batch_norm`;
+    Jacob et al. 2018 freeze after ~1M steps of a long run)."""
+
+    def _sync(self):
+        if self.due():
+            freeze_batch_norm(self.model, True)
+
+
+class QuantizationDelay(_Scheduled):
+    """Fake quantization off (float values, ranges still observed) until `after_steps`
+    steps (or `after_epochs` epochs), then on. `weights` / `activations`: which switches
+    the delay applies to (the other ones are left as they are)."""
+
+    def __init__(self, after_steps=None, after_epochs=None, weights=True, activations=True):
+        super().__init__(after_steps, after_epochs)
+        self.weights, self.activations = bool(weights), bool(activations)
+
+    def _sync(self):
+        set_quantize_enabled(self.model, self.due(), weights=self.weights,
+                             activations=self.activations)
+
+
+class TwoStageQuantization(QuantizationDelay):
+    """Guided training's two stages (Zhuang et al. 2018): weights quantized from the
+    start, activations in float until `after_epochs` (or `after_steps`), then quantized."""
+
+    def __init__(self, after_steps=None, after_epochs=None):
+        super().__init__(after_steps, after_epochs, weights=False, activations=True)
+
+
+def set_quantize_enabled(model, enabled, weights=True, activations=True):
+    """Sets the quantization switches of every ActivationFakeQuant (activations) and
+    QuantizedConvolution (its kernels and/or activations)."""
+    for layer in model.layers:
+        if isinstance(layer, ActivationFakeQuant) and activations:
+            layer.set_quantize_enabled(enabled)
+        elif isinstance(layer, QuantizedConvolution):
+            layer.set_quantize_enabled(weights=enabled if weights else None,
+                                       activations=enabled if activations else None)
+
+
+class FreezeQuantizerRanges(_Scheduled):
+    """From `after_steps` (or `after_epochs`) on, the observers stop updating: the
+    moving-average ranges of `MovingAverageQuantizer` and LQ-Nets' QEM basis (every
+    quantizer variable dict with a `frozen` flag)."""
+
+    def _sync(self):
+        value = 1.0 if self.due() else 0.0
+        for _, _, _, variables in quantizer_slots(self.model):
+            if "frozen" in variables:
+                variables["frozen"].assign(value)
+
+
+def _matches(patterns, name):
+    return any(name == p or re.fullmatch(p, name) for p in patterns)
+
+
+class BitWidthSchedule(_Scheduled):
+    """Progressive bit reduction (Zhuang et al. 2018): `schedule` {epoch: bits} (e.g.
+    `{0: 8, 3: 4, 6: 2}`), from that epoch on; step-based with `per="step"` (keys are
+    optimizer steps).
+
+    Changes the `num_bits` of the weight quantizers (and of the activation quantizers
+    with `activations=True`) of every layer not matched by `exclude` (names or regular
+    expressions, e.g. the first and last layers to keep at 8 bits), then rebuilds the
+    model's train/test/predict functions (bit widths are Python attributes traced into
+    the graph; Keras' `fit` looks `model.train_function` up at every step, so the new
+    function is used from the next step on). At each change a learned scale is
+    re-initialized: `reinitialize="data"` resets the quantizer's `initialized` flag (LSQ,
+    LSQ+, TQT: re-initialized from the next batch), `"rescale"` keeps the range,
+    `s ← s·(2^(b_old−1)−1)/(2^(b_new−1)−1)`. Quantizers whose variables depend on the bit
+    width (SoftQuantizer, LQ-Nets) or that have a fixed one are refused.
+    """
+
+    def __init__(self, schedule, weights=True, activations=False, exclude=(),
+                 reinitialize="data", per="epoch"):
+        super().__init__(per=per)
+        if not schedule:
+            raise ValueError("BitWidthSchedule: schedule must map epochs to bits.")
+        self.schedule = {int(k): int(v) for k, v in schedule.items()}
+        self.weights, self.activations = bool(weights), bool(activations)
+        self.exclude = tuple(exclude)
+        if reinitialize not in ("data", "rescale"):
+            raise ValueError(f"BitWidthSchedule: reinitialize={reinitialize!r}; allowed: "
+                             "'data', 'rescale'.")
+        self.reinitialize = reinitialize
+        self.changes = []  # (position, bits) of every change made (for reports/tests)
+
+    def bits_at(self, position):
+        keys = [k for k in sorted(self.schedule) if k <= position]
+        return self.schedule[keys[-1]] if keys else None
+
+    def _targets(self):
+        targets = []
+        for layer, role, quantizer, variables in quantizer_slots(
+                self.model, self.weights, self.activations):
+            if _matches(self.exclude, layer.name) or isinstance(quantizer, FixedRangeQuantizer):
+                continue
+            if role.startswith("weights") or quantizer.num_bits < 16:
+                targets.append((quantizer, variables))
+        return targets
+
+    def _sync(self):
+        position = self.iterations() if self.per == "step" else self.epoch()
+        bits = self.bits_at(position)
+        if bits is None:
+            return
+        changed = False
+        for quantizer, variables in self._targets():
+            if quantizer.num_bits != bits:
+                set_num_bits(quantizer, variables, bits, self.reinitialize)
+                changed = True
+        if changed:
+            self.changes.append((position, bits))
+            rebuild_functions(self.model)
+
+
+def set_num_bits(quantizer, variables, bits, reinitialize="data"):
+    """Changes `quantizer`'s bit width in place (its Python state is rebuilt from its
+    config, its per-build bookkeeping kept) and re-initializes its learned scale."""
+    from tfquant.quantizers.lqnets import LQNetsQuantizer
+
+    if isinstance(quantizer, (SoftQuantizer, LQNetsQuantizer)):
+        raise ValueError(f"BitWidthSchedule: {type(quantizer).__name__}'s variables depend "
+                         "on its bit width; it cannot change bits during training.")
+    old = quantizer.num_bits
+    config = dict(quantizer.get_config(), num_bits=bits)
+    try:
+        fresh = type(quantizer).from_config(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"BitWidthSchedule: {type(quantizer).__name__} cannot take "
+                         f"{bits} bits ({error}).") from None
+    if fresh.num_bits != old:
+        # Only the bit-derived state: its per-build records (keyed by variables) stay.
+        for key, value in vars(fresh).items():
+            if key != "_builds":
+                setattr(quantizer, key, value)
+    if "step" in variables and "initialized" in variables:
+        if reinitialize == "data":
+            variables["initialized"].assign(0.0)
+        else:
+            ratio = (2 ** (old - 1) - 1) / float(max(2 ** (bits - 1) - 1, 1))
+            variables["step"].assign(variables["step"] * ratio)
+
+
+def rebuild_functions(model):
+    """Drops the traced train/test/predict functions so the next call retraces (after a
+    change of Python-level quantizer settings). Inside `fit` the train function is
+    replaced at once: Keras reads `model.train_function` at every step."""
+    if getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
+    model.test_function = None
+    model.predict_function = None
+
+
+class TemperatureSchedule(_Scheduled):
+    """Sets the temperature of every `SoftQuantizer` (Quantization Networks) at each epoch
+    (or step with `per="step"`): `schedule(position)`, default
+    `T = min(20·(epoch + 1), 2000)`."""
+
+    def __init__(self, schedule=None, per="epoch"):
+        super().__init__(per=per)
+        self.schedule = schedule or (lambda epoch: min(20.0 * (epoch + 1), 2000.0))
+
+    def _sync(self):
+        position = self.iterations() if self.per == "step" else self.epoch()
+        value = float(self.schedule(position))
+        for _, _, quantizer, variables in quantizer_slots(self.model):
+            if isinstance(quantizer, SoftQuantizer):
+                quantizer.set_temperature(variables, value)
+
+
+class RegularizerSchedule(_Scheduled):
+    """Sets a tfquant regularizer's strength λ (its `strength` variable) to
+    `schedule(position)` at each epoch (or step with `per="step"`); `schedule` may also
+    be a dict {position: λ} (piecewise constant)."""
+
+    def __init__(self, regularizer, schedule, per="epoch"):
+        super().__init__(per=per)
+        if not hasattr(regularizer, "strength"):
+            raise ValueError(f"RegularizerSchedule: {regularizer!r} has no strength variable.")
+        self.regularizer = regularizer
+        if isinstance(schedule, dict):
+            table = {int(k): float(v) for k, v in schedule.items()}
+            schedule = lambda p: table[max([k for k in table if k <= p] or [min(table)])]  # noqa: E731
+        self.schedule = schedule
+
+    def _sync(self):
+        position = self.iterations() if self.per == "step" else self.epoch()
+        self.regularizer.strength.assign(float(self.schedule(position)))
+
+
+class ProxQuantSchedule(_Scheduled):
+    """ProxQuant's schedule for a `tfquant.regularizers.ProxQuant` hook: strength
+    `strength_per_epoch·(epoch + 1)`, hard freeze (weights projected onto the grid at
+    every step) from its `freeze_epoch` on."""
+
+    def __init__(self, hook):
+        super().__init__(per="epoch")
+        self.hook = hook
+
+    def _sync(self):
+        epoch = self.epoch()
+        self.hook.strength.assign(self.hook.strength_per_epoch * (epoch + 1))
+        frozen = self.hook.freeze_epoch is not None and epoch >= self.hook.freeze_epoch
+        self.hook.hard.assign(1.0 if frozen else 0.0)
+        if frozen:
+            self.hook.prox_step()
+
+
+def _metadata(plugin):
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = plugin
+    return metadata
+
+
+def _write_scalar(tag, value, step):
+    """A TensorBoard scalar through the core `tf.summary.write` (no tensorboard package
+    needed to write; TensorBoard reads it as a scalars-plugin summary)."""
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step,
+                     metadata=_metadata("scalars"))
+
+
+def _write_histogram(tag, values, step, bins=30):
+    """A TensorBoard histogram: the histograms plugin's [bins, 3] (left, right, count)."""
+    values = np.asarray(values, np.float64).ravel()
+    counts, edges = np.histogram(values, bins=bins)
+    buckets = np.stack([edges[:-1], edges[1:], counts], axis=1).astype(np.float64)
+    tf.summary.write(tag, tf.constant(buckets), step=step, metadata=_metadata("histograms"))
+
+
+def _tensor_stats(x, q, step):
+    """(clipped fraction, SQNR dB) of `x` quantized to `q` with grid step `step`."""
+    x = np.asarray(x, np.float64)
+    q = np.asarray(q, np.float64)
+    error = x - q
+    clipped = float(np.mean(np.abs(error) > 0.5 * np.asarray(step) * (1 + 1e-3) + 1e-12))
+    noise = float(np.sum(error ** 2))
+    sqnr = 10.0 * np.log10(float(np.sum(x ** 2)) / noise) if noise > 0 else 200.0
+    return clipped, sqnr
+
+
+class QuantizerStats(keras.callbacks.Callback):
+    """Writes TensorBoard summaries (`tf.summary`, under `log_dir`) every `every_epochs`
+    epochs, per layer:
+      - every quantizer variable: a scalar, or a histogram when it has several values
+        (`<layer>/<variable>`);
+      - per kernel: `weights_sqnr_db` = 10·log10(Σw²/Σ(w − Q(w))²) and
+        `weights_clipped_fraction` (|w − Q(w)| > Δ/2), on the kernel as the quantizer
+        sees it (BN folded, inference-mode quantizer), and a histogram of it;
+      - per activation quantizer, on `sample_batch` (if given): `activation_sqnr_db` and
+        `activation_clipped_fraction` (outside the grid by more than half a step).
+    `self.last` holds the last values written ({tag: float}).
+    """
+
+    def __init__(self, log_dir, sample_batch=None, every_epochs=1, num_bits=8):
+        super().__init__()
+        self.log_dir = log_dir
+        self.sample_batch = sample_batch
+        self.every_epochs = int(every_epochs)
+        self.num_bits = num_bits
+        self.writer = None
+        self.last = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs == 0:
+            self.write(int(self.model.optimizer.iterations.numpy()))
+
+    def collect(self):
+        """{tag: float or array} of everything `write` logs."""
+        from tfquant.regularizers import kernel_views
+
+        values = {}
+        for layer, role, _, variables in quantizer_slots(self.model):
+            for key, variable in variables.items():
+                values[f"{layer.name}/{role}/{key}"] = np.asarray(variable.numpy())
+        for view in kernel_views(self.model, self.num_bits):
+            w = view.seen()
+            q = view.quantize(w)
+            clipped, sqnr = _tensor_stats(w, q, view.step(w))
+            tag = f"{view.layer.name}/{view.name}"
+            values[f"{tag}/weights_sqnr_db"] = sqnr
+            values[f"{tag}/weights_clipped_fraction"] = clipped
+            values[f"{tag}/weights_hist"] = np.asarray(w).ravel()
+        if self.sample_batch is not None:
+            values.update(self._activation_stats())
+        return values
+
+    def _activation_stats(self):
+        layers = [l for l in self.model.layers if isinstance(l, ActivationFakeQuant)]
+        if not layers:
+            return {}
+        probe = keras.Model(self.model.input, [l.input for l in layers])
+        inputs = probe(self.sample_batch, training=False)
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        values = {}
+        for layer, x in zip(layers, inputs):
+            q = layer.quantizer(x, False, layer._quantizer_vars).numpy()
+            levels = 2 ** layer.quantizer.num_bits - 1
+            step = max(float(q.max() - q.min()) / levels, 1e-12)
+            clipped, sqnr = _tensor_stats(x.numpy(), q, step)
+            values[f"{layer.name}/activation_sqnr_db"] = sqnr
+            values[f"{layer.name}/activation_clipped_fraction"] = clipped
+        return values
+
+    def write(self, step):
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(self.log_dir)
+        values = self.collect()
+        self.last = {}
+        with self.writer.as_default(step=step):
+            for tag, value in values.items():
+                value = np.asarray(value, np.float32)
+                if value.size == 1:
+                    _write_scalar(tag, float(value.reshape(())), step)
+                    self.last[tag] = float(value.reshape(()))
+                else:
+                    _write_histogram(tag, value, step)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.flush()

@@ -1,0 +1,171 @@
+"""The `tfquant` command: quantize, export and inspect models from the shell.
+
+    tfquant quantize MODEL.keras [--calib DATA.npz] [--config CONFIG.json] -o out.keras
+    tfquant export MODEL.keras -o model.tflite [--data DATA.npz] [--int8_io]
+    tfquant inspect model.tflite
+
+Exit codes: 0 done, 1 the input was refused (message on stderr), 2 usage.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("o", None, "Output path.")
+flags.DEFINE_string("calib", None, "A .npz whose first array holds calibration samples.")
+flags.DEFINE_string("data", None, "A .npz whose first array holds samples to verify with.")
+flags.DEFINE_string("config", None, "A JSON file of QuantConfig arguments.")
+flags.DEFINE_bool("int8_io", False, "Export with int8 model input and output.")
+flags.DEFINE_integer("calib_batches", 8, "Calibration batches of 32 samples.")
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+class CommandError(Exception):
+    """A message for the shell user; exit code 1."""
+
+
+def _load_samples(path):
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: no such file.")
+    try:
+        with np.load(path) as archive:
+            if not archive.files:
+                raise CommandError(f"{path} holds no arrays.")
+            return archive[archive.files[0]].astype("float32")
+    except (ValueError, OSError) as error:
+        raise CommandError(f"{path} is not a readable .npz file ({error}).") from None
+
+
+def _load_model(path):
+    import keras
+
+    import tfquant  # noqa: F401  registers tfquant's layers for loading
+
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: no such file.")
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, OSError, TypeError) as error:
+        raise CommandError(f"{path} could not be loaded as a Keras model: {error}") from None
+
+
+def _load_config(path):
+    import tfquant
+
+    if path is None:
+        return None
+    try:
+        with open(path) as handle:
+            arguments = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise CommandError(f"{path}: not a readable JSON file ({error}).") from None
+    rules = [tfquant.LayerRule(**rule) for rule in arguments.pop("rules", [])]
+    try:
+        return tfquant.QuantConfig(rules=rules, **arguments)
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"{path}: {error}") from None
+
+
+def quantize(model_path, output):
+    import keras
+
+    import tfquant
+
+    model = _load_model(model_path)
+    try:
+        qmodel = tfquant.quantize_model(model, _load_config(FLAGS.config))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if FLAGS.calib:
+        samples = _load_samples(FLAGS.calib)
+        tfquant.freeze_batch_norm(qmodel)
+        batches = max(1, min(FLAGS.calib_batches, -(-len(samples) // 32)))
+        progress = keras.utils.Progbar(batches, unit_name="calibration batch")
+        for i in range(batches):
+            qmodel(samples[i * 32:(i + 1) * 32], training=True)  # observes the ranges
+            progress.update(i + 1)
+    qmodel.save(output)
+    print(f"wrote {output}")
+
+
+def export(model_path, output):
+    import tfquant
+
+    qmodel = _load_model(model_path)
+    data = _load_samples(FLAGS.data) if FLAGS.data else None
+    io_type = "int8" if FLAGS.int8_io else "float32"
+    try:
+        report = tfquant.export_tflite(qmodel, output, representative_data=data,
+                                       input_type=io_type, output_type=io_type)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    print(report)
+
+
+def inspect(path):
+    import tfquant
+
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: no such file.")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        summary = tfquant.inspect_flatbuffer(data)
+    except ValueError as error:
+        raise CommandError(f"{path}: {error}") from None
+    print(f"{path}: {summary.size_bytes / 1024:.1f} KiB")
+    for subgraph in summary.subgraphs:
+        print(f"subgraph {subgraph.index} {subgraph.name!r}: {len(subgraph.operators)} ops")
+        for op in subgraph.operators:
+            tensors = ", ".join(
+                f"{subgraph.tensors[i].type_name}{list(subgraph.tensors[i].shape)}"
+                for i in op.inputs if i >= 0)
+            print(f"  {op.index:3d} {op.name:22s} {tensors}")
+        print("  tensors:")
+        for tensor in subgraph.tensors:
+            quant = ""
+            if tensor.quantization is not None and tensor.quantization.scales:
+                q = tensor.quantization
+                scales = q.scales if len(q.scales) <= 3 else (*q.scales[:2], "...")
+                quant = f" scale={scales} zero_point={q.zero_points[:3]} axis={q.quantized_dimension}"
+            size = f" {tensor.buffer_bytes} B" if tensor.buffer_bytes else ""
+            print(f"    {tensor.index:3d} {tensor.type_name:7s} {str(list(tensor.shape)):18s}"
+                  f"{size}{quant} {tensor.name[:60]}")
+
+
+def main(argv):
+    args = argv[1:]
+    commands = {"quantize": (quantize, 2), "export": (export, 2), "inspect": (inspect, 1)}
+    if not args or args[0] not in commands:
+        print(f"usage:\n{USAGE}", file=sys.stderr)
+        return 2
+    command, arity = commands[args[0]]
+    positional = args[1:]
+    if len(positional) != 1:
+        print(f"usage:\n{USAGE}", file=sys.stderr)
+        return 2
+    if arity == 2 and not FLAGS.o:
+        print(f"tfquant {args[0]}: give the output path with -o", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        command(positional[0], FLAGS.o) if arity == 2 else command(positional[0])
+    except CommandError as error:
+        print(f"tfquant {args[0]}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

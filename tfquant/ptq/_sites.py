@@ -1,0 +1,282 @@
+"""Where the quantizers of a `quantize_model` result live, and how PTQ reads and writes
+them: calibration batches, running the model with quantizers bypassed (float) while
+recording their inputs, writing ranges and grid-exact weights."""
+
+import contextlib
+import dataclasses
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.quantized_convolution import QuantizedConvolution
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def _to_inputs(element, num_inputs):
+    """Model inputs from one element of the data: `x`, `(x, y[, w])`, or for several
+    inputs a list/tuple/dict of arrays (optionally inside `(inputs, y)`)."""
+    if isinstance(element, dict):
+        return list(element.values())
+    if isinstance(element, (list, tuple)):
+        if num_inputs == 1:
+            return [element[0]] if not _is_array(element) else [element]
+        if len(element) == num_inputs and all(_is_array(e) for e in element):
+            return list(element)
+        return _to_inputs(element[0], num_inputs)
+    return [element]
+
+
+def _is_array(value):
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def calibration_batches(data, num_inputs=1, batch_size=32, max_batches=None):
+    """The calibration data as a list of batches (each a list of numpy arrays, one per
+    model input). `data`: an array (or list of arrays for several inputs), a
+    `tf.data.Dataset` (batched or not), or a generator/iterable of batches."""
+    if data is None:
+        raise ValueError("calibration data is required here (arrays, a tf.data.Dataset or "
+                         "a generator of batches).")
+    batches = []
+    if _is_array(data) or (isinstance(data, (list, tuple)) and num_inputs > 1
+                           and len(data) == num_inputs and all(_is_array(d) for d in data)):
+        arrays = [np.asarray(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
+        total = len(arrays[0])
+        for start in range(0, total, batch_size):
+            batches.append([a[start:start + batch_size] for a in arrays])
+            if max_batches and len(batches) >= max_batches:
+                break
+    else:
+        iterator = (data.as_numpy_iterator() if isinstance(data, tf.data.Dataset)
+                    else iter(data))
+        for element in iterator:
+            arrays = [np.asarray(a) for a in _to_inputs(element, num_inputs)]
+            batches.append(arrays)
+            if max_batches and len(batches) >= max_batches:
+                break
+    if not batches:
+        raise ValueError("the calibration data is empty.")
+    return batches
+
+
+def fix_batch_rank(batches, model):
+    """Adds a batch axis to unbatched samples (a tf.data.Dataset that was not batched)."""
+    fixed = []
+    for batch in batches:
+        fixed.append([a[None] if a.ndim == len(t.shape) - 1 else a
+                      for a, t in zip(batch, model.inputs)])
+    return fixed
+
+
+def model_inputs(model):
+    """`model.inputs` as a Functional model expects them (a single tensor for one input)."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def run(model, batch):
+    return model(batch[0] if len(batch) == 1 else batch, training=False)
+
+
+# -- quantizer sites ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Site:
+    """One activation quantizer: `getattr(layer, attr)`, its variables, the layer whose
+    output it quantizes (`owner`), and the names a per-layer rule may match."""
+
+    layer: object
+    attr: str
+    variables: dict
+    owner: object
+    names: tuple
+
+    @property
+    def quantizer(self):
+        return getattr(self.layer, self.attr)
+
+    @property
+    def key(self):
+        return f"{self.layer.name}/{self.attr}"
+
+
+def _producer(layer):
+    try:
+        tensor = layer._inbound_nodes[0].input_tensors[0]
+        producer = tensor._keras_history[0]
+    except (IndexError, AttributeError):
+        return None
+    return producer.layer if isinstance(producer, QuantizedConvolution) else producer
+
+
+def activation_sites(qmodel):
+    sites = []
+    for layer in qmodel.layers:
+        if isinstance(layer, ActivationFakeQuant):
+            owner = _producer(layer)
+            names = (layer.name,) + ((owner.name,) if owner is not None else ())
+            sites.append(Site(layer, "quantizer", layer._quantizer_vars, owner, names))
+        elif isinstance(layer, QuantizedConvolution):
+            for role in ("output", "intermediate", "pre_activation"):
+                if getattr(layer, f"{role}_quantizer") is not None:
+                    sites.append(Site(layer, f"{role}_quantizer", getattr(layer, f"_{role}_vars"),
+                                      layer.layer, (layer.name,)))
+    return sites
+
+
+def wrappers(qmodel):
+    return [layer for layer in qmodel.layers if isinstance(layer, QuantizedConvolution)]
+
+
+def matches(entry, names, owner):
+    if isinstance(entry, str):
+        return any(name == entry or re.fullmatch(entry, name) for name in names)
+    if isinstance(entry, type):
+        return owner is not None and isinstance(owner, entry)
+    raise ValueError(f"per-layer keys must be layer names, regular expressions or layer "
+                     f"classes; got {entry!r}.")
+
+
+def choose(spec, names, owner, default):
+    """`spec` itself, or for a dict the value of the first key matching the layer."""
+    if not isinstance(spec, dict):
+        return spec
+    for entry, value in spec.items():
+        if matches(entry, names, owner):
+            return value
+    return default
+
+
+class _PassThrough:
+    """Stands in for a quantizer: returns its input unchanged, optionally recording it."""
+
+    def __init__(self, original, record=None):
+        self.original = original
+        self.record = record
+
+    def __call__(self, inputs, training=None, weights=None, **kwargs):
+        if self.record is not None:
+            self.record(keras.ops.convert_to_numpy(inputs))
+        return inputs
+
+    def __getattr__(self, name):
+        return getattr(self.original, name)
+
+
+_ALL_ROLES = ("weight_quantizer", "output_quantizer", "intermediate_quantizer",
+              "pre_activation_quantizer")
+
+
+@contextlib.contextmanager
+def bypassed(qmodel, record=None, weights=True):
+    """Runs `qmodel` in float: every activation quantizer (and, with `weights`, every
+    weight quantizer) passes its input through; `record`: {site key: callback(array)}."""
+    record = record or {}
+    saved = []
+    try:
+        for layer in qmodel.layers:
+            attrs = []
+            if isinstance(layer, ActivationFakeQuant):
+                attrs = ["quantizer"]
+            elif isinstance(layer, QuantizedConvolution):
+                attrs = [a for a in _ALL_ROLES if getattr(layer, a) is not None
+                         and (weights or a != "weight_quantizer")]
+            for attr in attrs:
+                original = getattr(layer, attr)
+                saved.append((layer, attr, original))
+                object.__setattr__(layer, attr,
+                                   _PassThrough(original, record.get(f"{layer.name}/{attr}")))
+        yield
+    finally:
+        for layer, attr, original in reversed(saved):
+            object.__setattr__(layer, attr, original)
+
+
+def set_range(site, lo, hi):
+    """Writes a range into a MovingAverageQuantizer's variables (marks it observed)."""
+    variables = site.variables
+    variables["min"].assign(float(lo))
+    variables["max"].assign(float(hi))
+    if "observed" in variables:
+        variables["observed"].assign(1.0)
+
+
+# -- kernels of a wrapper -----------------------------------------------------------------
+
+
+def kernel_kind_of(wrapper, name):
+    return wrapper._kernel_kind(name)
+
+
+def output_axis(kind):
+    return -2 if kind == "transpose" else -1
+
+
+def flatten(kernel, kind):
+    if kind == "depthwise":
+        return kernel.reshape(kernel.shape[:-2] + (kernel.shape[-2] * kernel.shape[-1],))
+    return kernel
+
+
+def folded_kernels(wrapper):
+    """{name: folded float kernel as numpy (BN folded in, layout of the layer)}."""
+    kernels, _ = wrapper.folded_kernels_and_bias()
+    return {k: np.asarray(keras.ops.convert_to_numpy(v), np.float64) for k, v in kernels.items()}
+
+
+def fold_factor(wrapper):
+    """γ/σ of the folded BN per output channel, or None."""
+    bn = wrapper.batch_norm
+    if bn is None:
+        return None
+    variance = keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64)
+    gamma = (keras.ops.convert_to_numpy(bn.gamma).astype(np.float64) if bn.scale
+             else np.ones_like(variance))
+    return gamma / np.sqrt(variance + bn.epsilon)
+
+
+def write_folded_kernel(wrapper, name, folded):
+    """Stores `folded` (the wanted deployed kernel, BN folded in) in the wrapped layer:
+    divided by the BN fold factor where one applies (channels with a zero factor keep
+    their weights)."""
+    folded = np.asarray(folded, np.float64)
+    factor = fold_factor(wrapper)
+    target = wrapper._folded_kernel_name()
+    variable = getattr(wrapper.layer, name)
+    if factor is not None and name == target:
+        kind = "conv" if wrapper.kind == "separable" else wrapper.kind
+        current = np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
+        safe = np.where(factor != 0, factor, 1.0)
+        if kind == "depthwise":
+            shape = folded.shape
+            raw = (flatten(folded, kind) / safe).reshape(shape)
+            keep = np.broadcast_to(factor == 0, flatten(folded, kind).shape).reshape(shape)
+        elif kind == "transpose":
+            raw = folded / safe[:, None]
+            keep = np.broadcast_to((factor == 0)[:, None], folded.shape)
+        else:
+            raw = folded / safe
+            keep = np.broadcast_to(factor == 0, folded.shape)
+        folded = np.where(keep, current, raw)
+    variable.assign(folded.astype(np.float32))
+
+
+def add_to_bias(wrapper, delta):
+    """Adds `delta` to the deployed bias of `wrapper` (through the folded BN's β when
+    there is one). Returns False when the layer has nowhere to put it."""
+    delta = np.asarray(delta, np.float64)
+    bn = wrapper.batch_norm
+    if bn is not None and bn.center:
+        bn.beta.assign((keras.ops.convert_to_numpy(bn.beta) + delta).astype(np.float32))
+        return True
+    if bn is not None:
+        return False
+    bias = wrapper._layer_bias()
+    if bias is None:
+        return False
+    bias.assign((keras.ops.convert_to_numpy(bias) + delta).astype(np.float32))
+    return True

@@ -1,0 +1,120 @@
+"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training
+Quantization"): per layer, learn whether each weight rounds up or down.
+
+Soft weights `W̃ = s·clip(⌊W/s⌋ + h(V), −Q, Q)` with the rectified sigmoid
+`h(V) = clip(σ(V)·1.2 − 0.1, 0, 1)`, V initialised so that h equals the fractional part
+of W/s (W̃ = W inside the clip). Minimise the layer's output reconstruction error
+`E_x ||W̃x − Wx||²` (summed over output channels, averaged over samples and positions)
+plus `λ·Σ(1 − |2h − 1|^β)` which drives h to 0 or 1; λ = 0.01, no regulariser for the
+first 20 % of the iterations, then β decays linearly from 20 to 2. Finally
+`W_q = s·clip(⌊W/s⌋ + [V ≥ 0], −Q, Q)`.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfquant.ptq import _sites as s
+from tfquant.ptq.calibration import weight_clip
+
+
+def _rectified_sigmoid(v):
+    return tf.clip_by_value(tf.sigmoid(v) * 1.2 - 0.1, 0.0, 1.0)
+
+
+def adaround_kernel(convolve, kernel, inputs, num_bits, scale, iterations=500,
+                    batch_size=32, learning_rate=1e-2, reg_lambda=0.01, beta_range=(20.0, 2.0),
+                    warmup=0.2, seed=0):
+    """Integer codes for `kernel` (numpy, any layout) with step `scale` (broadcastable to
+    the kernel), learned on `inputs` (numpy, first axis = samples); `convolve(x, kernel)`
+    computes the layer's linear part. Returns the integer array."""
+    qmax = float(2 ** (num_bits - 1) - 1)
+    kernel = np.asarray(kernel, np.float32)
+    scale = np.broadcast_to(np.asarray(scale, np.float32), kernel.shape).astype(np.float32)
+    floor = np.floor(kernel / scale)
+    rest = np.clip(kernel / scale - floor, 0.0, 1.0)
+    p = (rest + 0.1) / 1.2
+    v = tf.Variable(np.log(p / (1.0 - p)).astype(np.float32))
+    w = tf.constant(kernel)
+    s_t, floor_t = tf.constant(scale), tf.constant(floor.astype(np.float32))
+    m1, m2 = tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))
+    step_count = tf.Variable(0.0)
+
+    @tf.function
+    def step(x, beta, lam):
+        target = convolve(x, w)
+        with tf.GradientTape() as tape:
+            h = _rectified_sigmoid(v)
+            soft = s_t * tf.clip_by_value(floor_t + h, -qmax, qmax)
+            diff = convolve(x, soft) - target
+            recon = tf.reduce_mean(tf.reduce_sum(tf.square(diff), axis=-1))
+            reg = tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * h - 1.0), beta))
+            loss = recon + lam * reg
+        grad = tape.gradient(loss, v)
+        # Adam (β1 = 0.9, β2 = 0.999).
+        step_count.assign_add(1.0)
+        m1.assign(0.9 * m1 + 0.1 * grad)
+        m2.assign(0.999 * m2 + 0.001 * tf.square(grad))
+        m1_hat = m1 / (1.0 - tf.pow(0.9, step_count))
+        m2_hat = m2 / (1.0 - tf.pow(0.999, step_count))
+        v.assign_sub(learning_rate * m1_hat / (tf.sqrt(m2_hat) + 1e-8))
+        return recon
+
+    rng = np.random.default_rng(seed)
+    count = len(inputs)
+    warm = int(warmup * iterations)
+    start, end = beta_range
+    for t in range(iterations):
+        index = rng.choice(count, min(batch_size, count), replace=False)
+        if t < warm:
+            beta, lam = start, 0.0
+        else:
+            progress = (t - warm) / max(1, iterations - warm)
+            beta, lam = end + (start - end) * max(0.0, 1.0 - progress), reg_lambda
+        step(tf.constant(inputs[index], tf.float32), tf.constant(beta, tf.float32),
+             tf.constant(lam, tf.float32))
+    up = (v.numpy() >= 0).astype(np.float32)
+    return np.clip(floor + up, -qmax, qmax)
+
+
+def adaround_wrapper(wrapper, inputs, clip_method="minmax", **kwargs):
+    """AdaRounds the kernel of a QuantizedConvolution (Dense, conv, depthwise or
+    transposed conv with a `MinMaxWeightQuantizer`) on its float `inputs` and stores
+    the result so that the weight quantizer reproduces it exactly (the element with the
+    largest |w| of each range stays on the grid's end). Returns the fraction of weights
+    rounded differently from round-to-nearest."""
+    quantizer = wrapper.weight_quantizer
+    kind = wrapper._kernel_kind("kernel")
+    kernel = s.folded_kernels(wrapper)["kernel"]
+    flat = s.flatten(kernel, kind)
+    axis = s.output_axis(kind) % flat.ndim if quantizer.per_channel else None
+    bits = quantizer.num_bits
+    qmax = float(2 ** (bits - 1) - 1)
+    clip = weight_clip(flat, bits, clip_method, axis)
+    scale = np.asarray(clip, np.float64) / qmax
+    if axis is not None:
+        shape = [1] * flat.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    scale = np.broadcast_to(scale, flat.shape)
+
+    def convolve(x, k):
+        k = tf.reshape(k, kernel.shape)
+        return wrapper._convolve(x, {"kernel": k}, False, quantized=False)
+
+    codes = adaround_kernel(convolve, flat, inputs, bits, scale, **kwargs)
+    # Keep the largest |w| of every range on the grid's end: the min-max weight quantizer
+    # then finds exactly this scale again.
+    moved = np.moveaxis(flat, axis, 0).reshape(flat.shape[axis], -1) if axis is not None \
+        else flat.reshape(1, -1)
+    code_rows = np.moveaxis(codes, axis, 0).reshape(moved.shape) if axis is not None \
+        else codes.reshape(1, -1)
+    top = np.abs(moved).argmax(axis=1)
+    rows = np.arange(moved.shape[0])
+    code_rows[rows, top] = np.sign(moved[rows, top]) * qmax
+    if axis is not None:
+        codes = np.moveaxis(code_rows.reshape(np.moveaxis(flat, axis, 0).shape), 0, axis)
+    else:
+        codes = code_rows.reshape(flat.shape)
+    nearest = np.clip(np.floor(flat / scale + 0.5), -qmax, qmax)
+    s.write_folded_kernel(wrapper, "kernel", (codes * scale).reshape(kernel.shape))
+    return float(np.mean(codes != nearest))
