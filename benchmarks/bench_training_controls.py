@@ -59,15 +59,19 @@ def train_float(hooks, data, epochs, batch):
     return model
 
 
-def step_time(model, x, y, batch, steps):
-    compile_model(model)
-    model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=1, verbose=0)  # trace
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model.fit(x[:batch * steps], y[:batch * steps], batch_size=batch, epochs=1, verbose=0)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+def step_times(models, x, y, batch, steps, rounds=3):
+    """Median seconds per training step of each model, measured in alternation."""
+    for model in models:
+        compile_model(model)
+        model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=1, verbose=0)
+    times = [[] for _ in models]
+    for _ in range(rounds):
+        for model, record in zip(models, times):
+            start = time.perf_counter()
+            model.fit(x[:batch * steps], y[:batch * steps], batch_size=batch, epochs=1,
+                      verbose=0)
+            record.append((time.perf_counter() - start) / steps)
+    return [statistics.median(t) for t in times]
 
 
 def near_grid_fraction(model, bits):
@@ -105,10 +109,9 @@ def run(args):
                 "pass, frozen BN; 8-bit activations, first/last layers 8-bit)\n\n"
                 + "\n".join(lines))
 
-    steps = 5 if args.quick else 30
-    plain = step_time(build_float_model(), x, y, batch, steps)
-    double = step_time(with_hooks(build_float_model(), [GradientL1(args.grad_l1)]), x, y,
-                       batch, steps)
+    steps = 20 if args.quick else 40
+    plain, double = step_times([build_float_model(), with_hooks(
+        build_float_model(), [GradientL1(args.grad_l1)])], x, y, batch, steps)
     rows.append(f"### Double-backprop cost\n\nfloat train step, batch {batch}: "
                 f"{plain * 1e3:.1f} ms plain, {double * 1e3:.1f} ms with gradient-ℓ1 "
                 f"(**{double / plain:.2f}×**)")

@@ -7,7 +7,7 @@
 """
 
 from tfquant import ops  # loads the C++ op library first: a clear ImportError if unbuilt
-from tfquant import quantizers
+from tfquant import ptq, quantizers
 from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
 from tfquant.keras import LayerRule, QuantConfig, freeze_batch_norm, quantize_model
 
@@ -22,6 +22,7 @@ __all__ = [
     "freeze_batch_norm",
     "inspect_flatbuffer",
     "ops",
+    "ptq",
     "quantize_model",
     "quantizers",
 ]

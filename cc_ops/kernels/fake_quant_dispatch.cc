@@ -94,5 +94,11 @@ const FakeQuantKernelTable& SelectFakeQuantKernels() {
   return *FakeQuantKernelSelection().table;
 }
 
+namespace {
+// Decide when the library is loaded, so a TFQUANT_KERNELS warning shows up on
+// import rather than at the first op.
+const FakeQuantKernelChoice& kChoiceAtLoad = FakeQuantKernelSelection();
+}  // namespace
+
 }  // namespace kernels
 }  // namespace tfquant

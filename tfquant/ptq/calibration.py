@@ -208,7 +208,9 @@ class EntropyCalibrator(Calibrator):
     groups, spread each group's mass evenly over its non-empty bins), and the threshold
     minimizes KL(P‖Q) = Σ P log(P/Q). L = 2^(b−1) for signed tensors (the sign takes a
     bit) and 2^b for non-negative ones (then the search starts at bin max(128, L)).
-    Range: `[−T, T]` for signed tensors, `[0, T]` for non-negative ones."""
+    Range: `[−T, T]` for signed tensors, `[0, T]` for non-negative ones. Exact zeros
+    are left out of the histogram (judgement call: they are exact on any grid, and a
+    ReLU's spike at 0 otherwise pulls the threshold far down)."""
 
     name = "entropy"
 
@@ -219,6 +221,12 @@ class EntropyCalibrator(Calibrator):
     def threshold(self, num_bits=8, signed=True):
         self._check()
         values = np.abs(self.samples.astype(np.float64))
+        # Exact zeros (ReLU outputs, padding) are exact on every grid; in the histogram
+        # their spike would be smeared over the first quantization bin and make every
+        # wide threshold look bad.
+        values = values[values > 0]
+        if values.size == 0:
+            return 0.0
         top = float(values.max())
         if top <= 0:
             return 0.0
