@@ -15,7 +15,8 @@ nothing is pruned:
   floor       TfquantStreamFloor, a copy over the same bytes on the same pool:
               forward 8 B/elem (read x, write y), backward 12 B/elem (read x, dy,
               write dx); measured, not assumed.
-Medians of RUNS runs, written to BENCHMARKS.md.
+Each figure is the best of 3 rounds of medians of RUNS (>= 10) runs, the variants
+taking turns; written to BENCHMARKS.md.
 Run: `make bench` or `.venv/bin/python benchmarks/bench_fake_quant.py [--runs N]`.
 """
 
@@ -43,8 +44,19 @@ def signed_levels(bits):
     return 2 ** (bits - 1), 2 ** (bits - 1) - 1
 
 
-def timed(fn, runs):
-    return median_seconds(lambda: fn(), runs=runs, warmup=3)
+ROUNDS = 3
+
+
+def timed_all(fns, runs):
+    """Best over ROUNDS rounds of each function's median of `runs` runs, the
+    functions taking turns so that load from other processes (which only ever
+    slows a run down) hits all of them alike."""
+    best = {}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            t = median_seconds(fn, runs=runs, warmup=2)
+            best[name] = min(best.get(name, t), t)
+    return best
 
 
 def steps(x, dy, bits, per_channel):
@@ -123,7 +135,7 @@ def check_outputs_agree(fns):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     runs = max(args.runs, 10)
     load_before = os.getloadavg()[0]
@@ -135,7 +147,7 @@ def main():
             for bits in (8, 4):
                 fns = steps(x, dy, bits, per_channel)
                 check_outputs_agree(fns)
-                t = {name: timed(fn, runs) for name, fn in fns.items()}
+                t = timed_all(fns, runs)
                 gran = "per-channel" if per_channel else "per-tensor"
                 rows.append((shape_name, bits, gran, t))
                 print(f"{shape_name:12s} {bits}-bit {gran:11s} " +
@@ -147,8 +159,8 @@ def main():
     body = [
         f"Kernels: `{_native.kernel_variant()}` (of {', '.join(_native.kernel_variants())}); "
         f"TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}. "
-        f"Medians of {runs} runs of a tf.function computing y and the gradients with a fixed "
-        "upstream gradient. Milliseconds. 1-minute load average "
+        f"Best of {ROUNDS} rounds (variants taking turns) of the median of {runs} runs of a "
+        "tf.function computing y and the gradients with a fixed upstream gradient. Milliseconds. 1-minute load average "
         f"{load_before:.2f} before, {load_after:.2f} after (this run itself keeps ~1-2 busy).",
         "",
         "**Fused op vs TensorFlow's FakeQuant** (same semantics, grads for x, min, max):",

@@ -7,17 +7,21 @@
 """
 
 from tfquant import ops  # loads the C++ op library first: a clear ImportError if unbuilt
-from tfquant import ptq, quantizers
+from tfquant import callbacks, ptq, quantizers, regularizers
 from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
 from tfquant.keras import LayerRule, QuantConfig, freeze_batch_norm, quantize_model
+from tfquant.keras.distillation import Distillation
+from tfquant.keras.train_step import with_hooks
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Distillation",
     "ExportError",
     "ExportReport",
     "LayerRule",
     "QuantConfig",
+    "callbacks",
     "export_tflite",
     "freeze_batch_norm",
     "inspect_flatbuffer",
@@ -25,4 +29,6 @@ __all__ = [
     "ptq",
     "quantize_model",
     "quantizers",
+    "regularizers",
+    "with_hooks",
 ]

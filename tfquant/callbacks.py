@@ -121,13 +121,18 @@ class TwoStageQuantization(QuantizationDelay):
 
 def set_quantize_enabled(model, enabled, weights=True, activations=True):
     """Sets the quantization switches of every ActivationFakeQuant (activations) and
-    QuantizedConvolution (its kernels and/or activations)."""
+    QuantizedConvolution (its kernels and/or activations). Layers get their switch
+    variables the first time one is turned off; the model's traced functions are then
+    rebuilt."""
+    created = False
     for layer in model.layers:
         if isinstance(layer, ActivationFakeQuant) and activations:
-            layer.set_quantize_enabled(enabled)
+            created |= layer.set_quantize_enabled(enabled)
         elif isinstance(layer, QuantizedConvolution):
-            layer.set_quantize_enabled(weights=enabled if weights else None,
-                                       activations=enabled if activations else None)
+            created |= layer.set_quantize_enabled(weights=enabled if weights else None,
+                                                  activations=enabled if activations else None)
+    if created:
+        rebuild_functions(model)
 
 
 class FreezeQuantizerRanges(_Scheduled):

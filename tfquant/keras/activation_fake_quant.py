@@ -14,35 +14,51 @@ class ActivationFakeQuant(keras.layers.Layer):
     `quantize_model` puts one on every model input and after every layer whose output
     becomes an integer tensor in the exported model (Add, Concatenate, average pooling,
     activations, ...). Its variables are the quantizer's (for the default quantizer: the
-    moving-average range), and the switch `quantize_enabled` (1.0 by default): at 0 the
-    layer passes its input through unchanged (the quantizer still runs, so its range
-    keeps observing the data). `tfquant.callbacks.QuantizationDelay` flips it. The
-    switch is a variable, read inside the graph: no retrace. Export always quantizes.
+    moving-average range), and, once `set_quantize_enabled` has been called (e.g. by
+    `tfquant.callbacks.QuantizationDelay`), the switch variable `quantize_enabled`: at 0
+    the layer passes its input through unchanged (the quantizer still runs, so its range
+    keeps observing the data). The switch is read inside the graph (flipping it needs no
+    retrace; creating it does, which the callbacks do); `quantize_switch=True` in the
+    config makes `build` create it, so saved models keep it. Export always quantizes.
 
     Args:
       quantizer: a `tfquant.quantizers.Quantizer` for activations; default
         `MovingAverageQuantizer()` (8 bits, asymmetric).
     """
 
-    def __init__(self, quantizer=None, **kwargs):
+    def __init__(self, quantizer=None, quantize_switch=False, **kwargs):
         super().__init__(**kwargs)
+        self.quantize_switch = bool(quantize_switch)
+        self.quantize_enabled = None
         quantizer = deserialize_quantizer(quantizer) or MovingAverageQuantizer()
         self.quantizer = quantizer
         self._quantizer_vars = {}
 
     def build(self, input_shape):
         self._quantizer_vars = self.quantizer.build(input_shape, "activation", self)
+        if self.quantize_switch:
+            self._make_switches()
+        self.built = True
+
+    def _make_switches(self):
         self.quantize_enabled = self.add_weight(
             name="quantize_enabled", shape=(), initializer="ones", trainable=False)
-        self.built = True
 
     def call(self, inputs, training=None):
         outputs = self.quantizer(inputs, bool(training), self._quantizer_vars)
         return apply_switch(self.quantize_enabled, outputs, inputs)
 
     def set_quantize_enabled(self, enabled):
-        """Turns fake quantization on (True) or off (False: float output, still observing)."""
+        """Turns fake quantization on (True) or off (False: float output, still observing).
+        Returns True when the switch variable was created now (traced functions that
+        use this layer must be retraced: `tfquant.callbacks.rebuild_functions`)."""
+        created = False
+        if self.quantize_enabled is None:
+            if enabled:
+                return False  # no switch: always quantized
+            created = add_switches(self)
         self.quantize_enabled.assign(1.0 if enabled else 0.0)
+        return created
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -50,6 +66,7 @@ class ActivationFakeQuant(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["quantizer"] = serialize_quantizer(self.quantizer)
+        config["quantize_switch"] = self.quantize_switch
         return config
 
 
@@ -60,3 +77,19 @@ def apply_switch(switch, quantized, original):
         return quantized
     on = tf.convert_to_tensor(switch) > 0.5
     return tf.where(on, quantized, tf.cast(original, quantized.dtype))
+
+
+def add_switches(layer):
+    """Creates a built layer's switch variables (`layer._make_switches()`) after build and
+    records it in its config (`quantize_switch`). Returns True."""
+    tracker = getattr(layer, "_tracker", None)
+    locked = tracker is not None and tracker.locked
+    if locked:
+        tracker.unlock()
+    try:
+        layer._make_switches()
+    finally:
+        if locked:
+            tracker.lock()
+    layer.quantize_switch = True
+    return True

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfquant.keras.activation_fake_quant import apply_switch
+from tfquant.keras.activation_fake_quant import add_switches, apply_switch
 from tfquant.quantizers.base import (
     deserialize_quantizer,
     export_weight_grid,
@@ -111,7 +111,8 @@ class QuantizedConvolution(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, batch_norm=None, weight_quantizer=None, output_quantizer=None,
-                 intermediate_quantizer=None, pre_activation_quantizer=None, **kwargs):
+                 intermediate_quantizer=None, pre_activation_quantizer=None,
+                 quantize_switch=False, **kwargs):
         kind = kernel_kind(layer)
         if kind is None:
             raise ValueError(
@@ -131,6 +132,9 @@ class QuantizedConvolution(keras.layers.Wrapper):
             )
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
+        self.quantize_switch = bool(quantize_switch)
+        self.weights_quantize_enabled = None
+        self.activations_quantize_enabled = None
         self.kind = kind
         self.batch_norm = batch_norm
         self.weight_quantizer = deserialize_quantizer(weight_quantizer) or MinMaxWeightQuantizer(
@@ -170,15 +174,6 @@ class QuantizedConvolution(keras.layers.Wrapper):
             # moving statistics; a variable so it is saved and read inside tf.function.
             self._bn_frozen = self.add_weight(
                 name="batch_norm_frozen", shape=(), initializer="zeros", trainable=False)
-        # Switches (1.0 = on) read inside the graph: at 0 the kernels (resp. the
-        # activations: intermediate, pre-activation and output tensors) are used in float,
-        # while their quantizers still run and observe. QuantizationDelay and
-        # TwoStageQuantization flip them; export always quantizes.
-        self.weights_quantize_enabled = self.add_weight(
-            name="weights_quantize_enabled", shape=(), initializer="ones", trainable=False)
-        self.activations_quantize_enabled = self.add_weight(
-            name="activations_quantize_enabled", shape=(), initializer="ones",
-            trainable=False)
         self._intermediate_vars = {}
         if self.intermediate_quantizer is not None:
             self._intermediate_vars = self.intermediate_quantizer.build(
@@ -190,6 +185,8 @@ class QuantizedConvolution(keras.layers.Wrapper):
         self._output_vars = {}
         if self.output_quantizer is not None:
             self._output_vars = self.output_quantizer.build(output_shape, "output", self)
+        if self.quantize_switch:  # last: the order a switch added after build has too
+            self._make_switches()
         self.built = True
 
     def _kernel_names(self):
@@ -338,6 +335,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         config["output_quantizer"] = serialize_quantizer(self.output_quantizer)
         config["intermediate_quantizer"] = serialize_quantizer(self.intermediate_quantizer)
         config["pre_activation_quantizer"] = serialize_quantizer(self.pre_activation_quantizer)
+        config["quantize_switch"] = self.quantize_switch
         return config
 
     @classmethod
@@ -362,13 +360,32 @@ class QuantizedConvolution(keras.layers.Wrapper):
         if self._bn_frozen is not None:
             self._bn_frozen.assign(1.0 if frozen else 0.0)
 
+    def _make_switches(self):
+        # Switches (1.0 = on) read inside the graph: at 0 the kernels (resp. the
+        # activations: intermediate, pre-activation and output tensors) are used in float,
+        # while their quantizers still run and observe. Made by `build` when the config
+        # has quantize_switch=True, or by the first set_quantize_enabled (QuantizationDelay,
+        # TwoStageQuantization); export always quantizes.
+        self.weights_quantize_enabled = self.add_weight(
+            name="weights_quantize_enabled", shape=(), initializer="ones", trainable=False)
+        self.activations_quantize_enabled = self.add_weight(
+            name="activations_quantize_enabled", shape=(), initializer="ones",
+            trainable=False)
+
     def set_quantize_enabled(self, weights=None, activations=None):
         """Turns fake quantization of the kernels and/or the activations on or off
-        (None: leave that switch as it is)."""
+        (None: leave that switch as it is). Returns True when the switch variables were
+        created now (traced functions must be retraced)."""
+        created = False
+        if self.weights_quantize_enabled is None:
+            if not (weights is False or activations is False):
+                return False  # no switches: always quantized
+            created = add_switches(self)
         if weights is not None:
             self.weights_quantize_enabled.assign(1.0 if weights else 0.0)
         if activations is not None:
             self.activations_quantize_enabled.assign(1.0 if activations else 0.0)
+        return created
 
     def deployed_kernels(self):
         """{kernel name: (quantized values, output-channel axis)} as the export sees them,
