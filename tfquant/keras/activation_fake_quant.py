@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
 from tfquant.quantizers.base import deserialize_quantizer, is_exporting, serialize_quantizer
 from tfquant.quantizers.uniform import MovingAverageQuantizer
 
@@ -17,7 +18,8 @@ class ActivationFakeQuant(keras.layers.Layer):
     moving-average range), and, once `set_quantize_enabled` has been called (e.g. by
     `tfquant.callbacks.QuantizationDelay`), the switch variable `quantize_enabled`: at 0
     the layer passes its input through unchanged (the quantizer still runs, so its range
-    keeps observing the data). The switch is read inside the graph (flipping it needs no
+    keeps observing the data). Under a mixed-precision policy the quantizer runs in float32
+    (variables, math) and the output is cast back to the compute dtype. The switch is read inside the graph (flipping it needs no
     retrace; creating it does, which the callbacks do); `quantize_switch=True` in the
     config makes `build` create it, so saved models keep it. Export always quantizes.
 
@@ -45,8 +47,12 @@ class ActivationFakeQuant(keras.layers.Layer):
             name="quantize_enabled", shape=(), initializer="ones", trainable=False)
 
     def call(self, inputs, training=None):
-        outputs = self.quantizer(inputs, bool(training), self._quantizer_vars)
-        return apply_switch(self.quantize_enabled, outputs, inputs)
+        # Quantizer math in float32 under any dtype policy (tfquant.keras.compat).
+        with float32_math():
+            inputs32 = to_float32(inputs)
+            outputs = self.quantizer(inputs32, bool(training), self._quantizer_vars)
+            outputs = apply_switch(self.quantize_enabled, outputs, inputs32)
+        return to_compute_dtype(outputs, self)
 
     def set_quantize_enabled(self, enabled):
         """Turns fake quantization on (True) or off (False: float output, still observing).

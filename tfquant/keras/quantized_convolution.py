@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfquant.keras.activation_fake_quant import add_switches, apply_switch
+from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
 from tfquant.quantizers.base import (
     deserialize_quantizer,
     export_weight_grid,
@@ -87,6 +88,26 @@ def _quantize_kernel(kernel, quantizer, kind, training, weights, grid=None):
     return ops.reshape(quantized, ops.shape(kernel)) if kind == "depthwise" else quantized
 
 
+def _replicas_in_sync():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _batch_moments(x, axes):
+    """Mean and variance of `x` over `axes` — over the global batch under tf.distribute
+    (the sums of all replicas are added up), so every replica folds the same batch
+    statistics and keeps the same moving statistics (synchronized BN)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return ops.moments(x, axes=axes)
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+    total, squares, count = context.all_reduce(
+        tf.distribute.ReduceOp.SUM,
+        [tf.reduce_sum(x, axis=axes), tf.reduce_sum(tf.square(x), axis=axes), count])
+    mean = total / count
+    return mean, tf.maximum(squares / count - tf.square(mean), 0.0)
+
+
 def _output_axis(kind):
     """The output-channel axis of a kernel (of a depthwise one: after flattening)."""
     return -2 if kind == "transpose" else -1
@@ -131,6 +152,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
                 "grouped convolutions do not convert to TFLite integer kernels."
             )
         kwargs.setdefault("name", layer.name)
+        kwargs.setdefault("dtype", layer.dtype_policy)  # its output dtype is the layer's
         super().__init__(layer, **kwargs)
         self.quantize_switch = bool(quantize_switch)
         self.weights_quantize_enabled = None
@@ -251,7 +273,14 @@ class QuantizedConvolution(keras.layers.Wrapper):
     # -- call --------------------------------------------------------------------------
 
     def call(self, inputs, training=None):
-        training = bool(training)
+        # Under a mixed-precision policy the whole layer computes in float32 (the
+        # quantizers are float32-only, and the fake-quantized kernel must hold the exact
+        # values the integer export stores); the output is cast to the compute dtype.
+        with float32_math():
+            outputs = self._call_float32(to_float32(inputs), bool(training))
+        return to_compute_dtype(outputs, self)
+
+    def _call_float32(self, inputs, training):
         if self.batch_norm is None:
             kernels = self._quantized_kernels(self._float_kernels(), training)
             outputs = self._convolve(inputs, kernels, training, quantized=True)
@@ -259,10 +288,15 @@ class QuantizedConvolution(keras.layers.Wrapper):
             if bias is not None:
                 outputs = outputs + bias
         elif training:
+            # Under tf.distribute the batch statistics are summed across replicas, a
+            # synchronization point that may not sit inside tf.cond: they are computed
+            # before it (also after the freeze, where they go unused).
+            statistics = (self._batch_statistics(inputs, training)
+                          if _replicas_in_sync() > 1 else None)
             outputs = tf.cond(
                 tf.convert_to_tensor(self._bn_frozen) > 0.5,
                 lambda: self._folded_moving_statistics(inputs, training),
-                lambda: self._folded_batch_statistics(inputs, training),
+                lambda: self._folded_batch_statistics(inputs, training, statistics),
             )
         else:
             outputs = self._folded_moving_statistics(inputs, training)
@@ -292,15 +326,19 @@ class QuantizedConvolution(keras.layers.Wrapper):
         shift = mean if bias is None else mean - bias
         return outputs + (beta - gamma * shift / sigma_mv)
 
-    def _folded_batch_statistics(self, inputs, training):
-        bn = self.batch_norm
-        gamma, beta = self._bn_params()
+    def _batch_statistics(self, inputs, training):
+        """Mean and variance of the float layer's output over the (global) batch."""
         raw = self._convolve(inputs, self._float_kernels(), training, quantized=False)
         bias = self._layer_bias()
         if bias is not None:
             raw = raw + bias
-        reduce_axes = list(range(len(raw.shape) - 1))
-        batch_mean, batch_variance = ops.moments(raw, axes=reduce_axes)
+        return _batch_moments(raw, list(range(len(raw.shape) - 1)))
+
+    def _folded_batch_statistics(self, inputs, training, statistics=None):
+        bn = self.batch_norm
+        gamma, beta = self._bn_params()
+        bias = self._layer_bias()
+        batch_mean, batch_variance = statistics or self._batch_statistics(inputs, training)
         moving_variance = ops.convert_to_tensor(bn.moving_variance)
         sigma_mv = ops.sqrt(moving_variance + bn.epsilon)
         sigma_b = ops.sqrt(batch_variance + bn.epsilon)

@@ -9,6 +9,19 @@ The copy is rebuilt node by node from the model's graph:
 - layers that only move or select values (Reshape, Flatten, Dropout, max pooling, ...)
   pass through: their output keeps their input's quantization;
 - every float model input gets an activation quantizer.
+
+Nested models: a Functional or Sequential model used as a layer of the model (a backbone,
+a block) is inlined first — its layers are called in its place, as if they had been
+written in the outer model (`_inline_nested_models`), and then quantized like any other
+layer, so a BatchNormalization at the start of a nested block still folds, first/last-layer
+rules see through the nesting, and the exported flatbuffer has one flat graph. Inlined
+layers keep their names; a name already taken in the outer model becomes
+`<nested model name>_<layer name>`. A nested model that the config keeps in float
+(`float_layers=["backbone"]`) is not inlined and stays one float layer. An explicit
+`training=` argument on the nested model's call is not carried over (BatchNormalization
+layers are folded; `tfquant.freeze_batch_norm` switches them to moving statistics).
+Subclassed models — at the top or nested — have no graph to rebuild: they are refused
+with the class name and the workaround.
 """
 
 import keras
@@ -91,10 +104,20 @@ def _last_activation(layer):
     return None
 
 
+def _is_graph_model(layer):
+    """A Functional or Sequential model (one whose graph can be inlined)."""
+    return isinstance(layer, (Functional, keras.Sequential))
+
+
 def _unsupported_reason(layer):
     """Why `layer` cannot be quantized, or None when it can."""
     if isinstance(layer, keras.Model):
-        return "a nested model"
+        if isinstance(layer, keras.Sequential) and getattr(layer, "_functional", None) is None:
+            return ("an unbuilt nested Sequential model (start it with keras.Input(...) or "
+                    "call build(input_shape))")
+        return (f"a subclassed model ({type(layer).__name__}), which has no layer graph to "
+                "quantize: rebuild it as a Functional model (keras.Input → layers → "
+                "keras.Model(inputs, outputs)), or keep it in float")
     kind = kernel_kind(layer)
     if kind is not None:
         if getattr(layer, "data_format", "channels_last") != "channels_last":
@@ -226,6 +249,62 @@ def _clone(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
+def _inlinable(layer, config):
+    return (_is_graph_model(layer) and not config.is_float(layer)
+            and _functional_view_or_none(layer) is not None)
+
+
+def _functional_view_or_none(model):
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model
+
+
+def _inline_nested_models(model, config):
+    """`model` itself when no Functional/Sequential model is one of its layers; else a
+    flat Functional copy in which every nested model is replaced by its own layers
+    (recursively), with the weights copied. Layers of the copy are clones, so `model`
+    is untouched; a nested model used twice contributes its layers once, shared."""
+    if not any(_inlinable(layer, config) for layer in model.layers):
+        return model
+    names = {layer.name for layer in model.layers if not _inlinable(layer, config)}
+    clones = {}  # id(original layer) → clone
+    pairs = []  # (clone, original) to copy weights
+
+    def clone_of(layer, prefix):
+        if id(layer) not in clones:
+            layer_config = layer.get_config()
+            name = layer.name
+            if prefix is not None and name in names:
+                base, name, index = f"{prefix}_{layer.name}", f"{prefix}_{layer.name}", 1
+                while name in names:
+                    name, index = f"{base}_{index}", index + 1
+            names.add(name)
+            layer_config["name"] = name
+            clones[id(layer)] = layer.__class__.from_config(layer_config)
+            pairs.append((clones[id(layer)], layer))
+        return clones[id(layer)]
+
+    def operation_for(prefix):
+        def operation(layer):
+            if _inlinable(layer, config):
+                inner = _functional_view_or_none(layer)
+                return lambda *args, **kwargs: inner._run_through_graph(
+                    args[0] if args else kwargs["inputs"],
+                    operation_fn=operation_for(layer.name))
+            return clone_of(layer, prefix)
+        return operation
+
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name)
+              for t in model.inputs]
+    structured = keras.tree.pack_sequence_as(model._inputs_struct, inputs)
+    outputs = model._run_through_graph(structured, operation_fn=operation_for(None))
+    flat = keras.Model(structured, outputs, name=model.name)
+    for clone, original in pairs:
+        clone.set_weights(original.get_weights())
+    return flat
+
+
 def _batch_norm_to_fold(graph, node, layer):
     """The BatchNormalization node that directly and only follows `node`, if foldable."""
     if graph.is_shared(layer) or activation_name(layer) != "linear":
@@ -266,7 +345,7 @@ def quantize_model(model, config=None):
         raise ValueError(f"config must be a tfquant.QuantConfig, got {type(config).__name__}.")
     if not isinstance(model, keras.Model):
         raise ValueError(f"quantize_model takes a keras.Model, got {type(model).__name__}.")
-    graph = _Graph(_functional_view(model))
+    graph = _Graph(_inline_nested_models(_functional_view(model), config))
     _check_supported(graph, config)
     return _Rebuilder(graph, config).run(model.name)
 
@@ -393,7 +472,8 @@ class _Rebuilder:
     def _quantize_output(self, node, outputs):
         layer = node.operation
         quantizer = ActivationFakeQuant(self._output_quantizer(node, _last_activation(layer)),
-                                        name=self.unique_name(f"{layer.name}_quant"))
+                                        name=self.unique_name(f"{layer.name}_quant"),
+                                        dtype=layer.dtype_policy)
         return quantizer(outputs)
 
     def _feeds_quantized_layer(self, node):

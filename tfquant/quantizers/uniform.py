@@ -48,6 +48,42 @@ def export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis=None
     return tf.transpose(moved, perm)
 
 
+def cross_replica_range(local_min, local_max):
+    """(min, max) over the global batch under tf.distribute, else the arguments.
+
+    In a replica context with several replicas (MirroredStrategy, or
+    MultiWorkerMirroredStrategy across processes), every replica sees its share of the
+    batch; the minima and maxima of all replicas are gathered so each replica gets the
+    range of the whole global batch, and statistics kept in replicated variables agree.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return local_min, local_max
+    stacked = tf.stack([tf.cast(local_min, tf.float32), -tf.cast(local_max, tf.float32)])
+    gathered = context.all_gather(tf.reshape(stacked, [1, 2]), axis=0)
+    extremes = tf.reduce_min(gathered, axis=0)
+    return extremes[0], -extremes[1]
+
+
+def add_replicated_weight(layer, name, value):
+    """A float32 scalar state variable (not trained) that every replica updates with
+    the same value, e.g. from `cross_replica_range`. With a Keras 3 layer it is made
+    with `aggregation="only_first_replica"` (the first replica's assignment is written
+    to all copies); with a tf_keras layer (TFMOT) with the equivalent
+    `tf.VariableAggregation.ONLY_FIRST_REPLICA`."""
+    kwargs = dict(name=name, shape=(), initializer=tf.constant_initializer(value),
+                  trainable=False, dtype="float32")
+    if _is_tf_keras_layer(layer):
+        kwargs["aggregation"] = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    else:
+        kwargs["aggregation"] = "only_first_replica"
+    return layer.add_weight(**kwargs)
+
+
+def _is_tf_keras_layer(layer):
+    return any(cls.__module__.startswith("tf_keras") for cls in type(layer).__mro__)
+
+
 def weight_deployment(num_bits):
     """How a symmetric narrow-range weight grid of `num_bits` deploys (see
     `deployable_weight_grid`): INT4 up to 4 bits, int8 above, always exactly."""
@@ -177,10 +213,10 @@ class MovingAverageQuantizer(Quantizer):
 
     def build(self, tensor_shape, name, layer):
         def make(suffix, value):
-            return layer.add_weight(
-                name=f"{name}_{suffix}", shape=(), initializer=tf.constant_initializer(value),
-                trainable=False, dtype="float32",
-            )
+            # Under tf.distribute every replica computes the same new range (from the
+            # global batch, see `cross_replica_range`), so the first replica's write
+            # is everyone's.
+            return add_replicated_weight(layer, f"{name}_{suffix}", value)
 
         # "frozen" (1.0: the range stops following the data; FreezeQuantizerRanges).
         return {"min": make("min", -6.0), "max": make("max", 6.0),
@@ -199,8 +235,10 @@ class MovingAverageQuantizer(Quantizer):
 
     def _observe(self, inputs, weights):
         """Updates the range variables from `inputs`; returns the new range."""
-        batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
-        batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+        batch_min, batch_max = cross_replica_range(tf.reduce_min(inputs),
+                                                   tf.reduce_max(inputs))
+        batch_min = tf.minimum(batch_min, 0.0)
+        batch_max = tf.maximum(batch_max, 0.0)
         if self.symmetric:
             batch_max = tf.maximum(-batch_min, batch_max)
             batch_min = -batch_max
