@@ -123,3 +123,12 @@ def test_sub_8_bit_activations_train_and_export_at_8_bits():
     assert report.float_ops == []
     assert "INT4" in report.weight_dtypes.values()
     assert report.max_abs_diff_lsb <= 4
+
+
+def test_first_and_last_layers_of_a_ternary_model_are_uniform_8_bit():
+    config = tfquant.QuantConfig(weight_quantizer="TernaryQuantizer")
+    qmodel = tfquant.quantize_model(residual_model(), config)
+    for name in ("stem", "head"):
+        quantizer = qmodel.get_layer(name).weight_quantizer
+        assert type(quantizer).__name__ == "MinMaxWeightQuantizer" and quantizer.num_bits == 8
+    assert type(qmodel.get_layer("block_conv").weight_quantizer).__name__ == "TernaryQuantizer"

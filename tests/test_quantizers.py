@@ -301,6 +301,8 @@ def test_sawb_two_bit_clip_for_standard_normal():
     alpha = float(SAWBQuantizer(2).clip(w))
     assert abs(alpha - 1.47) / 1.47 < 0.03
     per_channel = SAWBQuantizer(2, per_channel=True).clip(w.reshape(-1, 4), axis=1).numpy()
+    # No coefficients above 5 bits: the clip is the range.
+    assert float(SAWBQuantizer(8).clip(w)) == pytest.approx(float(np.max(np.abs(w))))
     assert per_channel.shape == (4,) and np.all(np.abs(per_channel - 1.47) < 0.05)
 
 
@@ -393,8 +395,8 @@ def test_stochastic_rounding_is_unbiased():
 def test_invalid_arguments_name_quantizer_value_and_allowed():
     with pytest.raises(ValueError, match=r"LSQQuantizer: num_bits=1 .*allowed: 2, 3"):
         LSQQuantizer(1)
-    with pytest.raises(ValueError, match=r"SAWBQuantizer: num_bits=8 .*allowed: 2, 3, 4, 5"):
-        SAWBQuantizer(8)
+    with pytest.raises(ValueError, match=r"SAWBQuantizer: num_bits=9 .*allowed: 2, 3, 4, 5, 6, 7, 8"):
+        SAWBQuantizer(9)
     with pytest.raises(ValueError, match=r"BinaryQuantizer: scale='mean'"):
         BinaryQuantizer("mean")
     with pytest.raises(ValueError, match=r"PACTQuantizer cannot quantize weights"):

@@ -133,10 +133,18 @@ class LayerSpec:
     symmetric_activations: bool
     ema_decay: float
     signed_activation_quantizer: object = "MovingAverageQuantizer"
+    first_or_last_weights: bool = False
 
     def weight_quantizer_for(self, axis):
-        """The quantizer of a kernel whose output channels lie on `axis`."""
-        return self._build(self.weight_quantizer, "weights", {
+        """The quantizer of a kernel whose output channels lie on `axis`.
+
+        A first or last layer whose quantizer has no bit width (ternary, binary) gets
+        the uniform MinMaxWeightQuantizer at `first_last_bits` instead."""
+        spec = self.weight_quantizer
+        if self.first_or_last_weights and "num_bits" not in inspect.signature(
+                _quantizer_class_or_error(spec, self.layer_name).__init__).parameters:
+            spec = "MinMaxWeightQuantizer"
+        return self._build(spec, "weights", {
             "num_bits": self.weight_bits, "per_channel": self.per_channel, "axis": axis,
             "signed": True, "kind": "weights"})
 
@@ -198,7 +206,9 @@ class QuantConfig:
       activation_ema_decay: decay of the moving-average activation ranges.
       first_last_bits: bits of the weights and input activations of the first layers
         (those reading a model input) and the last layers (those writing a model output),
-        and of the model outputs, as PACT and LSQ keep them at 8; None: no exception.
+        and of the model outputs, as PACT and LSQ keep them at 8 (with a weight quantizer
+        that has no bit width, e.g. ternary, those layers use MinMaxWeightQuantizer);
+        None: no exception.
       shortcut_bits: activation bits of tensors that feed an Add (residual shortcuts);
         e.g. 8 keeps shortcuts at the highest integer precision in a low-bit model
         (Choi et al. 2018); None: as other activations.
@@ -290,6 +300,7 @@ class QuantConfig:
         if self.first_last_bits is not None:
             if first_or_last_weights:
                 spec.weight_bits = self.first_last_bits
+                spec.first_or_last_weights = True
             if (first_or_last_activations or layer is None) and spec.activation_bits != 16:
                 spec.activation_bits = max(self.first_last_bits, spec.activation_bits)
         if layer is None:

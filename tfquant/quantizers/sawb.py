@@ -30,8 +30,12 @@ class SAWBQuantizer(Quantizer):
     Example: 2 bits, per tensor, `w = [-1.2, -0.3, 0.5, 2.0]`: E[w²] = 1.4455,
     E|w| = 1.0, α = 3.212·1.2023 − 2.178 = 1.684; `ŵ = [-1.684, 0, 0, 1.684]`.
 
+    Above 5 bits the paper gives no coefficients; the clip is then `max|w|` (the
+    MSE-optimal clip approaches the full range as the bits grow), so SAWB layers can sit
+    next to 8-bit first and last layers.
+
     Args:
-      num_bits: 2 to 5 (the bit widths with coefficients).
+      num_bits: 2 to 8 (coefficients for 2–5; `max|w|` above).
       per_channel: one clip per slice along `axis` (the output-channel axis).
       axis: the output-channel axis.
       stochastic_rounding: in training add `U(−½, ½)·s` before rounding (unbiased).
@@ -42,7 +46,7 @@ class SAWBQuantizer(Quantizer):
                     5: (17.74, 18.64)}
 
     def __init__(self, num_bits=4, per_channel=False, axis=-1, stochastic_rounding=False):
-        self._num_bits = c.check_bits("SAWBQuantizer", num_bits, sorted(self.COEFFICIENTS))
+        self._num_bits = c.check_bits("SAWBQuantizer", num_bits, range(2, 9))
         self.per_channel = bool(per_channel)
         self.axis = c.check_axis("SAWBQuantizer", axis)
         self.stochastic_rounding = bool(stochastic_rounding)
@@ -51,6 +55,8 @@ class SAWBQuantizer(Quantizer):
         """α of `w` (per slice along `axis`, or per tensor when `axis` is None)."""
         w = tf.convert_to_tensor(w, tf.float32)
         axes = c.reduce_axes(w, axis)
+        if self._num_bits not in self.COEFFICIENTS:
+            return tf.maximum(tf.reduce_max(tf.abs(w), axis=axes), _MIN_CLIP)
         c1, c2 = self.COEFFICIENTS[self._num_bits]
         rms = tf.sqrt(tf.reduce_mean(tf.square(w), axis=axes))
         mean_abs = tf.reduce_mean(tf.abs(w), axis=axes)
