@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import layers
 
 import tfquant
+from model_zoo import small_conv_model
 from tfquant import callbacks as cb
 from tfquant.keras import ActivationFakeQuant
 from tfquant.keras.train_step import with_hooks
@@ -14,13 +15,7 @@ from tfquant.regularizers import Periodic
 
 
 def small_model():
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
-    x = layers.BatchNormalization(name="bn")(x)
-    x = layers.ReLU(name="relu")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = layers.Dense(3, name="logits")(x)
-    return keras.Model(inputs, outputs, name="small")
+    return small_conv_model("small")
 
 
 @pytest.fixture

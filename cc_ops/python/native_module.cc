@@ -15,6 +15,7 @@
 #include "cc_ops/kernels/fake_quant.h"
 #include "cc_ops/kernels/fake_quant_dispatch.h"
 #include "cc_ops/kernels/fake_quant_plan.h"
+#include "cc_ops/kernels/packed.h"
 
 // setup.py passes these; the fallbacks only keep other builds compiling.
 #ifndef TFQUANT_TF_VERSION
@@ -175,6 +176,99 @@ py::tuple FakeQuantGradReference(const FloatArray& dy, const FloatArray& x,
   return py::make_tuple(dx, dmin, dmax);
 }
 
+// ------------------------------------------------------- packed weights
+
+using Int8Array = py::array_t<int8_t, py::array::c_style | py::array::forcecast>;
+using UInt8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+void Check(const std::string& error) {
+  if (!error.empty()) throw py::value_error(error);
+}
+
+UInt8Array PackWeightsPy(const py::array& q_in, int bits) {
+  Check(k::CheckPackedBits(bits));
+  if (q_in.ndim() != 2) {
+    throw py::value_error("q must be 2-D [K, N]; got rank " +
+                          std::to_string(q_in.ndim()));
+  }
+  // Range check before the int8 cast, so 200 is not silently wrapped.
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> wide(q_in);
+  const int64_t kk = wide.shape(0), n = wide.shape(1);
+  Check(k::CheckPackedDims(kk, n));
+  const int64_t lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+  std::vector<int8_t> q(kk * n);
+  for (int64_t i = 0; i < kk * n; ++i) {
+    const int64_t v = wide.data()[i];
+    if (v < lo || v > hi) {
+      throw py::value_error("value " + std::to_string(v) + " at [" +
+                            std::to_string(i / n) + ", " + std::to_string(i % n) +
+                            "] does not fit in " + std::to_string(bits) +
+                            " bits (allowed " + std::to_string(lo) + ".." +
+                            std::to_string(hi) + ")");
+    }
+    q[i] = static_cast<int8_t>(v);
+  }
+  UInt8Array out(k::PackedBytes(kk, n, bits));
+  Check(k::PackWeights(q.data(), kk, n, bits, out.mutable_data()));
+  return out;
+}
+
+Int8Array UnpackWeightsPy(const UInt8Array& packed, int bits, int64_t kk,
+                          int64_t n) {
+  Check(k::CheckPackedBits(bits));
+  Check(k::CheckPackedDims(kk, n));
+  if (packed.size() != k::PackedBytes(kk, n, bits)) {
+    throw py::value_error("packed has " + std::to_string(packed.size()) +
+                          " bytes, but K=" + std::to_string(kk) + ", N=" +
+                          std::to_string(n) + " at " + std::to_string(bits) +
+                          " bits need " +
+                          std::to_string(k::PackedBytes(kk, n, bits)));
+  }
+  Int8Array q({kk, n});
+  k::UnpackWeights(packed.data(), kk, n, bits, q.mutable_data());
+  return q;
+}
+
+FloatArray PackedMatmulPy(const FloatArray& x, const UInt8Array& packed,
+                          const FloatArray& scales,
+                          const std::optional<FloatArray>& bias, int bits,
+                          int64_t n, int64_t group_size,
+                          const std::optional<std::string>& variant) {
+  const k::PackedKernelTable* table = &k::SelectPackedKernels();
+  if (variant.has_value()) {
+    table = k::PackedKernelsNamed(*variant);
+    if (table == nullptr) {
+      throw py::value_error("packed kernel variant '" + *variant +
+                            "' is not supported here; supported: " +
+                            Join(k::SupportedPackedKernels()));
+    }
+  }
+  if (x.ndim() != 2) throw py::value_error("x must be 2-D [M, K]");
+  const int64_t m = x.shape(0), kk = x.shape(1);
+  Check(k::CheckPackedMatmul(kk, n, bits, group_size, packed.size(),
+                             std::vector<int64_t>(scales.shape(), scales.shape() + scales.ndim()),
+                             bias.has_value() ? bias->size() : -1));
+  k::PackedMatmulArgs a = k::MakePackedMatmulArgs(m, kk, n, bits, group_size);
+  std::vector<int8_t> xq(m * a.kpad);
+  std::vector<float> xs(m);
+  std::vector<int32_t> xsum(m * a.num_groups);
+  FloatArray y({m, n});
+  {
+    py::gil_scoped_release release;
+    k::QuantizeRows(x.data(), kk, a.kpad, a.group_k, a.num_groups, 0, m,
+                    xq.data(), xs.data(), xsum.data());
+    a.xq = xq.data();
+    a.xs = xs.data();
+    a.xsum = xsum.data();
+    a.packed = packed.data();
+    a.scales = scales.data();
+    a.bias = bias.has_value() ? bias->data() : nullptr;
+    a.y = y.mutable_data();
+    if (m > 0) table->matmul(a, 0, m, 0, k::CeilDiv(n, k::kPackedNBlock));
+  }
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -203,4 +297,21 @@ PYBIND11_MODULE(_native, m) {
         py::arg("range_gradient") = "clipped", py::arg("variant") = py::none(),
         "Returns (dx, dmin, dmax), the gradient of fake_quant_reference; "
         "range_gradient is 'clipped' (TF's) or 'learned' (LSQ family).");
+  m.def("pack_weights", &PackWeightsPy, py::arg("q"), py::arg("bits"),
+        "Packs integer weights q [K, N] (4-bit: -8..7, 2-bit: -2..1) into the "
+        "uint8 layout of cc_ops/kernels/packed.h (1-D).");
+  m.def("unpack_weights", &UnpackWeightsPy, py::arg("packed"), py::arg("bits"),
+        py::arg("k"), py::arg("n"), "Inverse of pack_weights: int8 [K, N].");
+  m.def("packed_matmul", &PackedMatmulPy, py::arg("x"), py::arg("packed"),
+        py::arg("scales"), py::arg("bias") = py::none(), py::arg("bits") = 4,
+        py::arg("n") = 0, py::arg("group_size") = 0,
+        py::arg("variant") = py::none(),
+        "x [M, K] float32 times packed weights (single-threaded), same "
+        "numbers as tfquant.ops.packed_matmul. variant: one of "
+        "packed_kernel_variants().");
+  m.def("packed_kernel_variants", &k::SupportedPackedKernels,
+        "Packed matmul kernel variants runnable here, worst first.");
+  m.def("packed_kernel_variant",
+        [] { return std::string(k::SelectPackedKernels().isa); },
+        "The packed matmul variant the op uses.");
 }

@@ -4,12 +4,16 @@ The interface is TFMOT's `Quantizer` (DESIGN.md, decision 2): `build(tensor_shap
 layer)` creates the quantizer's variables with `layer.add_weight` and returns them in a
 dict; `__call__(inputs, training, weights)` fake-quantizes `inputs` with them. So one
 quantizer object serves tfquant's Keras 3 wrappers and a tf_keras TFMOT
-`QuantizeConfig` alike.
+`QuantizeConfig` alike. `Quantizer` is registered as a virtual subclass of TFMOT's
+`Quantizer` ABC as soon as TFMOT is imported, before or after tfquant
+(`register_with_tfmot`).
 """
 
 import contextlib
 import contextvars
 import enum
+import importlib.abc
+import sys
 
 _REGISTRY = {}
 _EXPORTING = contextvars.ContextVar("tfquant_exporting", default=None)
@@ -89,6 +93,64 @@ class Quantizer:
         return f"{type(self).__name__}({args})"
 
 
+# TFMOT's module holding its `Quantizer` ABC (tensorflow-model-optimization 0.8).
+_TFMOT_QUANTIZERS = "tensorflow_model_optimization.python.core.quantization.keras.quantizers"
+
+
+def register_with_tfmot():
+    """Makes `Quantizer` a virtual subclass of TFMOT's `Quantizer` ABC, so TFMOT's checks
+    (`QuantizeLayer` refuses input quantizers that are not TFMOT `Quantizer`s) accept
+    tfquant quantizers. Imports TFMOT when it is installed; returns False when not.
+
+    Done automatically when TFMOT is imported — before or after tfquant — without
+    tfquant importing it (an import hook waits for TFMOT's module)."""
+    module = sys.modules.get(_TFMOT_QUANTIZERS)
+    if module is None:
+        try:
+            module = importlib.import_module(_TFMOT_QUANTIZERS)
+        except ImportError:
+            return False
+    module.Quantizer.register(Quantizer)
+    return True
+
+
+class _RegisterWhenTfmotLoads(importlib.abc.MetaPathFinder):
+    """Import hook: once TFMOT's quantizers module has executed, registers `Quantizer`
+    with its ABC (see `register_with_tfmot`), then steps aside."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _TFMOT_QUANTIZERS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return None
+        execute = loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            module.Quantizer.register(Quantizer)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _register_with_tfmot_when_loaded():
+    if _TFMOT_QUANTIZERS in sys.modules:
+        register_with_tfmot()
+    elif not any(isinstance(f, _RegisterWhenTfmotLoads) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterWhenTfmotLoads())
+
+
 def register_quantizer(cls):
     """Class decorator: makes `cls` known to `get_quantizer` and to saved models."""
     if cls.__name__ in _REGISTRY and _REGISTRY[cls.__name__] is not cls:
@@ -134,3 +196,5 @@ def get_quantizer_class(name):
 
 
 get_quantizer = deserialize_quantizer
+
+_register_with_tfmot_when_loaded()

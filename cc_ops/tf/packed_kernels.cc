@@ -1,0 +1,242 @@
+// Ops on packed 2/4-bit weights (format: cc_ops/kernels/packed.h):
+// TfquantPackWeights, TfquantUnpackWeights, TfquantPackedMatmul. Every
+// argument is validated with OP_REQUIRES; the matmul runs on TF's intra-op
+// thread pool.
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "cc_ops/kernels/packed.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace tfquant {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::InferenceContext;
+
+namespace k = ::tfquant::kernels;
+
+#define TFQ_REQUIRE_EMPTY(ctx, expr)                                  \
+  do {                                                                \
+    const std::string _e = (expr);                                    \
+    OP_REQUIRES(ctx, _e.empty(), absl::InvalidArgumentError(_e));     \
+  } while (0)
+
+}  // namespace
+
+REGISTER_OP("TfquantPackWeights")
+    .Input("q: int32")
+    .Output("packed: uint8")
+    .Attr("bits: int")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    })
+    .Doc("Packs integer weights q [K, N] into the layout of packed.h (1-D uint8).");
+
+REGISTER_OP("TfquantUnpackWeights")
+    .Input("packed: uint8")
+    .Output("q: int8")
+    .Attr("bits: int")
+    .Attr("k: int")
+    .Attr("n: int")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t kk, n;
+      TF_RETURN_IF_ERROR(c->GetAttr("k", &kk));
+      TF_RETURN_IF_ERROR(c->GetAttr("n", &n));
+      c->set_output(0, c->Matrix(kk, n));
+      return absl::OkStatus();
+    })
+    .Doc("Inverse of TfquantPackWeights: int8 [k, n].");
+
+REGISTER_OP("TfquantPackedMatmul")
+    .Input("x: float")
+    .Input("packed: uint8")
+    .Input("scales: float")
+    .Input("bias: float")
+    .Output("y: float")
+    .Attr("bits: int")
+    .Attr("n: int")
+    .Attr("group_size: int = 0")
+    .Attr("has_bias: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t n;
+      TF_RETURN_IF_ERROR(c->GetAttr("n", &n));
+      ::tensorflow::shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+      c->set_output(0, c->Matrix(c->Dim(x, 0), n));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+y = x [M, K] times packed 2/4-bit weights [K, n] (+ bias), with x quantized
+dynamically to int8 per row, int32 accumulation and per-channel or per-group
+float scales (cc_ops/kernels/packed.h).
+)doc");
+
+namespace {
+
+class PackWeightsOp : public OpKernel {
+ public:
+  explicit PackWeightsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedBits(bits_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& q = ctx->input(0);
+    OP_REQUIRES(ctx, q.dims() == 2,
+                absl::InvalidArgumentError(
+                    "q must be 2-D [K, N]; got shape " + q.shape().DebugString()));
+    const int64_t kk = q.dim_size(0), n = q.dim_size(1);
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedDims(kk, n));
+    const int32_t* src = q.flat<int32_t>().data();
+    const int64_t lo = -(int64_t{1} << (bits_ - 1)), hi = -lo - 1;
+    std::vector<int8_t> narrow(kk * n);
+    for (int64_t i = 0; i < kk * n; ++i) {
+      OP_REQUIRES(ctx, src[i] >= lo && src[i] <= hi,
+                  absl::InvalidArgumentError(
+                      "value " + std::to_string(src[i]) + " at [" +
+                      std::to_string(i / n) + ", " + std::to_string(i % n) +
+                      "] does not fit in " + std::to_string(bits_) +
+                      " bits (allowed " + std::to_string(lo) + ".." +
+                      std::to_string(hi) + ")"));
+      narrow[i] = static_cast<int8_t>(src[i]);
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({k::PackedBytes(kk, n, bits_)}), &out));
+    TFQ_REQUIRE_EMPTY(ctx, k::PackWeights(narrow.data(), kk, n, bits_,
+                                          out->flat<uint8_t>().data()));
+  }
+
+ private:
+  int bits_ = 4;
+};
+
+class UnpackWeightsOp : public OpKernel {
+ public:
+  explicit UnpackWeightsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("k", &k_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("n", &n_));
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedBits(bits_));
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedDims(k_, n_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& packed = ctx->input(0);
+    const int64_t want = k::PackedBytes(k_, n_, bits_);
+    OP_REQUIRES(ctx, packed.dims() == 1 && packed.NumElements() == want,
+                absl::InvalidArgumentError(
+                    "packed has shape " + packed.shape().DebugString() +
+                    ", but k=" + std::to_string(k_) + ", n=" + std::to_string(n_) +
+                    " at " + std::to_string(bits_) + " bits need [" +
+                    std::to_string(want) + "]"));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({k_, n_}), &out));
+    k::UnpackWeights(packed.flat<uint8_t>().data(), k_, n_, bits_,
+                     out->flat<int8_t>().data());
+  }
+
+ private:
+  int bits_ = 4;
+  int64_t k_ = 0, n_ = 0;
+};
+
+class PackedMatmulOp : public OpKernel {
+ public:
+  explicit PackedMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("n", &n_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("group_size", &group_size_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_bias", &has_bias_));
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedBits(bits_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& packed = ctx->input(1);
+    const Tensor& scales = ctx->input(2);
+    const Tensor& bias = ctx->input(3);
+    OP_REQUIRES(ctx, x.dims() == 2,
+                absl::InvalidArgumentError("x must be 2-D [M, K]; got shape " +
+                                           x.shape().DebugString()));
+    OP_REQUIRES(ctx, packed.dims() == 1,
+                absl::InvalidArgumentError("packed must be 1-D; got shape " +
+                                           packed.shape().DebugString()));
+    const int64_t m = x.dim_size(0), kk = x.dim_size(1);
+    const auto sd = scales.shape().dim_sizes();
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedMatmul(
+                               kk, n_, bits_, group_size_, packed.NumElements(),
+                               std::vector<int64_t>(sd.begin(), sd.end()),
+                               has_bias_ ? bias.NumElements() : -1));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n_}), &y));
+    if (m == 0) return;
+    k::PackedMatmulArgs a = k::MakePackedMatmulArgs(m, kk, n_, bits_, group_size_);
+    Tensor xq, xs, xsum;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT8,
+                                           TensorShape({m * a.kpad}), &xq));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                           TensorShape({m}), &xs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT32,
+                                           TensorShape({m * a.num_groups}), &xsum));
+    a.xq = xq.flat<int8_t>().data();
+    a.xs = xs.flat<float>().data();
+    a.xsum = xsum.flat<int32_t>().data();
+    a.packed = packed.flat<uint8_t>().data();
+    a.scales = scales.flat<float>().data();
+    a.bias = has_bias_ ? bias.flat<float>().data() : nullptr;
+    a.y = y->flat<float>().data();
+
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const float* xp = x.flat<float>().data();
+    auto* xqp = const_cast<int8_t*>(a.xq);
+    auto* xsp = const_cast<float*>(a.xs);
+    auto* xsump = const_cast<int32_t*>(a.xsum);
+    pool->ParallelFor(m, kk * 8, [&](int64_t m0, int64_t m1) {
+      k::QuantizeRows(xp, kk, a.kpad, a.group_k, a.num_groups, m0, m1, xqp,
+                      xsp, xsump);
+    });
+
+    const k::PackedKernelTable& table = k::SelectPackedKernels();
+    const int64_t nblocks = k::CeilDiv(n_, k::kPackedNBlock);
+    const int64_t row_chunk = m == 1 ? 1 : 64;
+    const int64_t nb_chunk = m == 1 ? 4 : 8;
+    const int64_t row_tasks = k::CeilDiv(m, row_chunk);
+    const int64_t nb_tasks = k::CeilDiv(nblocks, nb_chunk);
+    const int64_t cost = std::min<int64_t>(m, row_chunk) * nb_chunk * 16 * a.kpad / 8;
+    pool->ParallelFor(row_tasks * nb_tasks, cost, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t nb0 = (t % nb_tasks) * nb_chunk;
+        const int64_t m0 = (t / nb_tasks) * row_chunk;
+        table.matmul(a, m0, std::min(m, m0 + row_chunk), nb0,
+                     std::min(nblocks, nb0 + nb_chunk));
+      }
+    });
+  }
+
+ private:
+  int bits_ = 4;
+  int64_t n_ = 0, group_size_ = 0;
+  bool has_bias_ = false;
+};
+
+REGISTER_KERNEL_BUILDER(
+    Name("TfquantPackWeights").Device(::tensorflow::DEVICE_CPU), PackWeightsOp);
+REGISTER_KERNEL_BUILDER(
+    Name("TfquantUnpackWeights").Device(::tensorflow::DEVICE_CPU), UnpackWeightsOp);
+REGISTER_KERNEL_BUILDER(
+    Name("TfquantPackedMatmul").Device(::tensorflow::DEVICE_CPU), PackedMatmulOp);
+
+}  // namespace
+}  // namespace tfquant

@@ -1,0 +1,77 @@
+"""`tfquant report`: an HTML page with weight histograms, weight SQNR and activation
+ranges."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+from keras import layers
+
+import tfquant
+from tfquant import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_model():
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(8, 3, name="conv")(inputs)
+    x = layers.ReLU(name="relu")(layers.BatchNormalization(name="bn")(x))
+    x = layers.Conv2D(8, 3, name="middle")(x)
+    return keras.Model(inputs, layers.Dense(3, name="head")(layers.Flatten()(x)))
+
+
+def test_report_numbers():
+    x = np.random.default_rng(0).uniform(0, 1, (40, 8, 8, 1)).astype("float32")
+    qmodel = tfquant.quantize_model(small_model(), tfquant.QuantConfig(weight_bits=4))
+    tfquant.freeze_batch_norm(qmodel)
+    qmodel(x, training=True)
+    weights = {row["layer"]: row for row in cli.weight_rows(qmodel)}
+    assert sorted(weights) == ["conv", "head", "middle"]
+    assert weights["middle"]["bits"] == 4 and weights["conv"]["bits"] == 8  # first/last 8
+    # ≈ 6 dB per bit: the 4-bit kernel is far noisier than the 8-bit ones.
+    assert weights["conv"]["sqnr_db"] > weights["middle"]["sqnr_db"] + 15
+    middle = weights["middle"]
+    np.testing.assert_allclose(middle["steps"],
+                               np.abs(middle["values"]).max(axis=(0, 1, 2)) / 7, rtol=1e-5)
+    on_grid = middle["quantized"] / middle["steps"]
+    np.testing.assert_allclose(on_grid, np.round(on_grid), atol=1e-3)
+    activations = {row["layer"]: row for row in cli.activation_rows(qmodel, x)}
+    relu = qmodel.get_layer("relu_quant")._quantizer_vars
+    assert activations["relu_quant"]["range"] == (float(relu["min"].numpy()),
+                                                  float(relu["max"].numpy()))
+    for row in activations.values():  # quantized outputs stay in the range (up to the
+        low, high = row["range"]       # nudge that makes 0 exact: less than one step)
+        step = (high - low) / (2 ** row["bits"] - 1)
+        assert low - step <= row["observed"][0] <= row["observed"][1] <= high + step
+
+
+def test_report_command_writes_html_and_plots(tmp_path):
+    model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
+    small_model().save(model_path)
+    np.savez(data_path, x=np.random.default_rng(1).uniform(0, 1, (70, 8, 8, 1)).astype("float32"))
+    config_path = tmp_path / "c.json"
+    config_path.write_text(json.dumps({"weight_bits": 4}))
+    out = tmp_path / "report"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "tfquant.cli", "report", model_path]
+    result = subprocess.run(command + ["--data", data_path, "--config", str(config_path),
+                                       "-o", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (out / "index.html").read_text()
+    for name in ("conv", "middle", "head", "relu_quant"):
+        assert f"<td>{name}</td>" in page, name
+    images = sorted(p.name for p in out.glob("*.png"))
+    assert images == ["activation_ranges.png", "weight_sqnr.png", "weights_000_conv_kernel.png",
+                      "weights_001_middle_kernel.png", "weights_002_head_kernel.png"]
+    for image in images:
+        assert f"src='{image}'" in page
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "quantized and calibrated for this report" in page
+    result = subprocess.run(command + ["-o", str(out)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "--data" in result.stderr
