@@ -109,15 +109,17 @@ void Run(const PackedMatmulArgs& a, int64_t m0, int64_t m1, int64_t nb0,
     for (; nb < nb1; ++nb) Micro<kBits, 1, 1>(a, m0, nb);
     return;
   }
-  for (int64_t nb = nb0; nb < nb1; nb += 2) {
-    const bool two = nb + 2 <= nb1;
+  // 4 rows x 4 column blocks: 16 accumulators, one broadcast per 4 vpdpbusd.
+  int64_t nb = nb0;
+  for (; nb + 4 <= nb1; nb += 4) {
     int64_t m = m0;
-    for (; m + 4 <= m1; m += 4) {
-      if (two) Micro<kBits, 4, 2>(a, m, nb); else Micro<kBits, 4, 1>(a, m, nb);
-    }
-    for (; m < m1; ++m) {
-      if (two) Micro<kBits, 1, 2>(a, m, nb); else Micro<kBits, 1, 1>(a, m, nb);
-    }
+    for (; m + 4 <= m1; m += 4) Micro<kBits, 4, 4>(a, m, nb);
+    for (; m < m1; ++m) Micro<kBits, 1, 4>(a, m, nb);
+  }
+  for (; nb < nb1; ++nb) {
+    int64_t m = m0;
+    for (; m + 4 <= m1; m += 4) Micro<kBits, 4, 1>(a, m, nb);
+    for (; m < m1; ++m) Micro<kBits, 1, 1>(a, m, nb);
   }
 }
 

@@ -10,10 +10,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.export.flatbuffer import inspect_flatbuffer
+from tfquant.export.int2 import to_int2_fully_connected
 from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
 from tfquant.export.report import ExportReport
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.compat import float32_copy
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.transform import OUTPUT_QUANTIZED_LAYERS, _is_pass_through
 from tfquant.quantizers.base import Deployment, exporting
@@ -192,7 +194,8 @@ def check_integer_ops(summary, allow_float=False):
 
 
 def export_tflite(model, path=None, representative_data=None, input_type="float32",
-                  output_type="float32", batch_size=256, nonuniform="error"):
+                  output_type="float32", batch_size=256, nonuniform="error",
+                  int2_fully_connected=False):
     """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
 
     Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights — and activations
@@ -216,6 +219,10 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         "error" (default: raise, with the error the fallback would cost) or
         "nearest_grid" (round them to the nearest int8 grid; the report's notes give the
         relative error). Levels on an integer grid (TWN, XNOR, DoReFa) export exactly.
+      int2_fully_connected: store 2-bit FULLY_CONNECTED filters as INT2 (TensorType 19,
+        four values a byte) instead of INT4 holding the same values
+        (`tfquant.export.int2`); the numbers do not change (LiteRT's builtin INT2 and
+        INT4 FULLY_CONNECTED kernels give the same bits). The notes list the filters.
 
     Returns:
       An `ExportReport`: the flatbuffer bytes, size, ops, weight dtypes read from the
@@ -226,11 +233,18 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     if nonuniform not in ("error", "nearest_grid"):
         raise ValueError(f"nonuniform={nonuniform!r} is not supported; allowed: 'error', "
                          "'nearest_grid'.")
+    # A mixed-precision model keeps float16 casts the converter refuses: export a float32
+    # copy (same layers' weights; the quantizer math is float32 already).
+    model = float32_copy(model)
     notes, grids = _plan_deployment(model, nonuniform)
     arrays = None if representative_data is None else _as_input_list(model, representative_data)
     float_layers = _float_layers(model)
     with exporting(grids):
         flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
+    if int2_fully_connected:
+        flatbuffer, int2_names = to_int2_fully_connected(flatbuffer)
+        notes.append("INT2 FULLY_CONNECTED filters: " + (", ".join(int2_names) or "none "
+                     "(no FULLY_CONNECTED filter holds a 2-bit grid)"))
     summary = inspect_flatbuffer(flatbuffer)
     float_ops = check_integer_ops(summary, allow_float=bool(float_layers))
     if float_layers:

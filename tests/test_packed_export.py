@@ -1,0 +1,177 @@
+"""Packed inference models (tfquant.export.packed_keras) and INT2 FULLY_CONNECTED
+storage in TFLite (tfquant.export.int2), checked against the QAT model and the LiteRT
+interpreter."""
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from keras import layers
+
+import tfquant
+from tfquant.export.int2 import INT2, pack_int2, unpack_int2, unpack_int4
+from tfquant.export.packed_keras import PackedDense, integer_grid, to_packed_keras
+
+
+def mlp(inputs=64, hidden=(128, 96), outputs=10, batch_norm=True, seed=1):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((inputs,))
+    x = inp
+    for i, units in enumerate(hidden):
+        x = layers.Dense(units, activation="relu", name=f"d{i}")(x)
+        if batch_norm and i == 0:
+            x = layers.BatchNormalization(name="bn")(x)
+    out = layers.Dense(outputs, name="out")(x)
+    return keras.Model(inp, out)
+
+
+def qat(model, bits, x, y_dim=10):
+    qmodel = tfquant.quantize_model(
+        model, tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
+    qmodel.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    qmodel.fit(x, rng.normal(size=(len(x), y_dim)), epochs=1, batch_size=32, verbose=0)
+    return qmodel
+
+
+def builtin_outputs(flatbuffer, x):
+    """Outputs of LiteRT's builtin kernels (no XNNPACK)."""
+    interpreter = Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+# ------------------------------------------------------------------ packed Keras
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_packed_dense_layer_is_within_the_activation_rounding_bound(bits):
+    rng = np.random.default_rng(bits)
+    k, n = 200, 70
+    q = rng.integers(-(2 ** (bits - 1)) + 1, 2 ** (bits - 1), (k, n)).astype(np.int8)
+    scales = rng.uniform(0.01, 0.05, (1, n)).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    layer = PackedDense(n, bits=bits, q=q, scales=scales, bias=bias)
+    x = rng.normal(size=(3, 5, k)).astype(np.float32)
+    y = np.asarray(layer(x))
+    assert y.shape == (3, 5, n)
+    w = q * scales
+    ref = x @ w + bias
+    s_row = np.abs(x).max(-1, keepdims=True) / 127
+    bound = 0.5 * s_row * np.abs(w).sum(0) + 1e-5 * (1 + np.abs(ref))
+    assert np.all(np.abs(y - ref) <= bound)
+    assert np.abs(y - ref).max() > 0  # the int8 activations do change the numbers
+
+
+def test_integer_grid_recovers_per_channel_and_per_tensor_grids():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-7, 8, (30, 6)).astype(np.int8)
+    q[0] = 7
+    s = rng.uniform(0.1, 1.0, 6).astype(np.float32)
+    got_q, got_s = integer_grid(q * s, 4)
+    np.testing.assert_array_equal(got_q, q)
+    np.testing.assert_allclose(got_s[0], s, rtol=1e-6)
+    q[0, 0] = 3  # per tensor: channel 0 no longer reaches 7
+    q[5, 1] = 7
+    got_q, _ = integer_grid(q * np.float32(0.3), 4)
+    np.testing.assert_array_equal(got_q, q)
+    assert integer_grid(rng.normal(size=(30, 6)), 4) is None
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_to_packed_keras_agrees_with_the_qat_model(bits):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    qmodel = qat(mlp(), bits, x)
+    packed = to_packed_keras(qmodel)
+    assert packed.packed_layers == ["d0", "d1", "out"]
+    assert sum(isinstance(layer, PackedDense) for layer in packed.layers) == 3
+    ref = np.asarray(qmodel(x, training=False))
+    got = np.asarray(packed(x))
+    # Documented tolerance (packed_keras docstring): dynamic int8 activations move an
+    # output by a few steps of the output quantizer at most, most by none or one.
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
+    assert np.mean(np.abs(got - ref)) <= 0.01 * np.abs(ref).max()
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.95
+
+
+def test_to_packed_keras_leaves_8_bit_layers_alone():
+    x = np.random.default_rng(4).normal(size=(64, 64)).astype(np.float32)
+    qmodel = qat(mlp(batch_norm=False), 8, x)
+    packed = to_packed_keras(qmodel)
+    assert packed.packed_layers == []
+    np.testing.assert_array_equal(np.asarray(packed(x)), np.asarray(qmodel(x, training=False)))
+    with pytest.raises(ValueError, match="keras.Model"):
+        to_packed_keras("model")
+
+
+# ------------------------------------------------------------------ INT2 TFLite
+
+def test_int2_packing_round_trip():
+    values = np.random.default_rng(0).integers(-2, 2, 37).astype(np.int8)
+    raw = pack_int2(values)
+    assert raw.size == 10
+    np.testing.assert_array_equal(unpack_int2(raw, 37), values)
+    assert pack_int2([1, 0, -1, -2])[0] == 0b10_11_00_01  # first value in the low bits
+    with pytest.raises(ValueError, match="INT2"):
+        pack_int2([2])
+
+
+def test_int2_fully_connected_export_keeps_the_numbers():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 37)).astype(np.float32)
+    qmodel = qat(mlp(inputs=37, hidden=(50,), batch_norm=False, seed=2), 2, x)
+    int4 = tfquant.export_tflite(qmodel, representative_data=x)
+    int2 = tfquant.export_tflite(qmodel, representative_data=x, int2_fully_connected=True)
+    filters = {n: w for n, w in int2.summary.weight_tensors().items()
+               if "FULLY_CONNECTED" in w.used_by and len(w.shape) == 2}
+    assert len(filters) == 2 and {w.type_name for w in filters.values()} == {"INT2"}
+    assert any("INT2 FULLY_CONNECTED filters" in note for note in int2.notes)
+    assert int2.size_bytes < int4.size_bytes
+    for name, info in filters.items():
+        assert info.size_bytes == -(-np.prod(info.shape) // 4)
+    # Same integers (the INT4 grid is {-c, 0, c} per channel) and the same outputs: LiteRT's
+    # builtin INT2 kernel gives the bits of its INT4 kernel.
+    from tensorflow.lite.tools import flatbuffer_utils
+    m4 = flatbuffer_utils.convert_bytearray_to_object(bytearray(int4.flatbuffer))
+    m2 = flatbuffer_utils.convert_bytearray_to_object(bytearray(int2.flatbuffer))
+    checked = 0
+    for t4, t2 in zip(m4.subgraphs[0].tensors, m2.subgraphs[0].tensors):
+        if t2.type != INT2:
+            continue
+        count = int(np.prod(t2.shape))
+        v4 = unpack_int4(m4.buffers[t4.buffer].data, count).reshape(t2.shape[0], -1)
+        v2 = unpack_int2(m2.buffers[t2.buffer].data, count).reshape(t2.shape[0], -1)
+        steps = np.maximum(np.abs(v4).max(1, keepdims=True), 1)
+        np.testing.assert_array_equal(v4, v2 * steps)
+        np.testing.assert_allclose(np.asarray(t2.quantization.scale),
+                                   np.asarray(t4.quantization.scale) * steps.ravel(), rtol=1e-6)
+        checked += 1
+    assert checked == 2
+    np.testing.assert_array_equal(builtin_outputs(int2.flatbuffer, x),
+                                  builtin_outputs(int4.flatbuffer, x))
+    assert int2.max_abs_diff_lsb <= 2 and int2.argmax_agreement >= 0.98
+
+
+def test_int2_option_without_2_bit_filters_changes_nothing():
+    x = np.random.default_rng(6).normal(size=(64, 37)).astype(np.float32)
+    qmodel = qat(mlp(inputs=37, hidden=(20,), batch_norm=False), 4, x)
+    report = tfquant.export_tflite(qmodel, representative_data=x, int2_fully_connected=True)
+    assert "INT2" not in report.weight_dtypes.values()
+    assert any("none" in note for note in report.notes if "INT2" in note)
+
+
+def test_w4a8_int4_export_is_at_most_055_of_the_int8_export():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(128, 256)).astype(np.float32)
+    model = mlp(inputs=256, hidden=(512, 512), batch_norm=False)
+    sizes = {bits: tfquant.export_tflite(qat(model, bits, x), representative_data=x).size_bytes
+             for bits in (4, 8)}
+    ratio = sizes[4] / sizes[8]
+    print(f"W4A8 INT4 / int8 flatbuffer size: {sizes[4]} / {sizes[8]} = {ratio:.3f}")
+    assert ratio <= 0.55
