@@ -112,17 +112,26 @@ def test_config_round_trips_through_get_config():
     assert "weight_bits=4" in repr(config)
 
 
-def test_sub_8_bit_activations_train_and_export_at_8_bits():
+def test_sub_8_bit_activations_export_exactly_in_int8():
     model = residual_model()
     qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=4, activation_bits=4))
     x = np.random.rand(64, 8, 8, 3).astype(np.float32)
     tfquant.freeze_batch_norm(qmodel)
     qmodel(x, training=True)
     report = tfquant.export_tflite(qmodel, representative_data=x)
-    assert any("run at 8 bits" in note and "add_relu_quant" in note for note in report.notes)
+    assert any("holding exactly their trained low-bit values" in note
+               and "add_relu_quant" in note for note in report.notes)
     assert report.float_ops == []
     assert "INT4" in report.weight_dtypes.values()
-    assert report.max_abs_diff_lsb <= 4
+    # The int8 activations hold only the 4-bit levels, so LiteRT follows the 4-bit Keras
+    # model (integer rounding of MEAN/ADD moves a level now and then; in this untrained
+    # model a tiny hidden-layer range magnifies that, hence a relative bound).
+    from tfquant.export.litert_runner import run_litert
+
+    litert = run_litert(report.flatbuffer, x)[0]
+    keras_4_bit = qmodel(x, training=False).numpy()
+    assert np.abs(litert - keras_4_bit).max() <= 0.1 * np.abs(keras_4_bit).max()
+    assert report.argmax_agreement >= 0.9
 
 
 def test_first_and_last_layers_of_a_ternary_model_are_uniform_8_bit():

@@ -57,7 +57,9 @@ def test_exportable_quantizers_agree_with_litert(weights, activations, w_bits, a
     qmodel, x = trained(config)
     report = tfquant.export_tflite(qmodel, representative_data=x)
     assert report.float_ops == []
-    kernels = [t for t in report.weight_dtypes.values() if t in ("INT4", "INT8")]
+    filters = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    kernels = [w.type_name for w in report.summary.weight_tensors().values()
+               if w.type_name in ("INT4", "INT8") and filters & set(w.used_by)]
     assert len(kernels) == 3
     expected = "INT4" if w_bits <= 4 else "INT8"
     if isinstance(weights, dict):  # XNOR ±s per channel: INT4 integers ±1

@@ -103,8 +103,9 @@ def _plan_deployment(model, nonuniform):
                       for layer, role, quantizer in quantizers
                       if quantizer.deployment() is Deployment.INT8_WIDENED})
     if widened:
-        notes.append("activations quantized to fewer than 8 bits in training run at 8 bits "
-                     "in LiteRT (its integer kernels take 8 or 16): " + ", ".join(widened))
+        notes.append("activations quantized to fewer than 8 bits are stored in int8 tensors "
+                     "(LiteRT's integer kernels take 8 or 16 bits) holding exactly their "
+                     "trained low-bit values: " + ", ".join(widened))
     return notes, grids
 
 
@@ -200,7 +201,7 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
 
     Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights — and activations
     int8 (int16 for 16-bit activation quantizers; activations trained with fewer than 8
-    bits run at 8, which the report's notes say). Layers kept in float by the config
+    bits are int8 tensors holding their low-bit values, which the report's notes say). Layers kept in float by the config
     stay float. The flatbuffer is checked: an op that came out float although every layer
     was quantized raises `ExportError`. With `representative_data`, the flatbuffer runs in
     the LiteRT interpreter (`ai_edge_litert`) on it and its outputs are compared with

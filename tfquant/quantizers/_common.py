@@ -7,7 +7,11 @@ import weakref
 import tensorflow as tf
 
 from tfquant.ops import fake_quant
-from tfquant.quantizers.uniform import export_fake_quant, weight_deployment
+from tfquant.quantizers.uniform import (
+    export_activation_fake_quant,
+    export_fake_quant,
+    weight_deployment,
+)
 
 KINDS = ("weights", "activations")
 
@@ -122,12 +126,17 @@ def add_rounding_noise(x, step, axis=None):
 
 
 def uniform_quantize(x, min_value, max_value, num_bits, narrow_range, axis, training,
-                     range_gradient=None):
-    """Decision 1: tfquant's op in training, TF's fake quant otherwise; same forward."""
+                     range_gradient=None, activation=False):
+    """Decision 1: tfquant's op in training, TF's fake quant otherwise; same forward.
+    `activation`: sub-8-bit grids are exported as exact 8-bit grids (see
+    `export_activation_fake_quant`)."""
     if training:
         kwargs = {} if range_gradient is None else {"range_gradient": range_gradient}
         return fake_quant(x, min_value, max_value, num_bits=num_bits,
                           narrow_range=narrow_range, axis=axis, **kwargs)
+    if activation:
+        return export_activation_fake_quant(x, min_value, max_value, num_bits, narrow_range,
+                                            axis)
     return export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis)
 
 

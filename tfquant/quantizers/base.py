@@ -25,14 +25,15 @@ class Deployment(enum.Enum):
     INT8 = "int8"  # exact: 8-bit integer tensors
     INT4 = "int4"  # exact: packed 4-bit weights (also 2-bit grids, which INT4 holds exactly)
     INT16 = "int16"  # exact: 16-bit activations (int16x8 kernels)
-    INT8_WIDENED = "int8, widened"  # sub-8-bit activations: LiteRT runs them at 8 bits
+    INT8_WIDENED = "int8, widened"  # sub-8-bit activations in int8 tensors, values exact
     SIMULATION = "simulation"  # training only; export cannot keep these numbers
 
 
 @contextlib.contextmanager
 def exporting(weight_grids=None):
     """While active, inference-mode quantizers emit what the TFLite export runs:
-    sub-8-bit activations as 8-bit FakeQuant (LiteRT has no 2–7-bit activations), and
+    sub-8-bit activations as exact 8-bit grids (LiteRT has no 2–7-bit activations;
+    `uniform.export_activation_fake_quant`), and
     the kernels named in `weight_grids` ({(layer name, kernel name): WeightGrid}) on
     their integer grid."""
     token = _EXPORTING.set({"weight_grids": dict(weight_grids or {})})
@@ -51,11 +52,6 @@ def export_weight_grid(layer_name, kernel_name):
 def is_exporting():
     """True inside `exporting()`."""
     return _EXPORTING.get() is not None
-
-
-def deployed_activation_bits(num_bits):
-    """The activation bits an inference-mode quantizer emits now (see `exporting`)."""
-    return 8 if is_exporting() and num_bits < 8 else num_bits
 
 
 class Quantizer:

@@ -6,7 +6,6 @@ from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import (
     Deployment,
     Quantizer,
-    deployed_activation_bits,
     register_quantizer,
 )
 from tfquant.quantizers.uniform import activation_deployment
@@ -80,8 +79,8 @@ class DoReFaActivationQuantizer(Quantizer):
             if self.stochastic_rounding:
                 x = c.add_rounding_noise(x, 1.0 / (2 ** self._num_bits - 1))
             return c.uniform_quantize(x, 0.0, 1.0, self._num_bits, False, None, True)
-        return c.uniform_quantize(x, 0.0, 1.0, deployed_activation_bits(self._num_bits),
-                                  False, None, False)
+        return c.uniform_quantize(x, 0.0, 1.0, self._num_bits, False, None, False,
+                                  activation=True)
 
     def deployment(self, kind=None):
         return activation_deployment(self._num_bits)

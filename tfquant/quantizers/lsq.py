@@ -11,10 +11,11 @@ import math
 import tensorflow as tf
 
 from tfquant.quantizers import _common as c
-from tfquant.quantizers.base import Quantizer, deployed_activation_bits, register_quantizer
+from tfquant.quantizers.base import Quantizer, register_quantizer
 from tfquant.quantizers.uniform import (
     activation_deployment,
     deployable_weight_grid,
+    export_activation_fake_quant,
     export_fake_quant,
 )
 from tfquant.ops import fake_quant
@@ -106,7 +107,7 @@ class LearnedRangeQuantizer(Quantizer):
             return fake_quant(x, low, high, num_bits=self._num_bits, narrow_range=narrow,
                               axis=axis, range_gradient="learned")
         if kind == "activations":
-            return export_fake_quant(x, low, high, deployed_activation_bits(self._num_bits),
+            return export_activation_fake_quant(x, low, high, self._num_bits,
                                      narrow, axis)
         quantized = export_fake_quant(x, low, high, self._num_bits, narrow, axis)
         return deployable_weight_grid(quantized, high / float(qp), self._num_bits, axis)

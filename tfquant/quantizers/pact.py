@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from tfquant.quantizers import _common as c
-from tfquant.quantizers.base import Quantizer, deployed_activation_bits, register_quantizer
+from tfquant.quantizers.base import Quantizer, register_quantizer
 from tfquant.quantizers.uniform import activation_deployment
 
 
@@ -67,8 +67,8 @@ class PACTQuantizer(Quantizer):
                 layer = self._builds.get(weights["alpha"], "layer")
                 if layer is not None:
                     layer.add_loss(self.regularization * tf.reduce_sum(tf.square(alpha)))
-        bits = self._num_bits if training else deployed_activation_bits(self._num_bits)
-        return c.uniform_quantize(x, tf.zeros_like(alpha), alpha, bits, False, axis, training)
+        return c.uniform_quantize(x, tf.zeros_like(alpha), alpha, self._num_bits, False, axis,
+                                  training, activation=True)
 
     def deployment(self, kind=None):
         return activation_deployment(self._num_bits)

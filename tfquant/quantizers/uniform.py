@@ -12,7 +12,6 @@ from tfquant.ops import fake_quant
 from tfquant.quantizers.base import (
     Deployment,
     Quantizer,
-    deployed_activation_bits,
     is_exporting as _exporting,
     register_quantizer,
 )
@@ -82,6 +81,43 @@ def add_replicated_weight(layer, name, value):
 
 def _is_tf_keras_layer(layer):
     return any(cls.__module__.startswith("tf_keras") for cls in type(layer).__mro__)
+
+
+def export_activation_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis=None):
+    """TF's fake quant of an activation, as the export runs it.
+
+    LiteRT's integer kernels take 8- or 16-bit activations only. While `exporting()`, a
+    `num_bits` < 8 grid is therefore written as an 8-bit grid with the same step and zero
+    point — range `[nudged_min, nudged_min + 255·step]` — applied before and after a clip
+    to the `num_bits` range: the int8 tensors then hold exactly the trained low-bit values
+    (only 2^num_bits of their 256 codes are used), so LiteRT computes what training did.
+    """
+    if not _exporting() or num_bits >= 8:
+        return export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis)
+    quant_min = 1.0 if narrow_range else 0.0
+    quant_max = float(2 ** num_bits - 1)
+    min_value = tf.convert_to_tensor(min_value, tf.float32)
+    max_value = tf.convert_to_tensor(max_value, tf.float32)
+    # TF's nudging (fake_quant_ops_functor.h): the zero point is rounded half away from
+    # zero; it is ≥ quant_min here, so floor(z + 0.5) is that rounding.
+    step = (max_value - min_value) / (quant_max - quant_min)
+    zero_point = tf.clip_by_value(tf.floor(quant_min - min_value / step + 0.5),
+                                  quant_min, quant_max)
+    nudged_min = (quant_min - zero_point) * step
+    nudged_max = (quant_max - zero_point) * step
+    wide_max = nudged_min + 255.0 * step
+    on_grid = export_fake_quant(x, nudged_min, wide_max, 8, False, axis)
+    clipped = tf.clip_by_value(on_grid, _per_channel(nudged_min, x, axis),
+                               _per_channel(nudged_max, x, axis))
+    return export_fake_quant(clipped, nudged_min, wide_max, 8, False, axis)
+
+
+def _per_channel(values, x, axis):
+    if axis is None or values.shape.rank == 0:
+        return values
+    shape = [1] * x.shape.rank
+    shape[axis % x.shape.rank] = -1
+    return tf.reshape(values, shape)
 
 
 def weight_deployment(num_bits):
@@ -228,9 +264,9 @@ class MovingAverageQuantizer(Quantizer):
             range_min, range_max = self._observe(tf.cast(inputs, tf.float32), weights)
             return fake_quant(inputs, range_min, range_max, num_bits=self._num_bits,
                               narrow_range=self.narrow_range)
-        return export_fake_quant(
+        return export_activation_fake_quant(
             inputs, tf.convert_to_tensor(weights["min"]), tf.convert_to_tensor(weights["max"]),
-            deployed_activation_bits(self._num_bits), self.narrow_range,
+            self._num_bits, self.narrow_range,
         )
 
     def _observe(self, inputs, weights):
