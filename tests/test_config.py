@@ -141,3 +141,18 @@ def test_first_and_last_layers_of_a_ternary_model_are_uniform_8_bit():
         quantizer = qmodel.get_layer(name).weight_quantizer
         assert type(quantizer).__name__ == "MinMaxWeightQuantizer" and quantizer.num_bits == 8
     assert type(qmodel.get_layer("block_conv").weight_quantizer).__name__ == "TernaryQuantizer"
+
+
+def test_configured_quantizers_keep_their_arguments_but_take_the_layer_bits():
+    from tfquant.quantizers import PACTQuantizer
+
+    config = tfquant.QuantConfig(
+        activation_quantizer=PACTQuantizer(num_bits=8, alpha_init=3.0), activation_bits=4,
+        weight_quantizer={"class_name": "LSQQuantizer", "config": {"per_channel": True}},
+        weight_bits=4)
+    qmodel = tfquant.quantize_model(residual_model(), config)
+    pact = qmodel.get_layer("add_relu_quant").quantizer
+    assert type(pact).__name__ == "PACTQuantizer" and pact.alpha_init == 3.0
+    assert pact.num_bits == 4
+    lsq = qmodel.get_layer("block_conv").weight_quantizer
+    assert lsq.per_channel and lsq.num_bits == 4 and qmodel.get_layer("head").weight_quantizer.num_bits == 8

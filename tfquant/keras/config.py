@@ -120,6 +120,11 @@ def _spec_to_config(spec):
     return spec
 
 
+# Quantizer arguments that follow from the layer (its bits after rules and first/last,
+# its kernel layout), whatever a configured quantizer instance says.
+_LAYER_DECIDES = ("num_bits", "axis", "kind", "signed")
+
+
 @dataclasses.dataclass
 class LayerSpec:
     """What applies to one layer; builds its quantizers."""
@@ -176,12 +181,19 @@ class LayerSpec:
                 f"{where}: {cls.__name__} quantizes {' and '.join(applies_to)}, not {role}; "
                 f"choose another {role[:-1]} quantizer for it."
             )
-        if isinstance(spec, Quantizer):
-            return type(spec).from_config(spec.get_config())
-        if isinstance(spec, dict):
-            return deserialize_quantizer(spec)
         accepted = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in settings.items() if k in accepted}
+        # A configured quantizer (instance or serialized dict) keeps its own arguments,
+        # but the layer decides the bits and where the channels are.
+        if isinstance(spec, Quantizer):
+            own = spec.get_config()
+        elif isinstance(spec, dict):
+            own = dict(spec.get("config", {}))
+        else:
+            own = {}
+        for key, value in own.items():
+            if key not in _LAYER_DECIDES:
+                kwargs[key] = value
         try:
             return cls(**kwargs)
         except ValueError as error:
