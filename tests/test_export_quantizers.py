@@ -103,3 +103,19 @@ def test_integer_grid_finder():
     assert find_integer_grid(wide).num_bits == 8
     nearest = nearest_int8_grid(np.array([[0.3], [0.7], [-1.0]]))
     assert not nearest.exact and 0 < nearest.relative_error < 0.01
+
+
+def test_ternary_weights_of_a_large_kernel_export_as_int4():
+    # A 3×3×32×64 kernel: large enough that the converter does not fold a where(); the
+    # ternary quantizer must stay a multiply and a FakeQuant.
+    inputs = keras.Input((6, 6, 32))
+    x = layers.Conv2D(64, 3, name="big")(inputs)
+    outputs = layers.Dense(2, name="out")(layers.Flatten()(x))
+    config = tfquant.QuantConfig(weight_quantizer="TernaryQuantizer", first_last_bits=None)
+    qmodel = tfquant.quantize_model(keras.Model(inputs, outputs), config)
+    x = np.random.randn(16, 6, 6, 32).astype(np.float32)
+    qmodel(x, training=True)
+    report = tfquant.export_tflite(qmodel, representative_data=x)
+    big = [w for w in report.summary.weight_tensors().values() if w.shape == (64, 3, 3, 32)]
+    assert len(big) == 1 and big[0].type_name == "INT4"
+    assert report.max_abs_diff_lsb <= 2

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import Deployment, Quantizer, register_quantizer
-from tfquant.quantizers.uniform import export_fake_quant
+from tfquant.quantizers.uniform import deployable_weight_grid, export_fake_quant
 
 _MIN_SCALE = 1e-8
 
@@ -57,14 +57,18 @@ class TernaryQuantizer(Quantizer):
         axis = self.axis % x.shape.rank if self.per_channel else None
         delta, alpha = self.threshold_and_scale(tf.stop_gradient(x), axis)
 
+        # {−α, 0, α} is the 2-bit narrow grid with step α, whose rounding threshold α/2
+        # the scaling moves to Δ: a plain multiply and TF's FakeQuant, which the TFLite
+        # converter folds and stores as INT4 {−1, 0, 1} (a where() on a large kernel is
+        # not folded, and the FakeQuant after it then fails to convert).
+        gain = c.per_channel(alpha / (2.0 * tf.maximum(delta, _MIN_SCALE)), x, axis)
+
         def ternarize(w):
-            keep = tf.abs(w) > c.per_channel(delta, w, axis)
-            signs = tf.where(w >= 0.0, 1.0, -1.0)
-            return tf.where(keep, c.per_channel(alpha, w, axis) * signs, tf.zeros_like(w))
+            return c.uniform_quantize(w * gain, -alpha, alpha, 2, True, axis, training)
 
         if training:
             return c.straight_through(x, ternarize)
-        return export_fake_quant(ternarize(x), -alpha, alpha, 2, True, axis)
+        return deployable_weight_grid(ternarize(x), alpha, 2, axis)
 
     def deployment(self, kind=None):
         return Deployment.INT4
