@@ -10,6 +10,7 @@ from tfquant.ops import fake_quant
 from tfquant.quantizers.uniform import (
     export_activation_fake_quant,
     export_fake_quant,
+    per_channel,
     weight_deployment,
 )
 
@@ -85,16 +86,6 @@ def reduce_axes(x, axis):
     return [a for a in range(rank) if a != axis]
 
 
-def per_channel(values, x, axis):
-    """Reshapes per-channel `values` (shape [C], or a scalar) to broadcast against `x`."""
-    values = tf.convert_to_tensor(values)
-    if axis is None or values.shape.rank == 0:
-        return values
-    shape = [1] * x.shape.rank
-    shape[axis % x.shape.rank] = -1
-    return tf.reshape(values, shape)
-
-
 def straight_through(x, forward):
     """`forward(x)` in the forward pass, identity gradient for `x` (exact forward)."""
 
@@ -138,12 +129,6 @@ def uniform_quantize(x, min_value, max_value, num_bits, narrow_range, axis, trai
         return export_activation_fake_quant(x, min_value, max_value, num_bits, narrow_range,
                                             axis)
     return export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis)
-
-
-def symmetric_weight_deployment(num_bits):
-    """Deployment of a symmetric narrow-range uniform weight grid: exact at every width
-    (`uniform.deployable_weight_grid` keeps 2/3/5–7-bit grids exact in INT4/int8)."""
-    return weight_deployment(num_bits)
 
 
 class PerBuild:

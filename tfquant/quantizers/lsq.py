@@ -142,7 +142,7 @@ class LearnedRangeQuantizer(Quantizer):
         the constructor's, else weights when `signed`, activations when not."""
         kind = kind or self.kind or ("weights" if self.signed else "activations")
         if kind == "weights":
-            return c.symmetric_weight_deployment(self._num_bits)
+            return c.weight_deployment(self._num_bits)
         return activation_deployment(self._num_bits)
 
     def get_config(self):

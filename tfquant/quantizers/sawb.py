@@ -77,7 +77,7 @@ class SAWBQuantizer(Quantizer):
                                       self._num_bits, axis)
 
     def deployment(self, kind=None):
-        return c.symmetric_weight_deployment(self._num_bits)
+        return c.weight_deployment(self._num_bits)
 
     def get_config(self):
         return {"num_bits": self._num_bits, "per_channel": self.per_channel, "axis": self.axis,

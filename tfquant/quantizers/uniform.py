@@ -107,12 +107,14 @@ def export_activation_fake_quant(x, min_value, max_value, num_bits, narrow_range
     nudged_max = (quant_max - zero_point) * step
     wide_max = nudged_min + 255.0 * step
     on_grid = export_fake_quant(x, nudged_min, wide_max, 8, False, axis)
-    clipped = tf.clip_by_value(on_grid, _per_channel(nudged_min, x, axis),
-                               _per_channel(nudged_max, x, axis))
+    clipped = tf.clip_by_value(on_grid, per_channel(nudged_min, x, axis),
+                               per_channel(nudged_max, x, axis))
     return export_fake_quant(clipped, nudged_min, wide_max, 8, False, axis)
 
 
-def _per_channel(values, x, axis):
+def per_channel(values, x, axis):
+    """Reshapes per-channel `values` (shape [C], or a scalar) to broadcast against `x`."""
+    values = tf.convert_to_tensor(values)
     if axis is None or values.shape.rank == 0:
         return values
     shape = [1] * x.shape.rank
