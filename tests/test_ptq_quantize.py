@@ -6,6 +6,7 @@ from keras import layers
 
 import tfquant
 from tfquant import ptq
+from tfquant import LayerRule
 from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
 
 
@@ -96,14 +97,19 @@ def test_weight_calibrators_store_weights_the_quantizer_reproduces(method):
     assert np.abs(folded["kernel"].numpy()).max() < np.abs(original.numpy()).max()
 
 
-def test_adaround_beats_nearest_rounding_on_the_layer_output():
-    rng = np.random.default_rng(1)
+def _correlated_dense(seed=1):
+    rng = np.random.default_rng(seed)
     inputs = keras.Input((16,))
     outputs = layers.Dense(8, name="dense")(inputs)
     model = keras.Model(inputs, outputs)
     # Correlated inputs: rounding every weight to nearest is then far from optimal.
     x = (rng.normal(size=(256, 4)) @ rng.normal(size=(4, 16))
          + 0.1 * rng.normal(size=(256, 16))).astype(np.float32)
+    return model, x
+
+
+def test_adaround_beats_nearest_rounding_on_the_layer_output():
+    model, x = _correlated_dense()
     config = tfquant.QuantConfig(weight_bits=3, first_last_bits=None)
     nearest = ptq.quantize(model, x, config=config, verbose=0)
     rounded = ptq.quantize(model, x, config=config, rounding="adaround",
@@ -120,6 +126,24 @@ def test_adaround_beats_nearest_rounding_on_the_layer_output():
                                dense.layer.kernel.numpy(), atol=1e-6)
 
 
+def test_adaround_loss_decreases_and_the_result_is_hard_rounded():
+    model, x = _correlated_dense(2)
+    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=4,
+                                                               first_last_bits=None))
+    tfquant.freeze_batch_norm(qmodel)
+    batches = [[x[i:i + 64]] for i in range(0, len(x), 64)]
+    ptq.calibrate_activations(qmodel, batches, verbose=0)
+    result = ptq.adaround_weights(qmodel, batches, iterations=400, verbose=0)["dense"]
+    # The soft weights, pushed towards 0/1 at the end, and the final hard rounding
+    # reconstruct the float output better than rounding to nearest.
+    assert result.losses[-20:].mean() < 0.5 * result.nearest_error
+    assert result.adaround_error < 0.5 * result.nearest_error
+    assert 0 < result.flipped < 0.5
+    dense = {l.name: l for l in qmodel.layers}["dense"]
+    codes = dense.layer.kernel.numpy() / (np.abs(dense.layer.kernel.numpy()).max(0) / 7)
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)  # on the 4-bit grid
+
+
 def test_data_free_pipeline_on_per_tensor_weights():
     model, x = small_cnn(), _data()
     config = tfquant.QuantConfig(per_channel_weights=False)
@@ -128,3 +152,52 @@ def test_data_free_pipeline_on_per_tensor_weights():
                    for l in qmodel.layers)  # BN folded in float by DFQ
     reference = model(x).numpy()
     assert np.abs(qmodel(x).numpy() - reference).max() < 0.05 * np.abs(reference).max() + 0.05
+
+
+def test_quant_config_chooses_calibrators_per_layer():
+    model, x = small_cnn(), _data(128)
+    config = tfquant.QuantConfig(
+        weight_bits=4, first_last_bits=None, activation_calibrator="percentile",
+        rules=[LayerRule("relu", activation_calibrator=ptq.PercentileCalibrator(90.0)),
+               LayerRule(layers.Dense, weight_calibrator="mse")])
+    qmodel = ptq.quantize(model, x, config=config, verbose=0)
+    by_name = {layer.name: layer for layer in qmodel.layers}
+
+    def float_output(name):
+        return keras.Model(model.inputs, model.get_layer(name).output)(x).numpy()
+
+    def range_max(name, variables="_quantizer_vars"):
+        return float(getattr(by_name[name], variables)["max"])
+
+    # The rule's calibrator, and the config's default ("percentile", 99.99).
+    assert range_max("relu_quant") == pytest.approx(np.percentile(float_output("relu"), 90.0),
+                                                    rel=1e-5)
+    assert range_max("relu6_quant") == pytest.approx(
+        np.percentile(float_output("relu6"), 99.99), rel=1e-5)
+    # Only the Dense layer has MSE-clipped weights; the others keep max|w|.
+    plain = ptq.quantize(model, x, config=tfquant.QuantConfig(weight_bits=4, first_last_bits=None),
+                         verbose=0)
+    plain_by_name = {layer.name: layer for layer in plain.layers}
+    for name, clipped in (("logits", True), ("conv", False), ("dw", False)):
+        ours = np.abs(by_name[name].folded_kernels_and_bias()[0]["kernel"].numpy()).max()
+        theirs = np.abs(plain_by_name[name].folded_kernels_and_bias()[0]["kernel"].numpy()).max()
+        assert (ours < theirs - 1e-6) == clipped, name
+    # An explicit argument overrides the config.
+    explicit = ptq.quantize(model, x, config=config, calibrator="minmax", verbose=0)
+    relu = {layer.name: layer for layer in explicit.layers}["relu_quant"]
+    assert float(relu._quantizer_vars["max"]) == pytest.approx(float_output("relu").max(), rel=1e-5)
+
+
+def test_calibrator_fields_are_validated():
+    with pytest.raises(ValueError, match=r"QuantConfig: activation_calibrator='median': "
+                                         r"Unknown calibrator .*percentile"):
+        tfquant.QuantConfig(activation_calibrator="median")
+    with pytest.raises(ValueError, match=r"LayerRule\('conv'\): weight_calibrator='entropy': "
+                                         r"Unknown weight calibrator 'entropy'; use one of "
+                                         r"minmax, mse, sawb"):
+        LayerRule("conv", weight_calibrator="entropy")
+    config = tfquant.QuantConfig(activation_calibrator=ptq.PercentileCalibrator(99.0),
+                                 rules=[LayerRule("conv", weight_calibrator="sawb")])
+    described = config.get_config()
+    assert described["activation_calibrator"] == "PercentileCalibrator"
+    assert described["rules"][0]["weight_calibrator"] == "sawb"

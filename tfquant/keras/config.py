@@ -44,6 +44,27 @@ def _check_match(entry, where):
         )
 
 
+def _check_calibrator(spec, role, where):
+    """Activation calibrators: a registered name or a `tfquant.ptq.Calibrator` instance;
+    weight calibrators: a registered name."""
+    if spec is None:
+        return
+    # Imported here: tfquant.ptq imports this module.
+    from tfquant.ptq.calibration import check_weight_calibrator, make_calibrator
+
+    try:
+        if role == "activation":
+            make_calibrator(spec)
+        else:
+            check_weight_calibrator(spec)
+    except ValueError as error:
+        raise ValueError(f"{where}: {role}_calibrator={spec!r}: {error}") from None
+
+
+def _calibrator_to_config(spec):
+    return spec if spec is None or isinstance(spec, str) else type(spec).__name__
+
+
 def _matches(entry, layer):
     if isinstance(entry, str):
         return layer.name == entry or re.fullmatch(entry, layer.name) is not None
@@ -63,6 +84,11 @@ class LayerRule:
       per_channel: per-output-channel weights (True) or per tensor.
       symmetric_activations: activation ranges symmetric around 0.
       float: keep the matching layers in float.
+      activation_calibrator: how `tfquant.ptq.quantize` sets the range of the layer's
+        output: a name of `tfquant.ptq.ACTIVATION_CALIBRATORS` or a
+        `tfquant.ptq.Calibrator` instance (a template, copied per tensor).
+      weight_calibrator: how `tfquant.ptq.quantize` clips the layer's weights: a name of
+        `tfquant.ptq.WEIGHT_CALIBRATORS`.
 
     Example: `LayerRule(r"block3_.*", weight_quantizer="LSQQuantizer", weight_bits=4)`.
     """
@@ -75,6 +101,8 @@ class LayerRule:
     per_channel: bool = None
     symmetric_activations: bool = None
     float: bool = False
+    activation_calibrator: object = None
+    weight_calibrator: str = None
 
     def __post_init__(self):
         where = f"LayerRule({self.match!r})"
@@ -84,12 +112,15 @@ class LayerRule:
         for spec in (self.weight_quantizer, self.activation_quantizer):
             if spec is not None:
                 _quantizer_class_or_error(spec, where)
+        _check_calibrator(self.activation_calibrator, "activation", where)
+        _check_calibrator(self.weight_calibrator, "weight", where)
 
     def get_config(self):
         config = dataclasses.asdict(self)
         config["match"] = self.match if isinstance(self.match, str) else self.match.__name__
         for key in ("weight_quantizer", "activation_quantizer"):
             config[key] = _spec_to_config(getattr(self, key))
+        config["activation_calibrator"] = _calibrator_to_config(self.activation_calibrator)
         return config
 
 
@@ -139,6 +170,8 @@ class LayerSpec:
     ema_decay: float
     signed_activation_quantizer: object = "MovingAverageQuantizer"
     first_or_last_weights: bool = False
+    activation_calibrator: object = "minmax"
+    weight_calibrator: str = "minmax"
 
     def weight_quantizer_for(self, axis):
         """The quantizer of a kernel whose output channels lie on `axis`.
@@ -227,6 +260,11 @@ class QuantConfig:
       float_layers: layers that stay in float: names, regular expressions matched
         against the whole name, or layer classes (matching subclasses too).
       rules: `LayerRule`s, applied in order after the defaults and first/last bits.
+      activation_calibrator: how `tfquant.ptq.quantize` sets activation ranges: a name
+        of `tfquant.ptq.ACTIVATION_CALIBRATORS` ("minmax", "ema", "percentile", "mse",
+        "entropy") or a `tfquant.ptq.Calibrator` instance; default "minmax".
+      weight_calibrator: how `tfquant.ptq.quantize` clips weights with the default
+        weight quantizer: "minmax", "mse" or "sawb"; default "minmax".
 
     Example:
       `QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=4, activation_bits=4,
@@ -247,6 +285,8 @@ class QuantConfig:
         shortcut_bits=None,
         float_layers=(),
         rules=(),
+        activation_calibrator="minmax",
+        weight_calibrator="minmax",
     ):
         where = "QuantConfig"
         _check_bits(weight_bits, WEIGHT_BITS, "weight_bits", where)
@@ -267,6 +307,10 @@ class QuantConfig:
                 raise ValueError(f"{where}: rules must be LayerRule objects, got {rule!r}.")
         for spec in (weight_quantizer, activation_quantizer, signed_activation_quantizer):
             _quantizer_class_or_error(spec, where)
+        _check_calibrator(activation_calibrator, "activation", where)
+        _check_calibrator(weight_calibrator, "weight", where)
+        self.activation_calibrator = activation_calibrator
+        self.weight_calibrator = weight_calibrator
         self.weight_quantizer = weight_quantizer
         self.activation_quantizer = activation_quantizer
         self.signed_activation_quantizer = signed_activation_quantizer
@@ -308,6 +352,8 @@ class QuantConfig:
             symmetric_activations=self.symmetric_activations,
             ema_decay=self.activation_ema_decay,
             signed_activation_quantizer=self.signed_activation_quantizer,
+            activation_calibrator=self.activation_calibrator,
+            weight_calibrator=self.weight_calibrator,
         )
         if self.first_last_bits is not None:
             if first_or_last_weights:
@@ -321,7 +367,8 @@ class QuantConfig:
             if not _matches(rule.match, layer):
                 continue
             for field in ("weight_quantizer", "activation_quantizer", "weight_bits",
-                          "activation_bits", "per_channel", "symmetric_activations"):
+                          "activation_bits", "per_channel", "symmetric_activations",
+                          "activation_calibrator", "weight_calibrator"):
                 value = getattr(rule, field)
                 if value is not None:
                     setattr(spec, field, value)
@@ -341,6 +388,8 @@ class QuantConfig:
             "shortcut_bits": self.shortcut_bits,
             "float_layers": [e if isinstance(e, str) else e.__name__ for e in self.float_layers],
             "rules": [rule.get_config() for rule in self.rules],
+            "activation_calibrator": _calibrator_to_config(self.activation_calibrator),
+            "weight_calibrator": self.weight_calibrator,
         }
 
     def __repr__(self):

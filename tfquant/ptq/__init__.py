@@ -8,7 +8,7 @@ outlier channel splitting, AdaRound, sensitivity analysis and mixed precision.
     tfquant.export_tflite(qmodel, "model.tflite", representative_data=x_calib)
 """
 
-from tfquant.ptq.adaround import adaround_kernel, adaround_wrapper
+from tfquant.ptq.adaround import AdaRoundResult, adaround_kernel, adaround_wrapper
 from tfquant.ptq.bias_correction import (
     analytic_bias_correction,
     clipped_normal_mean,
@@ -50,7 +50,7 @@ from tfquant.ptq.sensitivity import (
 from tfquant.ptq.splitting import split_channels
 
 __all__ = [
-    "ACTIVATION_CALIBRATORS", "WEIGHT_CALIBRATORS", "Calibrator", "EMACalibrator",
+    "ACTIVATION_CALIBRATORS", "WEIGHT_CALIBRATORS", "AdaRoundResult", "Calibrator", "EMACalibrator",
     "EntropyCalibrator", "MSECalibrator", "MinMaxCalibrator", "PercentileCalibrator",
     "SensitivityReport", "absorb_high_bias", "adaround_kernel", "adaround_weights",
     "adaround_wrapper", "analytic_bias_correction", "bn_statistics", "calibrate_activations",

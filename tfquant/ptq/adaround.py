@@ -4,11 +4,16 @@ Quantization"): per layer, learn whether each weight rounds up or down.
 Soft weights `W̃ = s·clip(⌊W/s⌋ + h(V), −Q, Q)` with the rectified sigmoid
 `h(V) = clip(σ(V)·1.2 − 0.1, 0, 1)`, V initialised so that h equals the fractional part
 of W/s (W̃ = W inside the clip). Minimise the layer's output reconstruction error
-`E_x ||W̃x − Wx||²` (summed over output channels, averaged over samples and positions)
-plus `λ·Σ(1 − |2h − 1|^β)` which drives h to 0 or 1; λ = 0.01, no regulariser for the
-first 20 % of the iterations, then β decays linearly from 20 to 2. Finally
-`W_q = s·clip(⌊W/s⌋ + [V ≥ 0], −Q, Q)`.
+`E ||W̃x̂ − Wx||²` (summed over output channels, averaged over samples and positions),
+where x is the layer's input in the float model and x̂ its input in the quantized model
+with the earlier layers already rounded (the paper's asymmetric reconstruction, which
+lets a layer make up for the error upstream), plus `λ·Σ(1 − |2h − 1|^β)`, which drives
+h to 0 or 1: λ = 0.01, no regulariser for the first 20 % of the iterations, then β
+decays linearly from 20 to 2 (Adam). Finally the soft rounding is made hard:
+`W_q = s·clip(⌊W/s⌋ + [h(V) ≥ ½], −Q, Q)` (`h ≥ ½ ⇔ V ≥ 0`).
 """
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -21,12 +26,29 @@ def _rectified_sigmoid(v):
     return tf.clip_by_value(tf.sigmoid(v) * 1.2 - 0.1, 0.0, 1.0)
 
 
-def adaround_kernel(convolve, kernel, inputs, num_bits, scale, iterations=500,
-                    batch_size=32, learning_rate=1e-2, reg_lambda=0.01, beta_range=(20.0, 2.0),
-                    warmup=0.2, seed=0):
-    """Integer codes for `kernel` (numpy, any layout) with step `scale` (broadcastable to
-    the kernel), learned on `inputs` (numpy, first axis = samples); `convolve(x, kernel)`
-    computes the layer's linear part. Returns the integer array."""
+@dataclasses.dataclass
+class AdaRoundResult:
+    """codes: the learned integer codes. nearest_error / adaround_error: the
+    reconstruction error `E ||W_q x̂ − Wx||²` of round-to-nearest and of the learned
+    hard rounding over all given samples. losses: the reconstruction loss of the soft
+    weights on each iteration's batch. flipped: the fraction of weights rounded
+    differently from round-to-nearest (set by `adaround_wrapper`)."""
+
+    codes: np.ndarray
+    nearest_error: float
+    adaround_error: float
+    losses: np.ndarray
+    flipped: float = None
+
+
+def adaround_kernel(convolve, kernel, inputs, num_bits, scale, target_inputs=None,
+                    iterations=2000, batch_size=32, learning_rate=1e-2, reg_lambda=0.01,
+                    beta_range=(20.0, 2.0), warmup=0.2, seed=0):
+    """Learns integer codes for `kernel` (numpy, any layout) with step `scale`
+    (broadcastable to the kernel). `convolve(x, kernel)` computes the layer's linear
+    part; `inputs` (numpy, first axis = samples) are what the rounded layer sees,
+    `target_inputs` (default `inputs`) what the float layer sees, sample for sample.
+    Returns an `AdaRoundResult`."""
     qmax = float(2 ** (num_bits - 1) - 1)
     kernel = np.asarray(kernel, np.float32)
     scale = np.broadcast_to(np.asarray(scale, np.float32), kernel.shape).astype(np.float32)
@@ -38,15 +60,22 @@ def adaround_kernel(convolve, kernel, inputs, num_bits, scale, iterations=500,
     s_t, floor_t = tf.constant(scale), tf.constant(floor.astype(np.float32))
     m1, m2 = tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))
     step_count = tf.Variable(0.0)
+    inputs = np.asarray(inputs, np.float32)
+    target_inputs = inputs if target_inputs is None else np.asarray(target_inputs, np.float32)
+    if len(target_inputs) != len(inputs):
+        raise ValueError(f"adaround_kernel: {len(inputs)} inputs but {len(target_inputs)} "
+                         "target inputs; they must be the same samples.")
+    targets = np.concatenate([convolve(tf.constant(target_inputs[i:i + 256]), w).numpy()
+                              for i in range(0, len(inputs), 256)])
+
+    def reconstruction(x, target, weights):
+        return tf.reduce_mean(tf.reduce_sum(tf.square(convolve(x, weights) - target), axis=-1))
 
     @tf.function
-    def step(x, beta, lam):
-        target = convolve(x, w)
+    def step(x, target, beta, lam):
         with tf.GradientTape() as tape:
             h = _rectified_sigmoid(v)
-            soft = s_t * tf.clip_by_value(floor_t + h, -qmax, qmax)
-            diff = convolve(x, soft) - target
-            recon = tf.reduce_mean(tf.reduce_sum(tf.square(diff), axis=-1))
+            recon = reconstruction(x, target, s_t * tf.clip_by_value(floor_t + h, -qmax, qmax))
             reg = tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * h - 1.0), beta))
             loss = recon + lam * reg
         grad = tape.gradient(loss, v)
@@ -59,10 +88,18 @@ def adaround_kernel(convolve, kernel, inputs, num_bits, scale, iterations=500,
         v.assign_sub(learning_rate * m1_hat / (tf.sqrt(m2_hat) + 1e-8))
         return recon
 
+    def error(codes):
+        weights = tf.constant((codes * scale).astype(np.float32))
+        total = sum(float(reconstruction(tf.constant(inputs[i:i + 256]), targets[i:i + 256],
+                                         weights)) * len(inputs[i:i + 256])
+                    for i in range(0, len(inputs), 256))
+        return total / len(inputs)
+
     rng = np.random.default_rng(seed)
     count = len(inputs)
     warm = int(warmup * iterations)
     start, end = beta_range
+    losses = np.zeros(iterations)
     for t in range(iterations):
         index = rng.choice(count, min(batch_size, count), replace=False)
         if t < warm:
@@ -70,18 +107,20 @@ def adaround_kernel(convolve, kernel, inputs, num_bits, scale, iterations=500,
         else:
             progress = (t - warm) / max(1, iterations - warm)
             beta, lam = end + (start - end) * max(0.0, 1.0 - progress), reg_lambda
-        step(tf.constant(inputs[index], tf.float32), tf.constant(beta, tf.float32),
-             tf.constant(lam, tf.float32))
-    up = (v.numpy() >= 0).astype(np.float32)
-    return np.clip(floor + up, -qmax, qmax)
+        losses[t] = float(step(tf.constant(inputs[index]), tf.constant(targets[index]),
+                               tf.constant(beta, tf.float32), tf.constant(lam, tf.float32)))
+    codes = np.clip(floor + (v.numpy() >= 0), -qmax, qmax)
+    nearest = np.clip(np.floor(kernel / scale + 0.5), -qmax, qmax)
+    return AdaRoundResult(codes, error(nearest), error(codes), losses)
 
 
-def adaround_wrapper(wrapper, inputs, clip_method="minmax", **kwargs):
+def adaround_wrapper(wrapper, inputs, clip_method="minmax", target_inputs=None, **kwargs):
     """AdaRounds the kernel of a QuantizedConvolution (Dense, conv, depthwise or
-    transposed conv with a `MinMaxWeightQuantizer`) on its float `inputs` and stores
-    the result so that the weight quantizer reproduces it exactly (the element with the
-    largest |w| of each range stays on the grid's end). Returns the fraction of weights
-    rounded differently from round-to-nearest."""
+    transposed conv with a `MinMaxWeightQuantizer`) and stores the result so that the
+    weight quantizer reproduces it exactly (the element with the largest |w| of each
+    range stays on the grid's end). `inputs`: the layer's inputs in the quantized model;
+    `target_inputs`: in the float model (default: `inputs`). Returns the
+    `AdaRoundResult`."""
     quantizer = wrapper.weight_quantizer
     kind = wrapper._kernel_kind("kernel")
     kernel = s.folded_kernels(wrapper)["kernel"]
@@ -101,9 +140,10 @@ def adaround_wrapper(wrapper, inputs, clip_method="minmax", **kwargs):
         k = tf.reshape(k, kernel.shape)
         return wrapper._convolve(x, {"kernel": k}, False, quantized=False)
 
-    codes = adaround_kernel(convolve, flat, inputs, bits, scale, **kwargs)
+    result = adaround_kernel(convolve, flat, inputs, bits, scale, target_inputs, **kwargs)
     # Keep the largest |w| of every range on the grid's end: the min-max weight quantizer
     # then finds exactly this scale again.
+    codes = result.codes
     moved = np.moveaxis(flat, axis, 0).reshape(flat.shape[axis], -1) if axis is not None \
         else flat.reshape(1, -1)
     code_rows = np.moveaxis(codes, axis, 0).reshape(moved.shape) if axis is not None \
@@ -117,4 +157,6 @@ def adaround_wrapper(wrapper, inputs, clip_method="minmax", **kwargs):
         codes = code_rows.reshape(flat.shape)
     nearest = np.clip(np.floor(flat / scale + 0.5), -qmax, qmax)
     s.write_folded_kernel(wrapper, "kernel", (codes * scale).reshape(kernel.shape))
-    return float(np.mean(codes != nearest))
+    result.codes = codes
+    result.flipped = float(np.mean(codes != nearest))
+    return result

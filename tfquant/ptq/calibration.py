@@ -294,6 +294,13 @@ def make_calibrator(spec):
 WEIGHT_CALIBRATORS = ("minmax", "mse", "sawb")
 
 
+def check_weight_calibrator(method):
+    """Raises a ValueError unless `method` is one of WEIGHT_CALIBRATORS."""
+    if not (isinstance(method, str) and method in WEIGHT_CALIBRATORS):
+        raise ValueError(f"Unknown weight calibrator {method!r}; use one of "
+                         f"{', '.join(WEIGHT_CALIBRATORS)}.")
+
+
 def _reduce(w, axis):
     if axis is None:
         return w.reshape(1, -1)
@@ -312,6 +319,7 @@ def weight_clip(w, num_bits=8, method="minmax", axis=None, candidates=100):
     The result never exceeds max|w|, so `symmetric_quantize(w, α)` puts max|w| on the
     grid's end and a min-max quantizer of the result reproduces it exactly.
     """
+    check_weight_calibrator(method)
     w = np.asarray(w, dtype=np.float64)
     rows = _reduce(w, axis)
     top = np.abs(rows).max(axis=1)
@@ -332,8 +340,5 @@ def weight_clip(w, num_bits=8, method="minmax", axis=None, candidates=100):
             clip = np.where(alpha > 0, np.minimum(alpha, top), top)
         else:
             clip = top
-    else:
-        raise ValueError(f"Unknown weight calibrator {method!r}; use one of "
-                         f"{', '.join(WEIGHT_CALIBRATORS)}.")
     clip = np.maximum(clip, 1e-8)
     return float(clip[0]) if axis is None else clip
