@@ -15,7 +15,7 @@ from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
 from tfquant.export.report import ExportReport
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
-from tfquant.keras.compat import float32_copy
+from tfquant.keras.compat import as_keras3, float32_copy, is_tfmot_quantized
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.transform import OUTPUT_QUANTIZED_LAYERS, _is_pass_through
 from tfquant.quantizers.base import Deployment, exporting
@@ -208,7 +208,9 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     the Keras model's (`training=False`).
 
     Args:
-      model: a model from `tfquant.quantize_model` (trained or calibrated).
+      model: a model from `tfquant.quantize_model` (trained or calibrated); also a
+        tf_keras model that TFMOT's `quantize_apply` made (converted as it is, in a
+        process with `TF_USE_LEGACY_KERAS=1`, and verified the same way).
       path: where to write the flatbuffer (directories are created); None: don't write.
       representative_data: an array (a list of arrays for several inputs) of samples;
         used to verify the export (and by the converter for any tensor without a range).
@@ -234,12 +236,19 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     if nonuniform not in ("error", "nearest_grid"):
         raise ValueError(f"nonuniform={nonuniform!r} is not supported; allowed: 'error', "
                          "'nearest_grid'.")
-    # A mixed-precision model keeps float16 casts the converter refuses: export a float32
-    # copy (same layers' weights; the quantizer math is float32 already).
-    model = float32_copy(model)
-    notes, grids = _plan_deployment(model, nonuniform)
+    tfmot_model = is_tfmot_quantized(model)
+    if tfmot_model:
+        # TFMOT's quantize_apply result (tf_keras): converted as TFMOT quantized it.
+        notes, grids, float_layers = ["a TFMOT quantize_apply model (tf_keras), converted "
+                                      "as TFMOT quantized it"], {}, []
+    else:
+        # A tf_keras model continues as its Keras 3 rebuild. A mixed-precision model
+        # keeps float16 casts the converter refuses: export a float32 copy (same layers'
+        # weights; the quantizer math is float32 already).
+        model = float32_copy(as_keras3(model, "export_tflite")[0])
+        notes, grids = _plan_deployment(model, nonuniform)
+        float_layers = _float_layers(model)
     arrays = None if representative_data is None else _as_input_list(model, representative_data)
-    float_layers = _float_layers(model)
     with exporting(grids):
         flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
     if int2_fully_connected:

@@ -28,6 +28,7 @@ import keras
 from keras.src.models.functional import Functional
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.compat import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.quantized_convolution import (
     FUSABLE_ACTIVATIONS,
@@ -331,8 +332,17 @@ def quantize_model(model, config=None):
     gradients), evaluates with the numbers the exported integer model computes, and saves
     and loads as `.keras` once `tfquant` is imported.
 
+    A tf_keras (Keras 2) Sequential or Functional model is rebuilt as Keras 3 first
+    (`tfquant.keras.compat.as_keras3`: same layers, names, graph and weights), so the
+    result is a Keras 3 model in either case: compile and fit it with Keras 3 (`keras`
+    optimizers, losses and callbacks, `tfquant.callbacks`). TFMOT annotations are
+    honoured as TFMOT does: when some layers are annotated
+    (`tfmot.quantization.keras.quantize_annotate_layer`), only those are quantized,
+    with the tfquant quantizers of their `QuantizeConfig` (others: tfquant's defaults);
+    `quantize_annotate_model` annotates all.
+
     Args:
-      model: a built Keras 3 Sequential or Functional model.
+      model: a built Keras 3 or tf_keras Sequential or Functional model.
       config: a `tfquant.QuantConfig`; default int8 weights per channel and int8
         activations.
 
@@ -343,6 +353,8 @@ def quantize_model(model, config=None):
     config = config or QuantConfig()
     if not isinstance(config, QuantConfig):
         raise ValueError(f"config must be a tfquant.QuantConfig, got {type(config).__name__}.")
+    # A tf_keras model (TFMOT annotations included) continues as its Keras 3 rebuild.
+    model, config = keras3_model_and_config(model, config)
     if not isinstance(model, keras.Model):
         raise ValueError(f"quantize_model takes a keras.Model, got {type(model).__name__}.")
     graph = _Graph(_inline_nested_models(_functional_view(model), config))
