@@ -1,15 +1,11 @@
-# RESTORED 20:40 by the issue-8 (tf_keras) engineer: a script of mine truncated this file
-# at 20:35 and commit e9e9283 then recorded it empty. This is the version of e9e9283's
-# parent plus one tf_keras entry line in `quantize`; the PTQ edits made to this file
-# after that parent (calibrators through QuantConfig, AdaRound changes) were not on disk
-# anywhere and must be made again. Delete this notice when done.
 """`tfquant.ptq.quantize`: post-training quantization of a float Keras model."""
+
+import contextlib
 
 import keras
 import numpy as np
 
 from tfquant.keras.batch_norm import freeze_batch_norm
-from tfquant.keras.compat import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.transform import quantize_model
 from tfquant.ptq import _sites as s
@@ -27,7 +23,18 @@ def _uses_grid_weights(wrapper):
     return type(wrapper.weight_quantizer).__name__ == "MinMaxWeightQuantizer"
 
 
-def calibrate_activations(qmodel, batches, calibrator="minmax", verbose=1):
+def _calibrator_choice(spec, config, role, names, owner):
+    """The calibrator of one tensor: from `spec` (one value or a per-layer dict; the
+    explicit argument wins), else from `config`'s defaults and LayerRules for `owner`
+    (the layer the tensor belongs to; None: a model input)."""
+    if spec is not None:
+        return s.choose(spec, names, owner, "minmax")
+    if config is None:
+        return "minmax"
+    return getattr(config.layer_spec(owner), f"{role}_calibrator")
+
+
+def calibrate_activations(qmodel, batches, calibrator=None, verbose=1, config=None):
     """Sets the range of every `MovingAverageQuantizer` of `qmodel` (a `quantize_model`
     result) from a float pass over `batches` (see `calibration_batches`): the range
     variables `min`/`max` get the calibrator's range and `observed` = 1.
@@ -35,13 +42,13 @@ def calibrate_activations(qmodel, batches, calibrator="minmax", verbose=1):
     `calibrator`: a name ("minmax", "ema", "percentile", "mse", "entropy"), a
     `Calibrator` instance (a template), or a dict {layer name, regular expression or
     layer class: either of those} tried in order against the quantized tensor's layer
-    (unmatched: "minmax"). Returns {quantizer key: (lo, hi)}; quantizers without range
+    (unmatched: "minmax"); None: `config.activation_calibrator` and its LayerRules
+    (no config: "minmax"). Returns {quantizer key: (lo, hi)}; quantizers without range
     variables (fixed ranges, learned ranges) are left alone."""
     sites = [site for site in s.activation_sites(qmodel)
              if {"min", "max"} <= set(site.variables)]
-    calibrators = {site.key: make_calibrator(s.choose(calibrator, site.names, site.owner,
-                                                      "minmax"))
-                   for site in sites}
+    calibrators = {site.key: make_calibrator(_calibrator_choice(
+        calibrator, config, "activation", site.names, site.owner)) for site in sites}
     record = {key: cal.observe for key, cal in calibrators.items()}
     bar = keras.utils.Progbar(len(batches), unit_name="batch") if verbose else None
     with s.bypassed(qmodel, record):
@@ -59,14 +66,16 @@ def calibrate_activations(qmodel, batches, calibrator="minmax", verbose=1):
     return ranges
 
 
-def calibrate_weights(qmodel, weight_calibrator="minmax"):
+def calibrate_weights(qmodel, weight_calibrator=None, config=None):
     """Clips the weights of every wrapper with a `MinMaxWeightQuantizer` at the clip of
     `weight_calibrator` ("minmax", "mse", "sawb", or a dict {layer name, regex or class:
-    name}; unmatched: "minmax") and stores them on the grid, so that the quantizer (which
-    takes max|w|) reproduces that grid. Returns the names of the layers changed."""
+    name}; unmatched: "minmax"; None: `config.weight_calibrator` and its LayerRules) and
+    stores them on the grid, so that the quantizer (which takes max|w|) reproduces that
+    grid. Returns the names of the layers changed."""
     changed = []
     for wrapper in s.wrappers(qmodel):
-        method = s.choose(weight_calibrator, (wrapper.name,), wrapper.layer, "minmax")
+        method = _calibrator_choice(weight_calibrator, config, "weight", (wrapper.name,),
+                                    wrapper.layer)
         if method == "minmax" or not _uses_grid_weights(wrapper):
             continue
         quantizer = wrapper.weight_quantizer
@@ -81,42 +90,53 @@ def calibrate_weights(qmodel, weight_calibrator="minmax"):
     return changed
 
 
-def _layer_inputs(qmodel, wrapper, batches, max_samples):
-    extractor = keras.Model(s.model_inputs(qmodel), wrapper.input)
-    parts, total = [], 0
-    with s.bypassed(qmodel):
+def _layer_inputs(qmodel, targets, batches, max_samples, quantized):
+    """{wrapper name: its inputs over the first `max_samples` samples}, in the quantized
+    model as it stands (`quantized`) or with every quantizer bypassed."""
+    extractor = keras.Model(s.model_inputs(qmodel), [w.input for w in targets])
+    parts, total = [[] for _ in targets], 0
+    with contextlib.nullcontext() if quantized else s.bypassed(qmodel):
         for batch in batches:
-            x = keras.ops.convert_to_numpy(s.run(extractor, batch))
-            parts.append(x)
-            total += len(x)
+            outputs = s.run(extractor, batch)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            for part, x in zip(parts, outputs):
+                part.append(keras.ops.convert_to_numpy(x))
+            total += len(parts[0][-1])
             if total >= max_samples:
                 break
-    return np.concatenate(parts)[:max_samples]
+    return {w.name: np.concatenate(part)[:max_samples] for w, part in zip(targets, parts)}
 
 
-def adaround_weights(qmodel, batches, weight_calibrator="minmax", iterations=500,
-                     max_samples=512, verbose=1, **kwargs):
+def adaround_weights(qmodel, batches, weight_calibrator=None, iterations=2000,
+                     max_samples=512, verbose=1, config=None, **kwargs):
     """AdaRound (`tfquant.ptq.adaround`) for every one-kernel wrapper with a
-    `MinMaxWeightQuantizer`, in graph order, on the float inputs of the layer (earlier
-    layers already rounded). Returns {layer name: fraction of weights not rounded to
-    nearest}."""
-    flips = {}
+    `MinMaxWeightQuantizer`, in graph order. Each layer learns to map its input in the
+    quantized model (activation ranges must be set; earlier layers already rounded) to
+    its float output on the float model's input. `weight_calibrator` (or `config`) gives
+    the clip of each grid, as in `calibrate_weights`. Returns {layer name:
+    `AdaRoundResult`}."""
     targets = [w for w in s.wrappers(qmodel)
                if _uses_grid_weights(w) and w.kind != "separable"]
+    if not targets:
+        return {}
+    float_inputs = _layer_inputs(qmodel, targets, batches, max_samples, quantized=False)
+    results = {}
     bar = keras.utils.Progbar(len(targets), unit_name="layer") if verbose else None
     for index, wrapper in enumerate(targets):
-        method = s.choose(weight_calibrator, (wrapper.name,), wrapper.layer, "minmax")
-        inputs = _layer_inputs(qmodel, wrapper, batches, max_samples)
-        flips[wrapper.name] = adaround_wrapper(wrapper, inputs, method,
-                                               iterations=iterations, **kwargs)
+        method = _calibrator_choice(weight_calibrator, config, "weight", (wrapper.name,),
+                                    wrapper.layer)
+        inputs = _layer_inputs(qmodel, [wrapper], batches, max_samples, quantized=True)
+        results[wrapper.name] = adaround_wrapper(
+            wrapper, inputs[wrapper.name], method, float_inputs[wrapper.name],
+            iterations=iterations, **kwargs)
         if bar is not None:
             bar.update(index + 1)
-    return flips
+    return results
 
 
-def quantize(model, calibration_data=None, config=None, calibrator="minmax",
-             weight_calibrator="minmax", data_free=False, bias_correction=None,
-             rounding="nearest", adaround_iterations=500, relu6_to_relu=True,
+def quantize(model, calibration_data=None, config=None, calibrator=None,
+             weight_calibrator=None, data_free=False, bias_correction=None,
+             rounding="nearest", adaround_iterations=2000, relu6_to_relu=True,
              high_bias_absorption=True, batch_size=32, num_batches=None, verbose=1):
     """Post-training quantization: returns what `tfquant.quantize_model(model, config)`
     returns, with folded BN frozen (`tfquant.freeze_batch_norm`), weights calibrated and
@@ -128,23 +148,26 @@ def quantize(model, calibration_data=None, config=None, calibrator="minmax",
       calibration_data: an array (list of arrays for several inputs), a
         `tf.data.Dataset` or a generator of batches (`x` or `(x, y)` elements).
         Activation ranges always need it (a few hundred samples suffice).
-      config: a `tfquant.QuantConfig` (per-tensor weights: `per_channel_weights=False`).
+      config: a `tfquant.QuantConfig` (per-tensor weights: `per_channel_weights=False`);
+        its `activation_calibrator` / `weight_calibrator` (defaults and LayerRules)
+        choose the calibrators unless the two arguments below are given.
       calibrator: activation calibrator ("minmax", "ema", "percentile", "mse",
         "entropy", a `tfquant.ptq.Calibrator`, or a dict {layer name/regex/class: one of
-        those}).
+        those}); None: from `config`.
       weight_calibrator: "minmax", "mse", "sawb" or a dict {layer name/regex/class:
-        name}; for layers with the default `MinMaxWeightQuantizer`.
+        name}, for layers with the default `MinMaxWeightQuantizer`; None: from `config`.
       data_free: first run DFQ on the float model (`tfquant.ptq.dfq`: fold BN,
         ReLU6 → ReLU if `relu6_to_relu`, cross-layer equalization, high-bias
         absorption if `high_bias_absorption`); bias correction then defaults to
         "analytic".
       bias_correction: None (analytic with `data_free`, else none), False, "analytic"
         (from BN statistics) or "empirical" (from `calibration_data`).
-      rounding: "nearest" or "adaround" (`adaround_iterations` per layer).
+      rounding: "nearest" or "adaround" (`adaround_iterations` per layer, on at most
+        512 calibration samples; the activation ranges are calibrated first).
       batch_size: batch size for array data; num_batches: use at most this many batches.
       verbose: 1 shows progress bars.
     """
-    model, config = keras3_model_and_config(model, config or QuantConfig(), "ptq.quantize")
+    config = config or QuantConfig()
     if rounding not in ("nearest", "adaround"):
         raise ValueError(f"rounding={rounding!r}: use 'nearest' or 'adaround'.")
     if bias_correction is None:
@@ -169,11 +192,13 @@ def quantize(model, calibration_data=None, config=None, calibrator="minmax",
     float_means = (float_output_means(qmodel, batches) if bias_correction == "empirical"
                    else None)
     if rounding == "adaround":
+        # AdaRound learns on the quantized model's inputs: the ranges come first.
+        calibrate_activations(qmodel, batches, calibrator, verbose, config)
         adaround_weights(qmodel, batches, weight_calibrator, adaround_iterations,
-                         verbose=verbose)
+                         verbose=verbose, config=config)
     else:
-        calibrate_weights(qmodel, weight_calibrator)
-    calibrate_activations(qmodel, batches, calibrator, verbose)
+        calibrate_weights(qmodel, weight_calibrator, config)
+        calibrate_activations(qmodel, batches, calibrator, verbose, config)
     if bias_correction == "analytic":
         statistics_model = float_model if data_free else fold_batch_norm(model)
         analytic_bias_correction(qmodel, statistics_model, float_kernels)
