@@ -1,11 +1,19 @@
-"""tfquant quantizers inside TFMOT: a tf_keras model (TF_USE_LEGACY_KERAS=1, in a
-subprocess) annotated with a TFMOT `QuantizeConfig` that uses tfquant quantizers goes
-through `quantize_apply`, trains, converts to int8 and agrees with LiteRT."""
+"""tfquant and TFMOT together, in a subprocess with TF_USE_LEGACY_KERAS=1 (tf_keras):
+
+- a model annotated with a TFMOT `QuantizeConfig` that uses tfquant quantizers goes
+  through TFMOT's `quantize_apply`, trains, converts to int8 and agrees with LiteRT (also
+  through `tfquant.export_tflite`);
+- a model annotated with TFMOT's annotations goes through `tfquant.quantize_model` with
+  the annotations honoured: annotated layers quantized with their config's tfquant
+  quantizers (or tfquant's defaults), the others left float; it trains on Fashion-MNIST,
+  converts and agrees with LiteRT."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,8 +87,61 @@ summary = tfquant.inspect_flatbuffer(flatbuffer)
 reference = qmodel.predict(x, verbose=0)
 litert = run_litert(flatbuffer, [x])[0]
 comparison = compare_outputs(reference, litert, output_lsb(flatbuffer)[0])
+# export_tflite takes TFMOT's model too: converted as TFMOT built it, then verified.
+tfmot_export = tfquant.export_tflite(qmodel, representative_data=x)
+
+# The annotated model through tfquant.quantize_model (a Keras 3 model comes back): the
+# conv has a 4-bit LSQ kernel from its QuantizeConfig, the head TFMOT's default
+# annotation (tfquant's defaults), the unannotated hidden Dense stays float.
+import keras
+from datasets import load_fashion_mnist
+
+
+class LsqConfig(TfquantConfig):
+    def __init__(self):
+        super().__init__()
+        self.weight = tfquant.quantizers.LSQQuantizer(4, per_channel=True)
+
+
+keras.utils.set_random_seed(0)
+(images, labels), _ = load_fashion_mnist()
+images, labels = images[:1024], labels[:1024]
+partly = tf_keras.Sequential([
+    tf_keras.Input((28, 28, 1)),
+    annotate(L.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
+             quantize_config=LsqConfig()),
+    L.Flatten(name="flat"),
+    L.Dense(16, activation="relu", name="hidden"),
+    annotate(L.Dense(10, name="head")),
+])
+annotated = tfquant.quantize_model(partly)
+annotated.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+annotated.fit(images, labels, batch_size=32, epochs=3, verbose=0)
+annotated_export = tfquant.export_tflite(annotated, representative_data=images[:256])
+conv = annotated.get_layer("conv")
+fully = tfquant.quantize_model(tfmot.quantization.keras.quantize_annotate_model(
+    tf_keras.Sequential([tf_keras.Input((28, 28, 1)),
+                         L.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
+                         L.Flatten(name="flat"), L.Dense(10, name="head")])))
+
+
+def kinds(model):
+    return {layer.name: type(layer).__name__ for layer in model.layers}
+
+
 print(json.dumps({
     "tf_keras": tf.keras.__name__,
+    "tfmot_export": [tfmot_export.float_ops, tfmot_export.max_abs_diff_lsb,
+                     tfmot_export.argmax_agreement],
+    "annotated_type": type(annotated).__module__,
+    "annotated_layers": kinds(annotated),
+    "annotated_conv": [type(conv.weight_quantizer).__name__, conv.weight_quantizer.num_bits,
+                       conv.weight_quantizer.per_channel],
+    "annotated_accuracy": float(annotated.evaluate(images, labels, verbose=0)[1]),
+    "annotated_export": [annotated_export.max_abs_diff_lsb, annotated_export.argmax_agreement,
+                         annotated_export.weight_dtypes, annotated_export.notes],
+    "fully_layers": kinds(fully),
     "registered": isinstance(tfquant.quantizers.MovingAverageQuantizer(), TfmotQuantizer)
                   and issubclass(tfquant.quantizers.Quantizer, TfmotQuantizer),
     "wrappers": [type(w.quantize_config).__name__ for w in wrappers],
@@ -94,14 +155,21 @@ print(json.dumps({
 '''
 
 
-def test_tfquant_quantizers_in_a_tfmot_quantize_config(tmp_path):
-    path = tmp_path / "interop.py"
+@pytest.fixture(scope="module")
+def tfmot_interop_report(tmp_path_factory):
+    """The JSON the script prints (one subprocess for both tests)."""
+    path = tmp_path_factory.mktemp("tfmot") / "interop.py"
     path.write_text(SCRIPT)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env, timeout=240,
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "examples")]))
+    result = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env, timeout=300,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_tfquant_quantizers_in_a_tfmot_quantize_config(tfmot_interop_report):
+    report = tfmot_interop_report
     assert report["tf_keras"].startswith("tf_keras")
     # tfquant.Quantizer became a virtual subclass of TFMOT's ABC when TFMOT was imported.
     assert report["registered"] is True
@@ -115,3 +183,24 @@ def test_tfquant_quantizers_in_a_tfmot_quantize_config(tmp_path):
     assert kernels == ["INT8", "INT8"]
     assert report["float_ops"] == [] and report["max_lsb"] <= 1.001
     assert report["agreement"] == 1.0
+    float_ops, max_lsb, agreement = report["tfmot_export"]
+    assert float_ops == [] and max_lsb <= 1.001 and agreement == 1.0
+
+
+def test_tfmot_annotations_through_tfquant_quantize_model(tfmot_interop_report):
+    report = tfmot_interop_report
+    assert report["annotated_type"].startswith("keras.")  # a Keras 3 model comes back
+    layers = report["annotated_layers"]
+    assert layers["conv"] == layers["head"] == "QuantizedConvolution"
+    assert layers["hidden"] == "Dense"  # not annotated: float, as in TFMOT
+    # The conv's QuantizeConfig held a 4-bit per-channel LSQ kernel quantizer: kept, bits
+    # included (first-layer 8 bits do not override an annotation).
+    assert report["annotated_conv"] == ["LSQQuantizer", 4, True]
+    assert report["annotated_accuracy"] > 0.6  # trained from scratch briefly; chance: 0.1
+    max_lsb, agreement, weight_dtypes, notes = report["annotated_export"]
+    assert max_lsb <= 2.001 and agreement >= 0.98
+    assert sorted(weight_dtypes.values()).count("INT4") == 1  # the conv's LSQ kernel
+    assert any("float layers" in note and "hidden" in note for note in notes)
+    # quantize_annotate_model annotates every layer: everything quantized.
+    fully = report["fully_layers"]
+    assert fully["conv"] == fully["head"] == "QuantizedConvolution"
