@@ -645,3 +645,139 @@ def test_range_gradient_is_checked():
         fake_quant(X, -1.0, 1.0, range_gradient="lsq")
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="range_gradient"):
         OPS.tfquant_fake_quant_grad(X, X, np.float32(-1), np.float32(1), range_gradient="lsq")
+
+
+# ---------------------------------------------------------------- second order
+#
+# The gradient of TfquantFakeQuantGrad (double backprop). Inputs keep every x/s at
+# least 0.1 from a rounding midpoint and a range edge (lsq_inputs), where the grad
+# op is smooth; a zero-range channel is included per channel.
+
+SECOND_ORDER_CASES = [  # shape, axis, num_bits, narrow
+    ((5, 4), None, 4, False), ((3, 4, 2), 0, 8, True), ((3, 4, 2), 1, 2, False),
+    ((2, 3, 4), -1, 4, True)]
+
+
+def second_order_inputs(shape, axis, num_bits, narrow, seed=0):
+    rng = np.random.default_rng(seed)
+    qn, qp = lsq_levels(num_bits, narrow)
+    if axis is None:
+        s = np.float32(0.07)
+    else:
+        s = rng.uniform(0.02, 0.2, shape[axis]).astype(np.float32)
+    sb = broadcast_s(s, shape, axis)
+    x = lsq_inputs(rng, shape, sb, qn, qp)
+    mn, mx = (-qn * s).astype(np.float32), (qp * s).astype(np.float32)
+    if axis is not None:  # a zero range: dx = dy, no range gradient
+        mn[0], mx[0] = 0.0, 0.0
+    dy = rng.standard_normal(shape).astype(np.float32)
+    weights = [rng.standard_normal(np.shape(v)).astype(np.float32) for v in (x, mn, mx)]
+    return x, mn, mx, dy, weights, s
+
+
+def grad_op_objective(dy, x, mn, mx, weights, num_bits, narrow, axis, mode):
+    """Σ g_x·dx + Σ g_min·dmin + Σ g_max·dmax of the grad op, in float64."""
+    axis_attr = -1 if axis is None else axis % np.ndim(x)
+    outputs = OPS.tfquant_fake_quant_grad(dy, x, mn, mx, num_bits=num_bits, narrow_range=narrow,
+                                          axis=axis_attr, range_gradient=mode)
+    return sum(np.sum(np.float64(g) * o.numpy()) for g, o in zip(weights, outputs))
+
+
+def registered_second_order(dy, x, mn, mx, weights, num_bits, narrow, axis, mode):
+    tensors = [tf.constant(v) for v in (dy, x, mn, mx)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        axis_attr = -1 if axis is None else axis % np.ndim(x)
+        outputs = OPS.tfquant_fake_quant_grad(*tensors, num_bits=num_bits, narrow_range=narrow,
+                                              axis=axis_attr, range_gradient=mode)
+        objective = tf.add_n([tf.reduce_sum(g * o) for g, o in zip(weights, outputs)])
+    return [g.numpy() for g in tape.gradient(objective, tensors)]
+
+
+def central_difference(f, value, h):
+    """∂f/∂value element by element (value a float32 array, h per element; 0 where
+    none is taken)."""
+    value = np.asarray(value, np.float32)
+    h = np.broadcast_to(np.asarray(h, np.float32), value.shape)
+    out = np.zeros(value.shape)
+    for i in np.ndindex(value.shape):
+        if h[i] == 0:
+            continue
+        up, down = value.copy(), value.copy()
+        up[i] += h[i]
+        down[i] -= h[i]
+        out[i] = (f(up) - f(down)) / np.float64(up[i] - down[i])
+    return out
+
+
+@pytest.mark.parametrize("mode", ["clipped", "learned"])
+@pytest.mark.parametrize("shape,axis,num_bits,narrow", SECOND_ORDER_CASES)
+def test_grad_op_gradient_matches_finite_differences(shape, axis, num_bits, narrow, mode):
+    x, mn, mx, dy, weights, s = second_order_inputs(shape, axis, num_bits, narrow)
+    got_dy, got_x, got_min, got_max = registered_second_order(
+        dy, x, mn, mx, weights, num_bits, narrow, axis, mode)
+
+    def objective(dy=dy, x=x, mn=mn, mx=mx):
+        return grad_op_objective(dy, x, mn, mx, weights, num_bits, narrow, axis, mode)
+
+    # Linear in dy: differences with a unit step are exact up to float rounding.
+    want_dy = central_difference(lambda v: objective(dy=v), dy, 1.0)
+    np.testing.assert_allclose(got_dy, want_dy, rtol=1e-5, atol=1e-5)
+    assert np.abs(got_dy).max() > 0.1
+    # x, min, max: zero by the straight-through convention (see the composed-ops test
+    # for the learned mode, where the exact derivative of q − u is not zero).
+    assert not np.any(got_x) and not np.any(got_min) and not np.any(got_max)
+    if mode == "clipped":  # there the op is piecewise constant: differences agree
+        h_x = 0.01 * broadcast_s(s, shape, axis)
+        # A zero range is a single point of the (min, max) plane: no difference there.
+        h_range = np.where(np.asarray(mn) == 0, 0.0, 0.01 * np.abs(s))
+        for f, value, h in ((lambda v: objective(x=v), x, h_x),
+                            (lambda v: objective(mn=v), mn, h_range),
+                            (lambda v: objective(mx=v), mx, h_range)):
+            np.testing.assert_allclose(central_difference(f, value, h), 0.0, atol=1e-3)
+
+
+def composed_fake_quant(z, s, qn, qp, mode):
+    """The same quantizer from TF ops with min = −Qn·s, max = Qp·s: clipped mode is the
+    STE through a clip; learned mode is LSQ, s·round_ste(clip(z/s, −Qn, Qp))."""
+    if mode == "clipped":
+        clipped = tf.clip_by_value(z, -qn * s, qp * s)
+        return clipped + tf.stop_gradient(s * tf.round(clipped / s) - clipped)
+    u = tf.clip_by_value(z / s, -qn, qp)
+    return s * (u + tf.stop_gradient(tf.round(u) - u))
+
+
+@pytest.mark.parametrize("mode", ["clipped", "learned"])
+@pytest.mark.parametrize("shape,axis,num_bits,narrow", SECOND_ORDER_CASES)
+def test_double_backprop_matches_composed_ops(shape, axis, num_bits, narrow, mode):
+    """A gradient-ℓ1-like objective, P = Σ|∂L/∂a| + Σ k·∂L/∂s with L = Σ c·Q(a·x),
+    differentiated again w.r.t. a, s and c: the op's registered second order against
+    the same quantizer composed from TF ops (round with a straight-through gradient)."""
+    x, _, _, _, (c, k, _), s = second_order_inputs(shape, axis, num_bits, narrow, seed=1)
+    qn, qp = lsq_levels(num_bits, narrow)
+    k = k if axis is not None else np.float32(k.sum())
+    rng = np.random.default_rng(2)
+    a0 = rng.uniform(0.9, 1.1, shape).astype(np.float32)
+    x = x / a0  # a·x stays on lsq_inputs' safe points
+
+    def derivatives(quantize):
+        a, sv, cv = tf.Variable(a0), tf.Variable(s), tf.Variable(c)
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                sb = tf.reshape(sv, broadcast_s(s, shape, axis).shape) if axis is not None else sv
+                loss = tf.reduce_sum(cv * quantize(a * x, sv, sb))
+            g_a, g_s = inner.gradient(loss, [a, sv])
+            penalty = tf.reduce_sum(tf.abs(g_a)) + tf.reduce_sum(k * g_s)
+        grads = outer.gradient(penalty, [a, sv, cv])
+        # None: not connected (TF's clip has no second derivative), i.e. zero.
+        return [np.zeros(v.shape) if g is None else g.numpy() for g, v in zip(grads, [a, sv, cv])]
+
+    ours = derivatives(lambda z, sv, sb: fake_quant(
+        z, -qn * sv, qp * sv, num_bits=num_bits, narrow_range=narrow, axis=axis,
+        range_gradient=mode))
+    composed = derivatives(lambda z, sv, sb: composed_fake_quant(z, sb, qn, qp, mode))
+    # The composed learned mode cancels u − z/s in float: noise of a few ulp of the sums.
+    scale = max(np.abs(w).max() for w in composed) + 1.0
+    for got, want in zip(ours, composed):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+    assert np.abs(ours[2]).max() > 0  # the penalty does depend on c

@@ -152,23 +152,16 @@ class GradientL1(_StrengthHook):
 
     Cost: one extra backward pass inside the step, and the outer backward pass
     differentiates through it (measured in benchmarks/bench_training_controls.py).
-    It is for the float model (its purpose: robustness to later PTQ); a model with
-    `QuantizedConvolution` layers is refused, as tfquant's fake-quant gradient op has no
-    gradient of its own (double backprop through it is undefined).
+    Its purpose is robustness of a float model to later post-training quantization; on
+    a fake-quantized (QAT) model the second derivatives through the quantizers are the
+    straight-through ones (`tfquant.ops.fake_quant`'s gradient op has a registered
+    gradient: masks w.r.t. the incoming gradient, zero w.r.t. inputs and range).
     """
 
     needs_loss_gradient = True
 
     def __init__(self, strength=0.01, **kwargs):
         super().__init__(strength, **kwargs)
-
-    def attach(self, model):
-        if any(isinstance(layer, QuantizedConvolution) for layer in model.layers):
-            raise ValueError(
-                "GradientL1 needs second derivatives, which tfquant's fake-quant ops do not "
-                "define: train the float model with it, then quantize (its purpose is "
-                "robustness to post-training quantization).")
-        super().attach(model)
 
     def penalty(self, context):
         variables = [view.variable for view in self._views]

@@ -118,7 +118,68 @@ def _fake_quant_grad(op, grad):
         range_gradient=op.get_attr("range_gradient"))
 
 
-try:
-    tf.RegisterGradient("TfquantFakeQuant")(_fake_quant_grad)
-except KeyError:  # already registered (module reloaded)
-    pass
+def _broadcast_channels(values, x, axis):
+    """Per-channel `values` reshaped to broadcast against x (a scalar when axis == -1)."""
+    if axis == -1:
+        return values
+    shape = tf.tensor_scatter_nd_update(tf.ones([tf.rank(x)], tf.int32), [[axis]], [-1])
+    return tf.reshape(values, shape)
+
+
+def _grad_coefficients(op):
+    """Per element i of x: (m_i, a_i, b_i) = (∂dx_i, ∂dmin, ∂dmax)/∂dy_i of the grad op.
+
+    They are the grad op's own outputs for dy = 1 with every element made its own
+    channel (x as [1, n], min and max repeated per element), so the masks are exactly
+    the kernels' (same nudged range). Per tensor the kernel divides by the scale where
+    the per-channel one multiplies by its inverse: the learned-mode residual q - u may
+    differ by a float ulp there, which is far below what matters for a gradient.
+    """
+    _, x, min, max = op.inputs
+    axis = op.get_attr("axis")
+    shape = tf.shape(x)
+
+    def per_element(t):
+        return tf.reshape(tf.broadcast_to(_broadcast_channels(t, x, axis), shape), [-1])
+
+    flat_x = tf.reshape(x, [1, -1])
+    coefficients = _ops.tfquant_fake_quant_grad(
+        tf.ones_like(flat_x), flat_x, per_element(min), per_element(max),
+        num_bits=op.get_attr("num_bits"), narrow_range=op.get_attr("narrow_range"),
+        axis=1, range_gradient=op.get_attr("range_gradient"))
+    return [tf.reshape(c, shape) for c in coefficients]
+
+
+def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
+    """Gradient of the gradient op, for double backprop (gradient-ℓ1 on QAT models).
+
+    The grad op is linear in dy: dx_i = m_i·dy_i, dmin_c = Σ_{i∈c} a_i·dy_i,
+    dmax_c = Σ_{i∈c} b_i·dy_i, with m the in-range mask and, per range mode,
+      clipped: a = below, b = above;
+      learned: a = below − w, b = above + w, w = m·(q − u)/N.
+    So ∂/∂dy_i = m_i·g_dx_i + a_i·g_dmin_c + b_i·g_dmax_c (c the channel of i).
+
+    W.r.t. x, min and max the gradient is zero. The masks and q are piecewise constant
+    in them (the jumps at range edges and rounding midpoints are ignored, as the
+    straight-through estimator ignores them). The learned mode's residual q − u is
+    linear between midpoints, but the straight-through estimator takes round(u) to
+    move with u at every order, which makes q − u constant too: this is what double
+    backprop through a composed LSQ, `s·(u + stop_gradient(round(u) − u))`, gives.
+    """
+    dy, x, min, max = op.inputs
+    axis = op.get_attr("axis")
+    in_range, coeff_min, coeff_max = _grad_coefficients(op)
+    d_dy = tf.zeros_like(dy) if grad_dx is None else grad_dx * in_range
+    if grad_dmin is not None:
+        d_dy += _broadcast_channels(grad_dmin, x, axis) * coeff_min
+    if grad_dmax is not None:
+        d_dy += _broadcast_channels(grad_dmax, x, axis) * coeff_max
+    return d_dy, tf.zeros_like(x), tf.zeros_like(min), tf.zeros_like(max)
+
+
+for _op_name, _gradient in (("TfquantFakeQuant", _fake_quant_grad),
+                            ("TfquantFakeQuantGrad", _fake_quant_grad_grad)):
+    try:
+        tf.RegisterGradient(_op_name)(_gradient)
+    except KeyError:  # already registered (module reloaded)
+        pass
