@@ -9,7 +9,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 if __name__ == "__main__":
     failed = []
-    for script in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
+    # bench_*.py, and the PTQ evidence runs ptq_*.py (ptq_common.py is their helper).
+    scripts = sorted(glob.glob(os.path.join(HERE, "bench_*.py"))) + sorted(
+        s for s in glob.glob(os.path.join(HERE, "ptq_*.py")) if not s.endswith("_common.py"))
+    for script in scripts:
         print(f"== {os.path.basename(script)}", flush=True)
         if subprocess.call([sys.executable, script]) != 0:
             failed.append(os.path.basename(script))
