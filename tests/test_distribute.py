@@ -4,7 +4,8 @@ MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1.
 Each run is a subprocess (logical devices must be configured before TensorFlow starts;
 workers are processes) under a hard timeout. The global batch is 16 samples: the first
 replica/worker gets samples 0–7 in [-1, 1], the second samples 8–15 in [-5, 5], so a
-range that is not aggregated across replicas is visibly wrong.
+range that is not aggregated across replicas is visibly wrong. The same holds for the
+learned ranges (LSQ, TQT) initialized from the first batch.
 """
 
 import json
@@ -47,9 +48,19 @@ with strategy.scope():
     raw = np.asarray(model.get_layer("conv")(x_q))
     qmodel = tfquant.quantize_model(model)
     qmodel.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-if mode == "mirrored":
-    qmodel.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-else:
+    # Learned ranges initialized from the first batch: LSQ steps, a TQT threshold after
+    # the ReLU. SGD with learning rate 0 keeps them at their initial values.
+    lsq_model = tfquant.quantize_model(model, tfquant.QuantConfig(
+        weight_quantizer="LSQQuantizer", activation_quantizer="LSQQuantizer",
+        rules=[tfquant.LayerRule("relu", activation_quantizer="TQTQuantizer")]))
+    lsq_model.compile(optimizer=keras.optimizers.SGD(0.0),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+def train(qmodel, learning_rate):
+    if mode == "mirrored":
+        qmodel.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        return
     # Keras 3.15's fit fails under MultiWorkerMirroredStrategy before the first step (it
     # reduces a PerReplica batch eagerly to build the model); a custom loop, each worker
     # feeding its half of the global batch of 16.
@@ -58,7 +69,7 @@ else:
         return tf.data.Dataset.from_tensor_slices((x[part], y[part])).batch(8)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     with strategy.scope():
-        optimizer = keras.optimizers.SGD(0.01)
+        optimizer = keras.optimizers.SGD(learning_rate)
         optimizer.build(qmodel.trainable_variables)
 
     @tf.function
@@ -74,6 +85,10 @@ else:
         train_step(batch)
 
 
+train(qmodel, 0.01)
+train(lsq_model, 0.0)
+
+
 def local(variable):
     """The value of `variable` on each local replica."""
     return [np.asarray(t).tolist() for t in strategy.experimental_local_results(variable.value)]
@@ -87,7 +102,12 @@ result = {"ranges": {layer.name: [local(layer._quantizer_vars["min"]),
           "moving_mean": local(qmodel.get_layer("conv").batch_norm.moving_mean),
           "expected_moving_mean": (0.01 * raw.mean(axis=(0, 1, 2))).tolist(),
           "head_kernel": local(qmodel.get_layer("head").layer.kernel),
-          "global_range": [float(x.min()), float(x.max())]}
+          "global_range": [float(x.min()), float(x.max())],
+          "learned": {v.path: local(v) for v in lsq_model.weights
+                      if v.path.endswith(("_step", "_log2_threshold"))},
+          # LSQ's initial step of the (signed, 8-bit) input: 2·mean|x|/sqrt(127) over
+          # the global batch.
+          "expected_input_step": float(2.0 * np.abs(x).mean() / np.sqrt(127.0))}
 report = tfquant.export_tflite(qmodel, representative_data=x)
 result.update(max_lsb=report.max_abs_diff_lsb, float_ops=report.float_ops,
               agreement=report.argmax_agreement)
@@ -141,10 +161,24 @@ def check_one_run(result):
     assert result["agreement"] == 1.0
 
 
+def check_learned_ranges(result):
+    """LSQ steps and the TQT threshold, initialized from the first batch, are the same on
+    every replica; the input's LSQ step is the one of the global batch (replica 0 alone
+    would give a third of it, replica 1 five thirds)."""
+    learned = result["learned"]
+    assert any(path.endswith("log2_threshold") for path in learned)
+    for path, values in learned.items():
+        assert all(value == values[0] for value in values), (path, values)
+    (input_step,) = [values for path, values in learned.items()
+                     if path.startswith("image_quant")]
+    np.testing.assert_allclose(input_step[0], result["expected_input_step"], rtol=1e-5)
+
+
 def test_mirrored_and_multi_worker_training_aggregate_ranges_across_replicas(tmp_path):
     (mirrored,) = run_processes(tmp_path, "mirrored", [{}])
     assert len(mirrored["moving_mean"]) == 2  # two replicas in one process
     check_one_run(mirrored)
+    check_learned_ranges(mirrored)
 
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -154,6 +188,10 @@ def test_mirrored_and_multi_worker_training_aggregate_ranges_across_replicas(tmp
     workers = run_processes(tmp_path, "multi_worker", envs)
     for result in workers:
         check_one_run(result)
+        check_learned_ranges(result)
+    assert workers[0]["learned"] == workers[1]["learned"]
+    for path, values in mirrored["learned"].items():
+        np.testing.assert_allclose(workers[0]["learned"][path][0], values[0], rtol=1e-5)
     # Both workers end with the same ranges and weights — and with what the two
     # replicas of MirroredStrategy computed from the same global batch.
     assert workers[0]["ranges"] == workers[1]["ranges"]

@@ -23,6 +23,27 @@ from tfquant.ops import fake_quant
 _MIN_STEP = 1e-8
 
 
+def agree_across_replicas(first_call, variables):
+    """Under tf.distribute, on the first training call: `variables` (just initialized
+    from each replica's share of the batch) take their mean over all replicas, so every
+    replica trains from the same values; later calls leave them alone.
+
+    For LSQ's `2·mean|x|/sqrt(Qp)` that mean is exactly the global batch's when the
+    replicas get equal shares; for LSQ+'s MSE search and TQT's percentile it is the mean
+    of the replicas' choices. (The initialization itself runs inside a `tf.cond`, where
+    MirroredStrategy allows no cross-replica call, hence this step after it.)
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return
+    for variable in variables:
+        value = tf.convert_to_tensor(variable)
+        # all_gather, as `cross_replica_range`: MultiWorkerMirroredStrategy's all_reduce
+        # fails here ("destinations can not be empty").
+        mean = tf.reduce_mean(context.all_gather(value[None], axis=0), axis=0)
+        variable.assign(tf.where(first_call, mean, value))
+
+
 class LearnedRangeQuantizer(Quantizer):
     """Shared machinery of LSQ, LSQ+ and TQT (not registered; subclass it).
 
@@ -32,6 +53,9 @@ class LearnedRangeQuantizer(Quantizer):
 
     `kind` is "weights", "activations" or None; None decides at `build`: a tensor shape
     whose first dimension is unknown (a batch axis) is an activation, else a weight.
+
+    Under tf.distribute an activation range initialized from the first batch is made the
+    same on every replica (`agree_across_replicas`).
     """
 
     applies_to = ("weights", "activations")
@@ -97,8 +121,12 @@ class LearnedRangeQuantizer(Quantizer):
         axis = self.axis % x.shape.rank if self.per_channel else None
         qn, qp, narrow = self._grid(kind)
         if training:
+            first_call = tf.convert_to_tensor(weights["initialized"]) < 0.5
             c.run_once(weights["initialized"],
                        lambda: self._initialize(tf.stop_gradient(x), weights, kind, axis))
+            if kind == "activations":  # weights are the same on every replica already
+                agree_across_replicas(first_call, [weights[key] for key in weights
+                                                   if key != "initialized"])
         low, high = self._range(x, weights, kind, axis, training)
         if training:
             if self.stochastic_rounding:
