@@ -7,7 +7,7 @@ W4A8 (per channel and per tensor); mixed precision (8/4/2-bit weights) at 0.2× 
 float size. Also the spread of the BN-folded per-channel weight ranges, which is what
 per-tensor quantization and CLE are about.
 
-    python benchmarks/ptq_dfq.py            # full: trains 8 epochs (cached), writes BENCHMARKS.md
+    python benchmarks/ptq_dfq.py            # full: trains 6 epochs (cached), writes BENCHMARKS.md
     python benchmarks/ptq_dfq.py --quick    # smoke run: small data, no write
 """
 
