@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from tfquant.keras.batch_norm import freeze_batch_norm
+from tfquant.keras.compat import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.transform import quantize_model
 from tfquant.ptq import _sites as s
@@ -167,7 +168,7 @@ def quantize(model, calibration_data=None, config=None, calibrator=None,
       batch_size: batch size for array data; num_batches: use at most this many batches.
       verbose: 1 shows progress bars.
     """
-    config = config or QuantConfig()
+    model, config = keras3_model_and_config(model, config or QuantConfig(), "ptq.quantize")
     if rounding not in ("nearest", "adaround"):
         raise ValueError(f"rounding={rounding!r}: use 'nearest' or 'adaround'.")
     if bias_correction is None:
