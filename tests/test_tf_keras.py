@@ -145,7 +145,8 @@ qmodel.fit(x, y, batch_size=64, epochs=1, verbose=0,
            callbacks=[tfquant.callbacks.FreezeBatchNorm(after_steps=10)])
 qat = tfquant.export_tflite(qmodel, representative_data=x_test)
 
-ptq_model = tfquant.ptq.quantize(float_model, x[:256], verbose=0)
+# data_free: DFQ (BN folding, equalization) runs on the rebuilt Keras 3 float model.
+ptq_model = tfquant.ptq.quantize(float_model, x[:256], data_free=True, verbose=0)
 ptq = tfquant.export_tflite(ptq_model, representative_data=x_test)
 print(json.dumps({
     "tf_keras": tf.keras.__name__,
