@@ -1,8 +1,12 @@
-"""Evidence for the training controls: gradient-ℓ1 and periodic regularizers, FreezeBatchNorm,
-progressive bit reduction and distillation, on Fashion-MNIST with the demo CNN.
+"""Evidence for the training controls on Fashion-MNIST with the demo CNN, same budget side
+by side: gradient-ℓ1 (then post-training quantization, no fine-tuning) and its step cost,
+the periodic regularizer, FreezeBatchNorm, progressive bit reduction and distillation.
 
     python benchmarks/bench_training_controls.py            # full run, writes BENCHMARKS.md
     python benchmarks/bench_training_controls.py --quick    # smoke run (small, no write)
+
+Float models are cached in out/training_controls/ (keyed by their recipe), so a rerun
+only repeats the QAT parts; --no-cache retrains them.
 """
 
 import argparse
@@ -30,6 +34,8 @@ from tfquant.keras.train_step import with_hooks  # noqa: E402
 from tfquant.regularizers import GradientL1, Periodic, kernel_views  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+CACHE = os.path.join(ROOT, "out", "training_controls")
+BATCH = 64
 
 
 def accuracy(model, x, y):
@@ -41,40 +47,59 @@ def compile_model(model, lr=1e-3):
     return model
 
 
-def ptq(float_model, bits, x_cal):
-    """quantize_model at `bits` weights (8-bit activations) + one calibration pass."""
+def ptq(float_model, weight_bits, activation_bits, x_cal, per_channel):
+    """Post-training quantization without fine-tuning: quantize_model (BN folded and
+    frozen) and one calibration pass setting the activation ranges to the batch's."""
     qmodel = tfquant.quantize_model(float_model, tfquant.QuantConfig(
-        weight_bits=bits, first_last_bits=8, activation_ema_decay=0.0))
+        weight_bits=weight_bits, activation_bits=activation_bits,
+        per_channel_weights=per_channel, first_last_bits=None, activation_ema_decay=0.0))
     tfquant.freeze_batch_norm(qmodel)
     qmodel(x_cal, training=True)
     return qmodel
 
 
-def train_float(hooks, data, epochs, batch):
-    (x, y), _ = data
-    keras.utils.set_random_seed(7)
-    model = build_float_model()
-    trained = compile_model(with_hooks(model, hooks) if hooks else model)
-    trained.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
-    return model
+class FloatTrainer:
+    """Trains the demo CNN from one seed with train-step hooks; caches the weights."""
+
+    def __init__(self, data, epochs, use_cache):
+        self.data, self.epochs, self.use_cache = data, epochs, use_cache
+        self.trained = []  # (name, seconds) of the runs actually trained
+
+    def __call__(self, name, hooks=(), callbacks=()):
+        (x, y), _ = self.data
+        keras.utils.set_random_seed(7)
+        model = build_float_model()
+        path = os.path.join(CACHE, f"{name}_n{len(x)}_e{self.epochs}.weights.h5")
+        if self.use_cache and os.path.exists(path):
+            model.load_weights(path)
+            return model
+        trained = compile_model(with_hooks(model, list(hooks)) if hooks else model)
+        start = time.perf_counter()
+        trained.fit(x, y, batch_size=BATCH, epochs=self.epochs, verbose=0,
+                    callbacks=list(callbacks))
+        self.trained.append((name, time.perf_counter() - start))
+        os.makedirs(CACHE, exist_ok=True)
+        model.save_weights(path)
+        return model
 
 
-def step_times(models, x, y, batch, steps, rounds=3):
+def step_times(models, x, y, steps, rounds=3):
     """Median seconds per training step of each model, measured in alternation."""
     for model in models:
         compile_model(model)
-        model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=1, verbose=0)
+        model.fit(x[:BATCH * 2], y[:BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)
     times = [[] for _ in models]
     for _ in range(rounds):
         for model, record in zip(models, times):
             start = time.perf_counter()
-            model.fit(x[:batch * steps], y[:batch * steps], batch_size=batch, epochs=1,
+            model.fit(x[:BATCH * steps], y[:BATCH * steps], batch_size=BATCH, epochs=1,
                       verbose=0)
             record.append((time.perf_counter() - start) / steps)
     return [statistics.median(t) for t in times]
 
 
 def near_grid_fraction(model, bits):
+    """Fraction of kernel elements within 0.1·Δ of their per-channel `bits` grid."""
     inside, total = 0, 0
     for view in kernel_views(model, bits):
         w = view.seen()
@@ -86,107 +111,171 @@ def near_grid_fraction(model, bits):
     return inside / total
 
 
-def run(args):
-    data = load_fashion_mnist()
-    (x_train, y_train), (x_test, y_test) = data
-    n, n_test = (3000, 1000) if args.quick else (60000, 10000)
-    data = ((x_train[:n], y_train[:n]), (x_test[:n_test], y_test[:n_test]))
-    (x, y), (xt, yt) = data
-    epochs = 1 if args.quick else args.epochs
-    batch = 64
-    x_cal = x[:256]
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def gradient_l1_section(train, data, x_cal, strengths, base):
+    _, (xt, yt) = data
+    settings = [(6, 6), (4, 8), (4, 4)]
     rows = []
+    for strength in (0.0,) + tuple(strengths):
+        model = base if strength == 0 else train(f"gradient_l1_{strength:g}",
+                                                 [GradientL1(strength)])
+        float_acc = accuracy(model, xt, yt)
+        row = [f"λ = {strength:g}", f"{float_acc:.4f}"]
+        for wb, ab in settings:
+            acc = accuracy(ptq(model, wb, ab, x_cal, per_channel=False), xt, yt)
+            row.append(f"{acc:.4f} ({acc - float_acc:+.4f})")
+        rows.append(row)
+    return ("### Gradient-ℓ1 (Alizadeh et al. 2020)\n\nFloat training with λ·Σ‖∂L/∂W‖₁ "
+            "(double backprop), then post-training quantization without fine-tuning: "
+            "per-tensor symmetric weights on every layer (BN folded), activations "
+            "calibrated on one batch of 256; accuracy (change vs float).\n\n"
+            + table(["training", "float"] + [f"W{w}A{a} PTQ" for w, a in settings], rows))
 
-    # 1. Gradient ℓ1: float training with λ = 0 / λ > 0, then PTQ without fine-tuning.
-    base = train_float([], data, epochs, batch)
-    grad = train_float([GradientL1(args.grad_l1)], data, epochs, batch)
-    lines = ["| model | float | W6 PTQ | W4 PTQ |", "|---|---|---|---|"]
-    for name, model in (("λ = 0", base), (f"gradient-ℓ1 λ = {args.grad_l1}", grad)):
-        accs = [accuracy(model, xt, yt)] + [accuracy(ptq(model, b, x_cal), xt, yt)
-                                           for b in (6, 4)]
-        lines.append(f"| {name} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
-    rows.append("### Gradient ℓ1 (float training, then PTQ: quantize_model + one calibration "
-                "pass, frozen BN; 8-bit activations, first/last layers 8-bit)\n\n"
-                + "\n".join(lines))
 
-    steps = 20 if args.quick else 40
-    plain, double = step_times([build_float_model(), with_hooks(
-        build_float_model(), [GradientL1(args.grad_l1)])], x, y, batch, steps)
-    rows.append(f"### Double-backprop cost\n\nfloat train step, batch {batch}: "
-                f"{plain * 1e3:.1f} ms plain, {double * 1e3:.1f} ms with gradient-ℓ1 "
-                f"(**{double / plain:.2f}×**)")
+def step_cost_section(x, y, strength, steps):
+    config = tfquant.QuantConfig()
+    models = [build_float_model(), with_hooks(build_float_model(), [GradientL1(strength)]),
+              tfquant.quantize_model(build_float_model(), config),
+              with_hooks(tfquant.quantize_model(build_float_model(), config),
+                         [GradientL1(strength)])]
+    plain, double, qat_plain, qat_double = step_times(models, x, y, steps)
+    return ("### Double-backprop cost\n\nms per training step, batch "
+            f"{BATCH}, {steps} steps × 3 rounds in alternation, median:\n\n"
+            + table(["model", "plain step", "with gradient-ℓ1", "ratio"], [
+                ["float", f"{plain * 1e3:.1f}", f"{double * 1e3:.1f}",
+                 f"**{double / plain:.2f}×**"],
+                ["QAT W8A8 (fake quant, BN batch statistics)", f"{qat_plain * 1e3:.1f}",
+                 f"{qat_double * 1e3:.1f}", f"**{qat_double / qat_plain:.2f}×**"]]))
 
-    # 2. Periodic regularizer (4-bit grid of each kernel), float training, direct rounding.
-    periodic = train_float([Periodic(args.periodic, num_bits=4)], data, epochs, batch)
-    lines = ["| model | weights within 0.1·Δ of the 4-bit grid | W4 PTQ accuracy |",
-             "|---|---|---|"]
-    for name, model in (("no regularizer", base), (f"periodic λ = {args.periodic}", periodic)):
-        lines.append(f"| {name} | {near_grid_fraction(model, 4):.3f} | "
-                     f"{accuracy(ptq(model, 4, x_cal), xt, yt):.4f} |")
-    rows.append("### Periodic regularizer (grid of the raw float kernels; PTQ folds BN)\n\n"
-                + "\n".join(lines))
 
-    # 3. QAT from the float model: FreezeBatchNorm, progressive bits, distillation.
-    qat_epochs = 1 if args.quick else args.qat_epochs
-    steps_per_epoch = int(np.ceil(len(x) / batch))
+def periodic_section(train, data, x_cal, strength, epochs, base):
+    _, (xt, yt) = data
+    hook = Periodic(0.0, num_bits=4)
+    # λ ramps linearly to `strength` over the epochs (Naumov et al. increase it).
+    ramp = cb.RegularizerSchedule(hook, lambda epoch: strength * (epoch + 1) / epochs)
+    periodic = train(f"periodic_{strength:g}", [hook], [ramp])
+    rows = []
+    for name, model in (("none", base), (f"periodic, λ ramped to {strength:g}", periodic)):
+        rows.append([name, f"{near_grid_fraction(model, 4):.3f}", f"{accuracy(model, xt, yt):.4f}",
+                     f"{accuracy(ptq(model, 4, 8, x_cal, per_channel=True), xt, yt):.4f}"])
+    return ("### Periodic regularizer (Naumov et al. 2018)\n\nλ·Σ sin²(π·w/Δ) on the 4-bit "
+            "per-channel grid of each float kernel; then direct rounding (PTQ W4A8, "
+            "per-channel weights: BN folding scales each output channel, so the grid "
+            "carries over). A weight uniform between grid points is within 0.1·Δ with "
+            "probability 0.2.\n\n"
+            + table(["regularizer", "weights within 0.1·Δ of the grid", "float",
+                     "W4A8 PTQ (direct rounding)"], rows))
 
-    def qat(config, hooks=(), callbacks=(), seed=11):
-        keras.utils.set_random_seed(seed)
+
+def qat_runs(base, data, qat_epochs, x_cal):
+    """FreezeBatchNorm at W4A4; direct / progressive / distilled W2A2 QAT from `base`."""
+    (x, y), (xt, yt) = data
+    steps_per_epoch = int(np.ceil(len(x) / BATCH))
+
+    def qat(config, hooks=(), callbacks=(), epochs=qat_epochs):
+        keras.utils.set_random_seed(11)
         qmodel = tfquant.quantize_model(base, config)
+        qmodel(x_cal, training=True)  # initialize ranges from data
         model = compile_model(with_hooks(qmodel, list(hooks)) if hooks else qmodel, 5e-4)
         losses = []
 
         class Losses(keras.callbacks.Callback):
-            def on_train_batch_end(self, b, logs=None):
+            def on_train_batch_end(self, batch, logs=None):
                 losses.append(float(logs["loss"]))
 
-        model.fit(x, y, batch_size=batch, epochs=qat_epochs, verbose=0,
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0,
                   callbacks=list(callbacks) + [Losses()])
-        tail = losses[len(losses) // 2:]
-        return accuracy(qmodel, xt, yt), float(np.var(np.diff(tail))) if len(tail) > 2 else 0.0
+        # Keras logs the epoch's running mean weighted by batch size: undo it.
+        sizes = np.minimum(BATCH, len(x) - BATCH * np.arange(steps_per_epoch))
+        seen = np.cumsum(sizes)
+        per_step = []
+        for epoch in range(epochs):
+            totals = np.array(losses[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch])
+            totals = totals * seen
+            per_step += list(np.diff(totals, prepend=0.0) / sizes)
+        tail = per_step[len(per_step) // 2:]
+        return accuracy(qmodel, xt, yt), float(np.std(tail))
 
     w4 = tfquant.QuantConfig(weight_bits=4, activation_bits=4)
-    without = qat(w4)
     freeze_at = max(1, steps_per_epoch * qat_epochs // 2)
-    with_freeze = qat(w4, callbacks=[cb.FreezeBatchNorm(after_steps=freeze_at)])
-    rows.append("### FreezeBatchNorm (W4A4 QAT)\n\n| run | accuracy | variance of step-to-step "
-                "loss change (2nd half) |\n|---|---|---|\n"
-                f"| batch statistics throughout | {without[0]:.4f} | {without[1]:.3g} |\n"
-                f"| frozen after {freeze_at} steps | {with_freeze[0]:.4f} | "
-                f"{with_freeze[1]:.3g} |")
+    without = qat(w4)
+    frozen = qat(w4, callbacks=[cb.FreezeBatchNorm(after_steps=freeze_at)])
+    sections = [
+        "### FreezeBatchNorm (W4A4 QAT, min-max weights, moving-average activation ranges)\n\n"
+        f"Both runs {qat_epochs} epochs from the float model; the loss spread is the "
+        "standard deviation of the per-step training loss over the second half.\n\n"
+        + table(["run", "accuracy", "per-step loss std (2nd half)"], [
+            ["batch statistics throughout", f"{without[0]:.4f}", f"{without[1]:.4f}"],
+            [f"BN frozen after {freeze_at} steps", f"{frozen[0]:.4f}", f"{frozen[1]:.4f}"]])]
 
-    w2 = tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=2,
-                             activation_bits=2)
-    direct = qat(w2)
-    third = max(1, qat_epochs // 3)
-    progressive = qat(tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=8,
-                                          activation_bits=2),
-                      callbacks=[cb.BitWidthSchedule({0: 8, third: 4, 2 * third: 2},
-                                                     exclude=("conv1", "logits"))])
+    w2 = tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=2, activation_bits=2)
+    stage = max(1, qat_epochs // 3)
+    direct = qat(w2, epochs=3 * stage)
+    progressive = qat(
+        tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=8, activation_bits=2),
+        callbacks=[cb.BitWidthSchedule({0: 8, stage: 4, 2 * stage: 2},
+                                       exclude=("conv1", "logits"))], epochs=3 * stage)
     distilled = qat(w2, hooks=[Distillation(base, temperature=4.0, alpha=1.0,
-                                            name="distillation")])
-    rows.append("### Guided low-bit training (LSQ weights, W2A2; first/last layers 8-bit)\n\n"
-                "| run | accuracy |\n|---|---|\n"
-                f"| direct 2-bit | {direct[0]:.4f} |\n"
-                f"| progressive 8→4→2 (per {third} epochs) | {progressive[0]:.4f} |\n"
-                f"| distillation from the float model (T = 4) | {distilled[0]:.4f} |")
+                                            name="distillation")], epochs=3 * stage)
+    sections.append(
+        "### Guided low-bit QAT (LSQ weights, moving-average activation ranges, W2A2; "
+        f"first/last layers 8-bit), {3 * stage} epochs each\n\n"
+        + table(["run", "accuracy"], [
+            ["direct 2-bit", f"{direct[0]:.4f}"],
+            [f"progressive 8→4→2 bits ({stage} epoch(s) each)", f"{progressive[0]:.4f}"],
+            ["distillation from the float model (KL, T = 4)", f"{distilled[0]:.4f}"]]))
+    return sections
 
-    header = (f"Fashion-MNIST, demo CNN, {n} training / {n_test} test images, float "
-              f"{epochs} epochs, QAT {qat_epochs} epochs, batch {batch}.")
-    body = header + "\n\n" + "\n\n".join(rows)
+
+def run(args):
+    started = time.perf_counter()
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
+    n, n_test = (2000, 1000) if args.quick else (args.train_images, 10000)
+    pick = np.random.default_rng(0).permutation(len(x_train))[:n]
+    data = ((x_train[pick], y_train[pick]), (x_test[:n_test], y_test[:n_test]))
+    (x, y), _ = data
+    epochs = 1 if args.quick else args.epochs
+    qat_epochs = 3 if args.quick else args.qat_epochs
+    x_cal = x[:256]
+    train = FloatTrainer(data, epochs, use_cache=not (args.quick or args.no_cache))
+
+    base = train("plain")
+    sections = [gradient_l1_section(train, data, x_cal, args.grad_l1, base),
+                step_cost_section(x, y, args.grad_l1[0], 5 if args.quick else 30),
+                periodic_section(train, data, x_cal, args.periodic, epochs, base)]
+    if args.quick:  # the QAT parts on a smaller subset
+        data = ((x[:500], y[:500]), data[1])
+    sections += qat_runs(base, data, 1 if args.quick else qat_epochs, x_cal)
+
+    trained = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in train.trained)
+    header = (f"Fashion-MNIST, demo CNN, {n} training images (random subset, seed 0), "
+              f"{n_test} test images; float training {epochs} epochs (Adam 1e-3, seed 7), "
+              f"QAT {qat_epochs} epochs (Adam 5e-4) from the λ = 0 float model; batch "
+              f"{BATCH}. Whole run {time.perf_counter() - started:.0f} s"
+              + (f" (float trainings: {trained})" if trained else " (float models cached)")
+              + ".")
+    body = header + "\n\n" + "\n\n".join(sections)
     print(body)
     if not args.quick:
-        write_section("Training controls", "python benchmarks/bench_training_controls.py",
-                      body)
+        command = "python benchmarks/bench_training_controls.py" + (
+            " " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+        write_section("Training controls", command, body)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small smoke run, no report")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--qat-epochs", type=int, default=6)
-    parser.add_argument("--grad-l1", type=float, default=0.05)
-    parser.add_argument("--periodic", type=float, default=1e-5)
+    parser.add_argument("--no-cache", action="store_true", help="retrain the float models")
+    parser.add_argument("--train-images", type=int, default=15000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--grad-l1", type=float, nargs="+", default=[0.01, 0.05])
+    parser.add_argument("--periodic", type=float, default=1e-4)
     run(parser.parse_args())
 
 

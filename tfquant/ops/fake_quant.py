@@ -126,28 +126,23 @@ def _broadcast_channels(values, x, axis):
     return tf.reshape(values, shape)
 
 
-def _grad_coefficients(op):
-    """Per element i of x: (m_i, a_i, b_i) = (∂dx_i, ∂dmin, ∂dmax)/∂dy_i of the grad op.
+def _attrs(op, **overrides):
+    attrs = {name: op.get_attr(name)
+             for name in ("num_bits", "narrow_range", "axis", "range_gradient")}
+    attrs.update(overrides)
+    return attrs
 
-    They are the grad op's own outputs for dy = 1 with every element made its own
-    channel (x as [1, n], min and max repeated per element), so the masks are exactly
-    the kernels' (same nudged range). Per tensor the kernel divides by the scale where
-    the per-channel one multiplies by its inverse: the learned-mode residual q - u may
-    differ by a float ulp there, which is far below what matters for a gradient.
-    """
-    _, x, min, max = op.inputs
-    axis = op.get_attr("axis")
-    shape = tf.shape(x)
 
-    def per_element(t):
-        return tf.reshape(tf.broadcast_to(_broadcast_channels(t, x, axis), shape), [-1])
-
-    flat_x = tf.reshape(x, [1, -1])
-    coefficients = _ops.tfquant_fake_quant_grad(
-        tf.ones_like(flat_x), flat_x, per_element(min), per_element(max),
-        num_bits=op.get_attr("num_bits"), narrow_range=op.get_attr("narrow_range"),
-        axis=1, range_gradient=op.get_attr("range_gradient"))
-    return [tf.reshape(c, shape) for c in coefficients]
+def _nudged_range(op):
+    """(nudged_min, nudged_max) per channel, exactly as the kernels compute them: the
+    forward maps −Inf to nudged_min and +Inf to nudged_max (a zero range gives 0, 0)."""
+    _, _, min, _ = op.inputs
+    per_channel = op.get_attr("axis") != -1
+    infinities = tf.stack([tf.fill(tf.shape(min), -float("inf")),
+                           tf.fill(tf.shape(min), float("inf"))])
+    edges = _ops.tfquant_fake_quant(infinities, min, op.inputs[3],
+                                    **_attrs(op, axis=1 if per_channel else -1))
+    return edges[0], edges[1]
 
 
 def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
@@ -157,7 +152,11 @@ def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
     dmax_c = Σ_{i∈c} b_i·dy_i, with m the in-range mask and, per range mode,
       clipped: a = below, b = above;
       learned: a = below − w, b = above + w, w = m·(q − u)/N.
-    So ∂/∂dy_i = m_i·g_dx_i + a_i·g_dmin_c + b_i·g_dmax_c (c the channel of i).
+    So ∂/∂dy_i = m_i·g_dx_i + a_i·g_dmin_c + b_i·g_dmax_c (c the channel of i): g_dmin
+    below the range, g_dmax above, g_dx + (g_dmax − g_dmin)·w inside, 0 for NaN x.
+    m is the kernels' own (the grad op with dy = 1), below/above compare with the
+    kernels' nudged range; w = (y − x)/(N·scale) from the forward y, which equals
+    (q − u)/N up to float rounding of the reconstruction.
 
     W.r.t. x, min and max the gradient is zero. The masks and q are piecewise constant
     in them (the jumps at range edges and rounding midpoints are ignored, as the
@@ -168,13 +167,28 @@ def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
     """
     dy, x, min, max = op.inputs
     axis = op.get_attr("axis")
-    in_range, coeff_min, coeff_max = _grad_coefficients(op)
-    d_dy = tf.zeros_like(dy) if grad_dx is None else grad_dx * in_range
-    if grad_dmin is not None:
-        d_dy += _broadcast_channels(grad_dmin, x, axis) * coeff_min
-    if grad_dmax is not None:
-        d_dy += _broadcast_channels(grad_dmax, x, axis) * coeff_max
-    return d_dy, tf.zeros_like(x), tf.zeros_like(min), tf.zeros_like(max)
+    zeros = tf.zeros_like(x)
+    grad_dx = zeros if grad_dx is None else grad_dx
+    grad_dmin = tf.zeros_like(min) if grad_dmin is None else grad_dmin
+    grad_dmax = tf.zeros_like(max) if grad_dmax is None else grad_dmax
+    in_range = _ops.tfquant_fake_quant_grad(tf.ones_like(x), x, min, max, **_attrs(op))[0]
+    nudged_min, nudged_max = _nudged_range(op)
+    # A zero range (min == max == 0) has no outside: every x gets dy (m = 1), w = 0.
+    zero_range = tf.logical_and(tf.equal(min, 0.0), tf.equal(max, 0.0))
+    lower = tf.where(zero_range, -float("inf"), nudged_min)
+    upper = tf.where(zero_range, float("inf"), nudged_max)
+    inside = grad_dx
+    if op.get_attr("range_gradient") == b"learned":
+        y = _ops.tfquant_fake_quant(x, min, max, **_attrs(op))
+        # N·scale = nudged_max − nudged_min; 0 for a zero range, where w must be 0.
+        w = tf.math.divide_no_nan(y - x, _broadcast_channels(nudged_max - nudged_min, x, axis))
+        inside = inside + _broadcast_channels(grad_dmax - grad_dmin, x, axis) * w
+    d_dy = tf.where(
+        x < _broadcast_channels(lower, x, axis), _broadcast_channels(grad_dmin, x, axis),
+        tf.where(x > _broadcast_channels(upper, x, axis),
+                 _broadcast_channels(grad_dmax, x, axis),
+                 tf.where(in_range > 0.0, inside, zeros)))
+    return d_dy, zeros, tf.zeros_like(min), tf.zeros_like(max)
 
 
 for _op_name, _gradient in (("TfquantFakeQuant", _fake_quant_grad),
