@@ -101,3 +101,48 @@ def test_two_stage_quantization_weights_first(data):
     qmodel.fit(x, y, batch_size=16, epochs=3, verbose=0,
                callbacks=[cb.TwoStageQuantization(after_epochs=2), Read()])
     assert seen == [(1.0, 0.0), (1.0, 0.0), (1.0, 1.0)]
+
+
+def test_hooked_qat_resumes_mid_schedule(tmp_path, data):
+    """Gradient-ℓ1 (on the fake-quantized model), periodic with a ramped λ and ProxQuant
+    with its hard freeze, plus quantization delay and BN freezing: trained 3 epochs in
+    one go, or 1 epoch, saved, reloaded and trained 2 more, the variables agree."""
+    x, y = data
+    weights = conv_model().get_weights()
+
+    def build():
+        model = conv_model()
+        model.set_weights(weights)
+        qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(first_last_bits=None))
+        hooked = with_hooks(qmodel, [GradientL1(0.05, name="gradient_l1"),
+                                     Periodic(0.0, num_bits=4, name="periodic"),
+                                     ProxQuant(1e-3, freeze_epoch=2, name="prox")])
+        hooked.compile(keras.optimizers.SGD(0.05), LOSS)
+        return hooked
+
+    def callbacks(hooked):
+        _, periodic, prox = hooked.train_step_hooks
+        return [cb.QuantizationDelay(after_steps=1), cb.FreezeBatchNorm(after_steps=3),
+                cb.RegularizerSchedule(periodic, lambda epoch: 1e-4 * (epoch + 1)),
+                cb.ProxQuantSchedule(prox)]
+
+    straight = build()
+    straight.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
+                 callbacks=callbacks(straight))
+    first = build()
+    first.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=callbacks(first))
+    path = str(tmp_path / "mid.keras")
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    assert int(resumed.optimizer.iterations.numpy()) == 2
+    resumed.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                callbacks=callbacks(resumed))
+
+    _, periodic, prox = resumed.train_step_hooks
+    np.testing.assert_allclose(periodic.strength.numpy(), 3e-4, rtol=1e-6)
+    assert float(prox.hard.numpy()) == 1.0  # frozen from epoch 2 on
+    assert resumed.get_layer("conv").batch_norm_frozen
+    assert [v.shape for v in resumed.weights] == [v.shape for v in straight.weights]
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
