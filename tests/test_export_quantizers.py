@@ -65,7 +65,9 @@ def test_exportable_quantizers_agree_with_litert(weights, activations, w_bits, a
     if isinstance(weights, dict):  # XNOR ±s per channel: INT4 integers ±1
         expected = "INT4"
     assert set(kernels) == {expected}, report.weight_dtypes
-    assert report.max_abs_diff_lsb <= 3, report
+    # The signed output of the last Dense (range ≈ ±0.8, 1 LSB ≈ 0.007) sums 128 inputs:
+    # the 1-LSB rounding differences of ~1 % of them (LSB 0.04) reach a few output LSB.
+    assert report.max_abs_diff_lsb <= 6, report
 
 
 def test_non_integer_levels_are_refused_with_the_fallback_error_then_exported():
@@ -94,7 +96,9 @@ def test_integer_grid_finder():
     levels = np.array([[-1.0, -1 / 3, 1 / 3, 1.0], [0.5, -0.5, 0.0, 0.5]], np.float32).T
     grid = find_integer_grid(levels, axis=-1)
     assert grid.exact and grid.num_bits == 4
-    np.testing.assert_allclose(grid.scales, [1 / 3, 0.5], rtol=1e-6)
+    # Steps 1/3 (levels ±1, ±3) and 0.5 (±1), refined to the finest INT4 grid holding
+    # them (±2, ±6 and ±7): a finer weight scale gives TFLite's int32 bias a finer step.
+    np.testing.assert_allclose(grid.scales, [1 / 6, 0.5 / 7], rtol=1e-6)
     # Only ±3 and ±5 steps of 0.1 present: the step is still found.
     grid = find_integer_grid(np.array([[0.3], [-0.5], [0.5]], np.float32))
     assert grid.exact and grid.num_bits == 4 and abs(grid.scales[0] - 0.1) < 1e-6
@@ -120,3 +124,25 @@ def test_ternary_weights_of_a_large_kernel_export():
     big = [w for w in report.summary.weight_tensors().values() if w.shape == (64, 3, 3, 32)]
     assert len(big) == 1 and big[0].type_name in ("INT4", "INT8")
     assert report.max_abs_diff_lsb <= 2
+
+
+def test_two_and_three_bit_weights_export_on_the_finest_exact_grid():
+    # {−1, 0, 1}·s is stored as {−7, 0, 7}·s/7 and {−3…3}·s as {−6…6}·s/2: TFLite's int32
+    # bias has step input scale × weight scale, which these finer scales make 7 and 2
+    # times finer (with s itself, LiteRT and Keras disagreed on 13–15 % of the outputs of
+    # a 2-bit conv at 2-bit activations).
+    for bits, finer in ((2, 7), (3, 2)):
+        config = tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=bits,
+                                     first_last_bits=None)
+        qmodel, x = trained(config)
+        report = tfquant.export_tflite(qmodel, representative_data=x)
+        step = qmodel.get_layer("conv")._kernel_vars["kernel"]["step"].numpy()
+        main = report.summary.main
+        conv = [op for op in main.operators if op.name == "CONV_2D"][0]
+        kernel, bias = (main.tensors[i] for i in conv.inputs[1:3])
+        assert kernel.type_name == "INT4"
+        np.testing.assert_allclose(kernel.quantization.scales, step / finer, rtol=1e-5)
+        input_scale = main.tensors[conv.inputs[0]].quantization.scales[0]
+        np.testing.assert_allclose(bias.quantization.scales,
+                                   input_scale * step / finer, rtol=1e-5)
+        assert report.max_abs_diff_lsb <= 3, report

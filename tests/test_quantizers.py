@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfquant
+from tfquant.callbacks import quantizer_slots
 from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
 from tfquant.quantizers import (
     BinaryQuantizer,
@@ -65,9 +67,13 @@ def test_docstring_examples():
     y = q(tf.constant([-1.2, -0.3, 0.5, 2.0]), False).numpy()
     np.testing.assert_allclose(y, [-1.6834, 0, 0, 1.6834], atol=1e-3)
 
-    q = DoReFaWeightQuantizer(2)
+    q = DoReFaWeightQuantizer(2, per_channel=False)
     y = q(tf.constant([-2.0, 0.1, 0.5, 3.0]), True).numpy()
-    np.testing.assert_allclose(y, [-1, 1 / 3, 1 / 3, 1], atol=1e-6)
+    np.testing.assert_allclose(y, [-3, 1, 1, 3], atol=1e-6)
+    # Per channel, each output channel keeps its own scale max|w| (folded BN's γ/σ).
+    w = np.array([[-2.0, 0.1], [0.5, 3.0], [1.0, -0.4]], np.float32)
+    y = DoReFaWeightQuantizer(2, axis=-1)(tf.constant(w), True).numpy()
+    np.testing.assert_allclose(y, [[-2, 1], [2 / 3, 3], [2 / 3, -1]], atol=1e-6)
     y = DoReFaActivationQuantizer(2)(tf.constant([-0.5, 0.2, 0.5, 1.7]), True).numpy()
     np.testing.assert_allclose(y, [0, 1 / 3, 2 / 3, 1], atol=1e-6)
 
@@ -118,6 +124,39 @@ def test_pact_penalty_and_per_channel():
     with tf.GradientTape():
         q(tf.constant(ACTS), True, v)
     assert host.losses and float(host.losses[-1]) == pytest.approx(1e-2 * 12 * 4.0)
+
+
+def test_pact_alpha_starts_at_a_percentile_of_the_first_batch():
+    q = PACTQuantizer(2, init_percentile=90.0)
+    _, v = build(q, ACTS, True)
+    assert float(v["alpha"]) == 10.0
+    q(tf.constant(ACTS), True, v)
+    ordered = np.sort(ACTS.ravel())
+    first = ordered[math.ceil(0.9 * ordered.size) - 1]  # nearest rank
+    assert float(v["alpha"]) == pytest.approx(first, rel=1e-6)
+    q(tf.constant(ACTS * 5.0), True, v)  # later batches leave it to training
+    assert float(v["alpha"]) == pytest.approx(first, rel=1e-6)
+    q = PACTQuantizer(2, per_channel=True, init_percentile=50.0)
+    _, v = build(q, ACTS, True)
+    q(tf.constant(ACTS), True, v)
+    np.testing.assert_allclose(v["alpha"].numpy(), np.sort(ACTS, axis=0)[3], rtol=1e-6)
+    assert "initialized" not in build(PACTQuantizer(2), ACTS, True)[1]
+
+
+def test_unsigned_quantizers_stay_off_outputs_that_may_be_negative():
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    branch = keras.layers.Conv2D(4, 1, name="branch")(x)  # signed, added to x
+    x = keras.layers.ReLU(name="relu")(keras.layers.Add(name="add")([x, branch]))
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    for name in ("PACTQuantizer", "DoReFaActivationQuantizer"):
+        config = tfquant.QuantConfig(activation_quantizer=name, activation_bits=4)
+        qmodel = tfquant.quantize_model(model, config)
+        chosen = {layer.name: type(quantizer).__name__ for layer, _, quantizer, _
+                  in quantizer_slots(qmodel, weights=False)}
+        assert chosen["branch"] == chosen["logits"] == "MovingAverageQuantizer", chosen
+        assert chosen["conv"] == name, chosen
 
 
 def lsq_expected_step_grad(x, s, qn, qp, upstream):
@@ -278,13 +317,16 @@ def test_straight_through_gradients():
         else:
             alpha = float(q.clip(WEIGHTS))
             np.testing.assert_array_equal(dx, (np.abs(WEIGHTS) <= alpha).astype(np.float32))
-    # DoReFa weights: the gradient of the un-rounded surrogate 2u(w) − 1 (smooth: FD).
+    # DoReFa weights: the gradient of the un-rounded surrogate c·(2u(w) − 1), the scale
+    # c = max|w| held constant (smooth: FD).
     w = tf.constant([-0.3, 0.05, 0.2, 0.4])
-    _, dx, _ = grads(DoReFaWeightQuantizer(3), w.numpy(), {}, up[:4])
+    _, dx, _ = grads(DoReFaWeightQuantizer(3, per_channel=False), w.numpy(), {}, up[:4])
+
+    scale = np.abs(w.numpy()).max()
 
     def surrogate(ww):
-        t = np.tanh(ww)
-        return np.sum(up[:4] * (2 * (t / (2 * np.abs(t).max()) + 0.5) - 1))
+        t = np.tanh(ww / scale)
+        return np.sum(up[:4] * scale * (2 * (t / (2 * np.abs(t).max()) + 0.5) - 1))
 
     for i in range(4):
         e = np.zeros(4, np.float32)
@@ -405,6 +447,8 @@ def test_invalid_arguments_name_quantizer_value_and_allowed():
         LSQQuantizer(8, signed=False).build((3, 4), "kernel", keras.layers.Layer())
     with pytest.raises(ValueError, match=r"PACTQuantizer: alpha_init=-1"):
         PACTQuantizer(alpha_init=-1)
+    with pytest.raises(ValueError, match=r"PACTQuantizer: init_percentile=150 .*\(0, 100\]"):
+        PACTQuantizer(init_percentile=150)
     check_applies_to(LSQQuantizer(), "weights")
     check_applies_to(LSQQuantizer(), "activations")
 
@@ -429,10 +473,11 @@ def test_deployments():
 
 
 ALL = [PACTQuantizer(4, alpha_init=6.0, per_channel=True, regularization=0.0),
+       PACTQuantizer(2, init_percentile=99.9),
        LSQQuantizer(4, per_channel=True, axis=-2, stochastic_rounding=True),
        LSQPlusQuantizer(3, signed=False, kind="activations"),
        SAWBQuantizer(3, per_channel=True), TQTQuantizer(6, signed=False, init_percentile=99.0),
-       DoReFaWeightQuantizer(3), DoReFaActivationQuantizer(5), TernaryQuantizer(0.6, True),
+       DoReFaWeightQuantizer(3, per_channel=False, axis=0), DoReFaActivationQuantizer(5), TernaryQuantizer(0.6, True),
        TTQQuantizer(0.1), BinaryQuantizer("per_channel_mean"), LQNetsQuantizer(3, False, False),
        SoftQuantizer(3, signed=False, initial_temperature=5.0)]
 

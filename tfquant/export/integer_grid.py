@@ -58,8 +58,14 @@ def find_integer_grid(values, axis=-1):
         if step is None:
             return None
         scales[c] = step
-    largest = int(np.max(np.abs(np.round(channels / scales)))) if channels.size else 0
-    return WeightGrid(scales.astype(np.float32), 4 if largest <= 7 else 8, True, 0.0)
+    largest = (np.max(np.abs(np.round(channels / scales)), axis=0) if channels.size
+               else np.zeros(channels.shape[1]))
+    num_bits = 4 if np.max(largest, initial=0) <= 7 else 8
+    # Per channel the finest step that still holds its largest level: TFLite stores the
+    # bias with step `input scale × weight scale`, so a ternary {−1, 0, 1}·α stored as
+    # {−7, 0, 7} gets a 7× finer bias (see `uniform.deployable_weight_grid`).
+    finer = np.maximum((2 ** (num_bits - 1) - 1) // np.maximum(largest, 1), 1)
+    return WeightGrid((scales / finer).astype(np.float32), num_bits, True, 0.0)
 
 
 def nearest_int8_grid(values, axis=-1):

@@ -55,6 +55,15 @@ def check_positive(owner, arg, value, allow_zero=False):
     return number
 
 
+def check_percentile(owner, value):
+    """A percentile in (0, 100], else ValueError naming `owner`."""
+    number = check_positive(owner, "init_percentile", value)
+    if number > 100.0:
+        raise ValueError(f"{owner}: init_percentile={value!r} is not supported; allowed: a "
+                         "number in (0, 100].")
+    return number
+
+
 def check_applies_to(quantizer, kind):
     """Raises ValueError unless `quantizer` may quantize `kind` ("weights"/"activations")."""
     check_choice("check_applies_to", "kind", kind, KINDS)
@@ -84,6 +93,22 @@ def reduce_axes(x, axis):
         return list(range(rank))
     axis %= rank
     return [a for a in range(rank) if a != axis]
+
+
+def percentile(x, q, axis=None):
+    """The `q`-th percentile (0 < q ≤ 100, nearest rank) of `x`, per slice along `axis`
+    (None: of all of `x`). Sorts `x`: meant for one-time initializations."""
+    if axis is None:
+        columns = tf.reshape(x, [-1, 1])
+    else:
+        axis %= x.shape.rank
+        perm = [a for a in range(x.shape.rank) if a != axis] + [axis]
+        columns = tf.reshape(tf.transpose(x, perm), [-1, tf.shape(x)[axis]])
+    ordered = tf.sort(columns, axis=0)
+    count = tf.shape(ordered)[0]
+    rank = tf.cast(tf.math.ceil(q / 100.0 * tf.cast(count, tf.float32)), tf.int32) - 1
+    values = ordered[tf.clip_by_value(rank, 0, count - 1)]
+    return values[0] if axis is None else values
 
 
 def straight_through(x, forward):

@@ -40,11 +40,7 @@ class TQTQuantizer(LearnedRangeQuantizer):
     def __init__(self, num_bits=8, signed=True, per_channel=False, axis=-1, kind=None,
                  stochastic_rounding=False, init_percentile=99.99):
         super().__init__(num_bits, signed, per_channel, axis, kind, stochastic_rounding)
-        value = c.check_positive("TQTQuantizer", "init_percentile", init_percentile)
-        if value > 100.0:
-            raise ValueError(f"TQTQuantizer: init_percentile={init_percentile!r} is not "
-                             "supported; allowed: a number in (0, 100].")
-        self.init_percentile = value
+        self.init_percentile = c.check_percentile("TQTQuantizer", init_percentile)
 
     def _divisor(self, kind):
         b = self._num_bits
@@ -61,17 +57,7 @@ class TQTQuantizer(LearnedRangeQuantizer):
         if kind == "weights" or self.init_percentile >= 100.0:
             threshold = tf.reduce_max(magnitude, axis=axes)
         else:
-            rank = x.shape.rank
-            moved = magnitude if axis is None else tf.experimental.numpy.moveaxis(
-                magnitude, axis, rank - 1)
-            channels = 1 if axis is None else x.shape[axis]
-            ordered = tf.sort(tf.reshape(moved, [-1, channels]), axis=0)
-            count = tf.shape(ordered)[0]
-            position = tf.cast(tf.math.ceil(self.init_percentile / 100.0
-                                            * tf.cast(count, tf.float32)), tf.int32) - 1
-            threshold = ordered[tf.clip_by_value(position, 0, count - 1)]
-            if axis is None:
-                threshold = threshold[0]
+            threshold = c.percentile(magnitude, self.init_percentile, axis)
         log2_t = tf.math.log(tf.maximum(threshold, _MIN_THRESHOLD)) / math.log(2.0)
         weights["log2_threshold"].assign(tf.reshape(log2_t, tf.shape(weights[self._KEY])))
 
