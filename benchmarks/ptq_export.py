@@ -47,7 +47,7 @@ def main():
         keras_accuracy = accuracy(qmodel, x_test, y_test)
         weights = "/".join(sorted(set(report.weight_dtypes.values()) - {"INT32"}))
         rows.append((label, f"{100 * keras_accuracy:.2f}", f"{100 * litert_accuracy:.2f}",
-                     f"{100 * report.argmax_agreement:.2f}", f"{report.max_abs_diff_lsb:g}",
+                     f"{100 * report.argmax_agreement:.2f}", f"{report.max_abs_diff_lsb:.1f}",
                      len(report.float_ops), weights, f"{report.size_bytes / 1024:.1f}"))
         print(" | ".join(map(str, rows[-1])), f"({time.time() - start:.1f} s)", flush=True)
     table = markdown_table(("PTQ model", "Keras top-1 %", "LiteRT top-1 %", "argmax agree %",
