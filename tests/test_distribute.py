@@ -49,10 +49,13 @@ with strategy.scope():
     qmodel = tfquant.quantize_model(model)
     qmodel.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # Learned ranges initialized from the first batch: LSQ steps, a TQT threshold after
-    # the ReLU. SGD with learning rate 0 keeps them at their initial values.
-    lsq_model = tfquant.quantize_model(model, tfquant.QuantConfig(
-        weight_quantizer="LSQQuantizer", activation_quantizer="LSQQuantizer",
-        rules=[tfquant.LayerRule("relu", activation_quantizer="TQTQuantizer")]))
+    # the pooling (a small model: one more train function to trace, on every worker).
+    # SGD with learning rate 0 keeps them at their initial values.
+    pooled = layers.GlobalAveragePooling2D(name="pool")(inputs)
+    lsq_model = tfquant.quantize_model(
+        keras.Model(inputs, layers.Dense(3, name="dense")(pooled)),
+        tfquant.QuantConfig(weight_quantizer="LSQQuantizer", activation_quantizer="LSQQuantizer",
+                            rules=[tfquant.LayerRule("pool", activation_quantizer="TQTQuantizer")]))
     lsq_model.compile(optimizer=keras.optimizers.SGD(0.0),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
