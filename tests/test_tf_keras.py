@@ -90,6 +90,8 @@ def test_what_cannot_be_rebuilt_is_refused_by_name():
 
     with pytest.raises(ValueError, match=r"subclassed model \(Net\).*Functional"):
         tfquant.quantize_model(Net())
+    with pytest.raises(ValueError, match=r"an unbuilt Sequential model"):
+        tfquant.quantize_model(tf_keras.Sequential([L.Dense(2)]))
 
     ghost_bn = tf_keras.Model(inputs, L.BatchNormalization(virtual_batch_size=8, name="vbn")(inputs))
     with pytest.raises(ValueError, match=r"'vbn' \(BatchNormalization\): virtual_batch_size=8"):

@@ -89,6 +89,12 @@ litert = run_litert(flatbuffer, [x])[0]
 comparison = compare_outputs(reference, litert, output_lsb(flatbuffer)[0])
 # export_tflite takes TFMOT's model too: converted as TFMOT built it, then verified.
 tfmot_export = tfquant.export_tflite(qmodel, representative_data=x)
+# quantize_model refuses it (quantized already), saying what to pass instead.
+try:
+    tfquant.quantize_model(qmodel)
+    applied_error = None
+except ValueError as error:
+    applied_error = str(error)
 
 # The annotated model through tfquant.quantize_model (a Keras 3 model comes back): the
 # conv has a 4-bit LSQ kernel from its QuantizeConfig, the head TFMOT's default
@@ -134,6 +140,7 @@ print(json.dumps({
     "tf_keras": tf.keras.__name__,
     "tfmot_export": [tfmot_export.float_ops, tfmot_export.max_abs_diff_lsb,
                      tfmot_export.argmax_agreement],
+    "applied_error": applied_error,
     "annotated_type": type(annotated).__module__,
     "annotated_layers": kinds(annotated),
     "annotated_conv": [type(conv.weight_quantizer).__name__, conv.weight_quantizer.num_bits,
@@ -185,6 +192,8 @@ def test_tfquant_quantizers_in_a_tfmot_quantize_config(tfmot_interop_report):
     assert report["agreement"] == 1.0
     float_ops, max_lsb, agreement = report["tfmot_export"]
     assert float_ops == [] and max_lsb <= 1.001 and agreement == 1.0
+    assert "made by TFMOT's quantize_apply" in report["applied_error"]
+    assert "Pass the model before quantize_apply" in report["applied_error"]
 
 
 def test_tfmot_annotations_through_tfquant_quantize_model(tfmot_interop_report):
