@@ -125,11 +125,15 @@ def test_every_weight_width_exports_its_exact_grid(bits, dtype):
     weights = {name: info for name, info in report.summary.weight_tensors().items()
                if info.type_name in ("INT4", "INT8")}
     assert len(weights) == 2 and {w.type_name for w in weights.values()} == {dtype}
+    # The b-bit levels k, |k| <= Q = 2^(b-1) - 1, are stored as k·n on the finest exact
+    # grid of the storage type, n = (7 or 127) // Q: multiples of n, the top level n·Q.
     limit = 2 ** (bits - 1) - 1
+    finer = (7 if dtype == "INT4" else 127) // limit
     for name in weights:
-        values = tensor_integers(report.flatbuffer, name)
-        assert values.min() >= -limit and values.max() <= limit
-        assert values.max() == limit  # the channel maximum sits on the top level
+        values = tensor_integers(report.flatbuffer, name).astype(np.int32)
+        assert np.all(values % finer == 0)
+        assert values.min() >= -limit * finer and values.max() <= limit * finer
+        assert values.max() == limit * finer  # the channel maximum sits on the top level
     assert report.max_abs_diff_lsb <= 2
 
 

