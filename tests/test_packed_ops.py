@@ -101,6 +101,60 @@ def test_matmul_matches_float_reference_and_every_variant_is_bit_identical(bits,
     np.testing.assert_array_equal(y_nb + bias, y0)
 
 
+# Row counts around the AVX-512 register block (4 rows) and the op's 64-row tasks, column
+# counts around its 4-block micro-kernel, K past the GEMV's overflow flush (2048 tiles:
+# 16384 k at 4 bits, 32768 at 2 bits), groups.
+PATH_CASES = [  # m, k, n, group_size
+    (1, 16400, 20, 0), (1, 33000, 20, 0), (3, 16400, 17, 0), (1, 512, 80, 64),
+    (2, 128, 65, 32), (4, 64, 64, 0), (5, 96, 70, 32), (7, 40, 33, 0), (8, 256, 129, 128),
+    (63, 64, 40, 0), (65, 96, 50, 32),
+]
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("m, k, n, group_size", PATH_CASES)
+def test_every_kernel_path_is_bit_identical_to_scalar(bits, m, k, n, group_size):
+    rng = np.random.default_rng(m * 7 + k + n + bits)
+    q = random_q(k, n, bits, rng)
+    groups = 1 if group_size == 0 else k // group_size
+    scales = rng.uniform(-0.1, 0.1, (groups, n)).astype(np.float32)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    packed = _native.pack_weights(q, bits)
+    y0 = _native.packed_matmul(x, packed, scales, None, bits, n, group_size, variant="scalar")
+    for variant in VARIANTS:
+        y = _native.packed_matmul(x, packed, scales, None, bits, n, group_size, variant=variant)
+        assert y.tobytes() == y0.tobytes(), variant
+    y_tf = tfquant.ops.packed_matmul(x, packed, scales, bits=bits, group_size=group_size)
+    assert y_tf.numpy().tobytes() == y0.tobytes()
+
+
+def test_activation_quantization_of_special_values_is_the_same_in_every_variant():
+    # Row scale from NaN / inf / zero rows, exact .5 ties (round half to even), values that
+    # clip at ±127, and a K with a SIMD tail. With q = identity, y[m, n] = xq[m, n] * xs[m],
+    # so any difference in xq or xs shows.
+    k = n = 37
+    x = np.random.default_rng(3).normal(size=(6, k)).astype(np.float32)
+    x[0, 3], x[0, 5] = np.nan, 4.0
+    x[1, 2] = np.inf
+    x[2] = 0.0
+    x[3] = np.concatenate([[127.0], np.arange(-18, 18) + 0.5])  # scale 1, all ties
+    x[4, :] = -1e30
+    x[4, 0] = 2e30
+    x[5, 1:] = np.nan
+    q = np.eye(k, dtype=np.int8)
+    packed = _native.pack_weights(q, 4)
+    scales = np.ones((1, n), np.float32)
+    y0 = _native.packed_matmul(x, packed, scales, None, 4, n, 0, variant="scalar")
+    assert np.isfinite(y0).all()
+    assert y0[2].tolist() == [0.0] * n
+    for variant in VARIANTS:
+        y = _native.packed_matmul(x, packed, scales, None, 4, n, 0, variant=variant)
+        assert y.tobytes() == y0.tobytes(), variant
+    np.testing.assert_array_equal(y0[3], np.round(x[3]))  # numpy rounds half to even
+    y_tf = tfquant.ops.packed_matmul(x, packed, scales).numpy()
+    assert y_tf.tobytes() == y0.tobytes()
+
+
 def test_large_threaded_gemm_matches_scalar_and_batch_dims_work():
     rng = np.random.default_rng(5)
     m, k, n = 70, 512, 300
@@ -112,6 +166,11 @@ def test_large_threaded_gemm_matches_scalar_and_batch_dims_work():
     y = tfquant.ops.packed_matmul(x.reshape(7, 10, k), packed, scales, group_size=64).numpy()
     assert y.shape == (7, 10, n)
     assert y.reshape(m, n).tobytes() == y0.tobytes()
+    # Enough rows that the op quantizes them on several threads, in 64-row tasks.
+    x2 = rng.normal(size=(200, k)).astype(np.float32)
+    y0 = _native.packed_matmul(x2, packed, scales, None, 4, n, 64, variant="scalar")
+    y = tfquant.ops.packed_matmul(x2, packed, scales, group_size=64).numpy()
+    assert y.tobytes() == y0.tobytes()
 
 
 def test_zero_rows_and_empty_batch():

@@ -3,7 +3,6 @@
 
 #include "packed.h"
 
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -101,28 +100,8 @@ void UnpackWeights(const uint8_t* packed, int64_t k, int64_t n, int bits,
 void QuantizeRows(const float* x, int64_t k, int64_t kpad, int64_t group_k,
                   int64_t num_groups, int64_t m0, int64_t m1, int8_t* xq,
                   float* xs, int32_t* xsum) {
-  for (int64_t m = m0; m < m1; ++m) {
-    const float* row = x + m * k;
-    float amax = 0.0f;
-    for (int64_t i = 0; i < k; ++i) {
-      const float a = std::fabs(row[i]);
-      amax = a > amax ? a : amax;  // NaN never wins
-    }
-    const float scale = (amax > 0.0f && std::isfinite(amax)) ? amax / 127.0f : 1.0f;
-    xs[m] = scale;
-    int8_t* out = xq + m * kpad;
-    for (int64_t i = 0; i < k; ++i) {
-      float v = std::nearbyint(row[i] / scale);
-      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-      out[i] = v == v ? static_cast<int8_t>(v) : 0;  // NaN -> 0
-    }
-    for (int64_t i = k; i < kpad; ++i) out[i] = 0;
-    for (int64_t g = 0; g < num_groups; ++g) {
-      int32_t s = 0;
-      for (int64_t i = g * group_k; i < (g + 1) * group_k; ++i) s += out[i];
-      xsum[m * num_groups + g] = s;
-    }
-  }
+  SelectPackedKernels().quantize_rows(x, k, kpad, group_k, num_groups, m0, m1,
+                                      xq, xs, xsum);
 }
 
 std::string CheckPackedMatmul(int64_t k, int64_t n, int64_t bits,

@@ -44,6 +44,7 @@
 #ifndef TFQUANT_CC_OPS_KERNELS_PACKED_H_
 #define TFQUANT_CC_OPS_KERNELS_PACKED_H_
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -82,10 +83,27 @@ void UnpackWeights(const uint8_t* packed, int64_t k, int64_t n, int bits,
 
 // Dynamic int8 quantization of rows [m0, m1) of x [M, K] into xq [M, kpad]
 // (zero padded), xs [M] and xsum [M, num_groups] (sum of xq per group of
-// group_k elements). Shared by all variants.
+// group_k elements). Runs the quantize_rows of SelectPackedKernels(); every
+// variant gives the same bits as the scalar one.
 void QuantizeRows(const float* x, int64_t k, int64_t kpad, int64_t group_k,
                   int64_t num_groups, int64_t m0, int64_t m1, int8_t* xq,
                   float* xs, int32_t* xsum);
+using QuantizeRowsFn = void (*)(const float* x, int64_t k, int64_t kpad,
+                                int64_t group_k, int64_t num_groups,
+                                int64_t m0, int64_t m1, int8_t* xq, float* xs,
+                                int32_t* xsum);
+
+// The row scale and one quantized activation of QuantizeRows, shared by the
+// scalar code and the SIMD tails so that they cannot drift apart.
+inline float ActivationScale(float amax) {
+  // amax is never NaN (NaN never wins the max); inf or 0 give scale 1.
+  return (amax > 0.0f && std::isfinite(amax)) ? amax / 127.0f : 1.0f;
+}
+inline int8_t QuantizeActivation(float x, float scale) {
+  float v = std::nearbyint(x / scale);
+  v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+  return v == v ? static_cast<int8_t>(v) : 0;  // NaN -> 0
+}
 
 struct PackedMatmulArgs {
   const int8_t* xq = nullptr;    // [M, kpad]
@@ -108,6 +126,7 @@ using PackedMatmulFn = void (*)(const PackedMatmulArgs& a, int64_t m0,
 struct PackedKernelTable {
   const char* isa;
   PackedMatmulFn matmul;
+  QuantizeRowsFn quantize_rows;
 };
 
 const PackedKernelTable& ScalarPackedKernels();

@@ -8,12 +8,76 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace tfquant {
 namespace kernels {
 
 namespace {
+
+// ------------------------------------------------------------ activations
+
+void QuantizeRowsAvx2(const float* x, int64_t k, int64_t kpad, int64_t group_k,
+                      int64_t num_groups, int64_t m0, int64_t m1, int8_t* xq,
+                      float* xs, int32_t* xsum) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+  // After two saturating packs, dword 0 of each 128-bit lane holds its 4 values.
+  const __m256i gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * k;
+    // vmaxps returns its second operand when the first is NaN: NaN never wins.
+    __m256 amax8 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      amax8 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(row + i), abs_mask), amax8);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, amax8);
+    float amax = 0.0f;
+    for (float v : lanes) amax = v > amax ? v : amax;
+    for (; i < k; ++i) {
+      const float v = std::fabs(row[i]);
+      amax = v > amax ? v : amax;
+    }
+    const float scale = ActivationScale(amax);
+    xs[m] = scale;
+    const __m256 vscale = _mm256_set1_ps(scale);
+    int8_t* out = xq + m * kpad;
+    for (int64_t g = 0; g < num_groups; ++g) {
+      const int64_t end = std::min(k, (g + 1) * group_k);
+      __m256i sum8 = _mm256_setzero_si256();
+      int64_t j = g * group_k;
+      for (; j + 8 <= end; j += 8) {
+        // The same IEEE division and round-half-even as QuantizeActivation.
+        const __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(row + j), vscale),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256 not_nan = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+        const __m256i q = _mm256_cvtps_epi32(
+            _mm256_and_ps(not_nan, _mm256_min_ps(_mm256_max_ps(v, lo), hi)));
+        sum8 = _mm256_add_epi32(sum8, q);
+        const __m256i w = _mm256_packs_epi32(q, q);
+        const __m256i b = _mm256_packs_epi16(w, w);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j),
+                         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, gather)));
+      }
+      alignas(32) int32_t parts[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(parts), sum8);
+      int32_t sum = 0;
+      for (int32_t p : parts) sum += p;
+      for (; j < end; ++j) {
+        out[j] = QuantizeActivation(row[j], scale);
+        sum += out[j];
+      }
+      xsum[m * num_groups + g] = sum;
+    }
+    if (kpad > k) std::memset(out + k, 0, kpad - k);
+  }
+}
+
+// ---------------------------------------------------------------- matmul
 
 template <int kShift>
 inline __m256i Field(__m256i v, __m256i mask) {
@@ -134,7 +198,7 @@ void Matmul(const PackedMatmulArgs& a, int64_t m0, int64_t m1, int64_t nb0,
   if (a.bits == 4) Run<4>(a, m0, m1, nb0, nb1); else Run<2>(a, m0, m1, nb0, nb1);
 }
 
-const PackedKernelTable kTable = {"avx2", &Matmul};
+const PackedKernelTable kTable = {"avx2", &Matmul, &QuantizeRowsAvx2};
 
 }  // namespace
 

@@ -3,6 +3,8 @@
 
 #include "packed.h"
 
+#include <cmath>
+
 namespace tfquant {
 namespace kernels {
 
@@ -38,7 +40,30 @@ void ScalarMatmul(const PackedMatmulArgs& a, int64_t m0, int64_t m1,
   }
 }
 
-const PackedKernelTable kTable = {"scalar", &ScalarMatmul};
+void ScalarQuantizeRows(const float* x, int64_t k, int64_t kpad,
+                        int64_t group_k, int64_t num_groups, int64_t m0,
+                        int64_t m1, int8_t* xq, float* xs, int32_t* xsum) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * k;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < k; ++i) {
+      const float a = std::fabs(row[i]);
+      amax = a > amax ? a : amax;  // NaN never wins
+    }
+    const float scale = ActivationScale(amax);
+    xs[m] = scale;
+    int8_t* out = xq + m * kpad;
+    for (int64_t i = 0; i < k; ++i) out[i] = QuantizeActivation(row[i], scale);
+    for (int64_t i = k; i < kpad; ++i) out[i] = 0;
+    for (int64_t g = 0; g < num_groups; ++g) {
+      int32_t s = 0;
+      for (int64_t i = g * group_k; i < (g + 1) * group_k; ++i) s += out[i];
+      xsum[m * num_groups + g] = s;
+    }
+  }
+}
+
+const PackedKernelTable kTable = {"scalar", &ScalarMatmul, &ScalarQuantizeRows};
 
 }  // namespace
 

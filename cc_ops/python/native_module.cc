@@ -255,8 +255,8 @@ FloatArray PackedMatmulPy(const FloatArray& x, const UInt8Array& packed,
   FloatArray y({m, n});
   {
     py::gil_scoped_release release;
-    k::QuantizeRows(x.data(), kk, a.kpad, a.group_k, a.num_groups, 0, m,
-                    xq.data(), xs.data(), xsum.data());
+    table->quantize_rows(x.data(), kk, a.kpad, a.group_k, a.num_groups, 0, m,
+                         xq.data(), xs.data(), xsum.data());
     a.xq = xq.data();
     a.xs = xs.data();
     a.xsum = xsum.data();

@@ -24,6 +24,7 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::shape_inference::InferenceContext;
+using Sharding = ::tensorflow::thread::ThreadPool::SchedulingParams;
 
 namespace k = ::tfquant::kernels;
 
@@ -199,30 +200,52 @@ class PackedMatmulOp : public OpKernel {
     a.y = y->flat<float>().data();
 
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const int threads = std::max(1, pool->NumThreads());
     const float* xp = x.flat<float>().data();
     auto* xqp = const_cast<int8_t*>(a.xq);
     auto* xsp = const_cast<float*>(a.xs);
     auto* xsump = const_cast<int32_t*>(a.xsum);
-    pool->ParallelFor(m, kk * 8, [&](int64_t m0, int64_t m1) {
-      k::QuantizeRows(xp, kk, a.kpad, a.group_k, a.num_groups, m0, m1, xqp,
-                      xsp, xsump);
-    });
-
     const k::PackedKernelTable& table = k::SelectPackedKernels();
+    // A few rows quantize in well under a microsecond: no thread hop then.
+    if (m * kk <= (int64_t{1} << 16)) {
+      table.quantize_rows(xp, kk, a.kpad, a.group_k, a.num_groups, 0, m, xqp,
+                          xsp, xsump);
+    } else {
+      pool->ParallelFor(m, Sharding::Fixed(k::CeilDiv(m, threads)),
+                        [&](int64_t m0, int64_t m1) {
+                          table.quantize_rows(xp, kk, a.kpad, a.group_k,
+                                              a.num_groups, m0, m1, xqp, xsp,
+                                              xsump);
+                        });
+    }
+
+    // Tasks of row_chunk rows x nb_chunk column blocks, one shard each.
+    // Rows: 64 int8 rows of x stay in L2 while a task sweeps its weights.
+    // Column blocks: split so that there are about `threads` tasks (GEMV,
+    // one contiguous stream of weights per thread) or 2 * threads (GEMM,
+    // some slack for load balance); multiples of 4 blocks suit the kernels.
     const int64_t nblocks = k::CeilDiv(n_, k::kPackedNBlock);
-    const int64_t row_chunk = m == 1 ? 1 : 64;
-    const int64_t nb_chunk = m == 1 ? 4 : 8;
+    const int64_t row_chunk = std::min<int64_t>(m, 64);
     const int64_t row_tasks = k::CeilDiv(m, row_chunk);
+    const int64_t want_tasks = m < 4 ? threads : 2 * threads;
+    const int64_t nb_tasks_wanted = std::max<int64_t>(1, want_tasks / row_tasks);
+    const int64_t nb_chunk =
+        k::CeilDiv(k::CeilDiv(nblocks, nb_tasks_wanted), 4) * 4;
     const int64_t nb_tasks = k::CeilDiv(nblocks, nb_chunk);
-    const int64_t cost = std::min<int64_t>(m, row_chunk) * nb_chunk * 16 * a.kpad / 8;
-    pool->ParallelFor(row_tasks * nb_tasks, cost, [&](int64_t t0, int64_t t1) {
+    auto run = [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t nb0 = (t % nb_tasks) * nb_chunk;
         const int64_t m0 = (t / nb_tasks) * row_chunk;
         table.matmul(a, m0, std::min(m, m0 + row_chunk), nb0,
                      std::min(nblocks, nb0 + nb_chunk));
       }
-    });
+    };
+    const int64_t tasks = row_tasks * nb_tasks;
+    if (tasks == 1) {
+      run(0, 1);
+    } else {
+      pool->ParallelFor(tasks, Sharding::Fixed(1), run);
+    }
   }
 
  private:
