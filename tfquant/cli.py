@@ -331,7 +331,9 @@ def plot_activation_ranges(rows, path):
     ax.axvline(0.0, color="gray", linewidth=0.6)
     ax.set_xlabel("value")
     ax.set_title("Activation quantizer ranges", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    # Below the axes: inside, it would cover the bars of the last layers.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -446,6 +448,9 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    # absl's --help prints the __main__ module's docstring: the console-script stub has
+    # none, so it would show a bare "USAGE: tfquant [flags]" without the commands.
+    sys.modules["__main__"].__doc__ = __doc__
     app.run(lambda argv: sys.exit(main(argv)))
 
 
