@@ -61,8 +61,8 @@ def ptq(float_model, weight_bits, activation_bits, x_cal, per_channel):
 class FloatTrainer:
     """Trains the demo CNN from one seed with train-step hooks; caches the weights."""
 
-    def __init__(self, data, epochs, use_cache):
-        self.data, self.epochs, self.use_cache = data, epochs, use_cache
+    def __init__(self, data, epochs, use_cache, save):
+        self.data, self.epochs, self.use_cache, self.save = data, epochs, use_cache, save
         self.trained = []  # (name, seconds) of the runs actually trained
 
     def __call__(self, name, hooks=(), callbacks=()):
@@ -78,8 +78,9 @@ class FloatTrainer:
         trained.fit(x, y, batch_size=BATCH, epochs=self.epochs, verbose=0,
                     callbacks=list(callbacks))
         self.trained.append((name, time.perf_counter() - start))
-        os.makedirs(CACHE, exist_ok=True)
-        model.save_weights(path)
+        if self.save:
+            os.makedirs(CACHE, exist_ok=True)
+            model.save_weights(path)
         return model
 
 
@@ -242,7 +243,8 @@ def run(args):
     epochs = 1 if args.quick else args.epochs
     qat_epochs = 3 if args.quick else args.qat_epochs
     x_cal = x[:256]
-    train = FloatTrainer(data, epochs, use_cache=not (args.quick or args.no_cache))
+    train = FloatTrainer(data, epochs, use_cache=not (args.quick or args.no_cache),
+                         save=not args.quick)
 
     base = train("plain")
     sections = [gradient_l1_section(train, data, x_cal, args.grad_l1, base),
