@@ -1,10 +1,15 @@
 """Builds tfquant's C++ parts without Bazel.
 
-Two extensions, both landing inside the tfquant package:
+Three extensions, all landing inside the tfquant package:
   tfquant._tfquant_ops  TF custom-op library (loaded with tf.load_op_library,
                         never imported by Python): cc_ops/tf + cc_ops/kernels.
   tfquant._native       pybind11 module: cc_ops/python + cc_ops/kernels, no
                         TensorFlow headers.
+  tfquant._tfquant_delegate
+                        LiteRT external delegate (a plain shared library that
+                        ai_edge_litert's load_delegate opens, never imported):
+                        cc_ops/delegate + the packed kernels, no TF or LiteRT
+                        headers, only its own exported C entry points visible.
 
 Compile and link flags for the op library come from the installed
 TensorFlow (tf.sysconfig), never hard-coded, so the C++ ABI always matches.
@@ -63,6 +68,7 @@ def c_string(text):
 
 
 KERNEL_SOURCES = sources("cc_ops/kernels/*.cc")
+PACKED_KERNEL_SOURCES = sources("cc_ops/kernels/packed*.cc", "cc_ops/kernels/cpu_features.cc")
 BUILD_FLAGS = " ".join(COMMON_FLAGS + TF_COMPILE_FLAGS + TF_LINK_FLAGS)
 INFO_MACROS = [
     ("TFQUANT_TF_VERSION", c_string(TF_VERSION)),
@@ -111,6 +117,14 @@ ext_modules = [
         define_macros=INFO_MACROS,
         extra_compile_args=ABI_FLAGS + COMMON_FLAGS,
         cxx_std=17,
+    ),
+    Extension(
+        "tfquant._tfquant_delegate",
+        sources=sources("cc_ops/delegate/*.cc") + PACKED_KERNEL_SOURCES,
+        include_dirs=[ROOT],
+        extra_compile_args=COMMON_FLAGS + ["-fvisibility=hidden"],
+        extra_link_args=["-pthread"],
+        language="c++",
     ),
 ]
 

@@ -1,0 +1,354 @@
+// LiteRT external delegate that runs int8 FULLY_CONNECTED nodes with INT4 or
+// INT2 filters in tfquant's packed kernels (packed_int8_fc.h), bit-exact
+// with the builtin kernel. Loaded with
+//   ai_edge_litert.interpreter.load_delegate(path, {"num_threads": "2"})
+// which calls tflite_plugin_create_delegate (the external-delegate plugin ABI
+// of tensorflow/lite/delegates/external). Options:
+//   num_threads  1..256, default std::thread::hardware_concurrency()
+//   kernels      auto | scalar | avx2 | avx512vnni (what this CPU runs)
+// Everything else in the graph stays with the builtin kernels.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "cc_ops/delegate/litert_c_abi.h"
+#include "cc_ops/kernels/packed.h"
+#include "cc_ops/kernels/packed_int8_fc.h"
+
+namespace tfquant {
+namespace delegate {
+namespace {
+
+using namespace litert_abi;  // NOLINT: the ABI names read as in the docs
+namespace k = ::tfquant::kernels;
+
+struct PackedDelegate;
+
+// One claimed FULLY_CONNECTED: tensor indices and the packed filter.
+struct NodeKernel {
+  PackedDelegate* owner = nullptr;
+  int input = -1, output = -1;
+  bool keep_num_dims = false;
+  k::PackedInt8Fc fc;
+  k::PackedInt8FcScratch scratch;
+};
+
+struct PackedDelegate {
+  TfLiteDelegate base;  // first: the interpreter holds &base
+  int num_threads = 1;
+  const k::PackedKernelTable* kernels = nullptr;
+  std::atomic<int64_t> claimed{0};
+  std::atomic<int64_t> invocations{0};
+  // Packed at delegate Prepare, handed to the kernel's init (keyed by the
+  // interpreter context and node, as one delegate may serve several).
+  std::mutex mutex;
+  std::map<std::pair<const TfLiteContext*, int>, std::unique_ptr<NodeKernel>> pending;
+};
+
+PackedDelegate* FromBase(TfLiteDelegate* d) { return static_cast<PackedDelegate*>(d->data_); }
+
+int64_t NumElements(const TfLiteIntArray* dims) {
+  int64_t n = 1;
+  for (int i = 0; i < dims->size; ++i) n *= dims->data[i];
+  return n;
+}
+
+bool IsConstant(const TfLiteTensor& t) {
+  return t.allocation_type == kTfLiteMmapRo && t.data != nullptr;
+}
+
+// Builds the kernel of node `node` if we run it exactly; else returns why not.
+std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
+                            std::unique_ptr<NodeKernel>* out) {
+  const TfLiteIntArray* in = node.inputs;
+  if (in->size < 2 || node.outputs->size != 1) return "not 2-3 inputs and 1 output";
+  const int input_index = in->data[0], filter_index = in->data[1];
+  const int bias_index = in->size > 2 ? in->data[2] : -1;
+  if (input_index < 0 || filter_index < 0) return "missing input";
+  const TfLiteTensor& input = context->tensors[input_index];
+  const TfLiteTensor& filter = context->tensors[filter_index];
+  const TfLiteTensor& output = context->tensors[node.outputs->data[0]];
+  int bits = 0;
+  if (filter.type == kTfLiteInt4) bits = 4;
+  if (filter.type == kTfLiteInt2) bits = 2;
+  if (bits == 0) return "filter is not INT4 or INT2";
+  if (input.type != kTfLiteInt8 || output.type != kTfLiteInt8) return "not int8 in and out";
+  if (!IsConstant(filter) || filter.dims == nullptr || filter.dims->size != 2) {
+    return "filter is not a constant 2-D tensor";
+  }
+  const auto* params = static_cast<const TfLiteFullyConnectedParams*>(node.builtin_data);
+  if (params == nullptr || params->weights_format != 0) return "not the default weights format";
+  if (params->activation < kTfLiteActNone || params->activation > kTfLiteActRelu6) {
+    return "fused activation " + std::to_string(params->activation);
+  }
+  if (filter.quantization.type != kTfLiteAffineQuantization ||
+      filter.quantization.params == nullptr) {
+    return "filter without affine quantization";
+  }
+  const auto* affine = static_cast<const TfLiteAffineQuantization*>(filter.quantization.params);
+  if (affine->scale == nullptr || affine->quantized_dimension != 0) {
+    return "filter scales not along the output channels";
+  }
+  if (affine->zero_point != nullptr) {
+    for (int i = 0; i < affine->zero_point->size; ++i) {
+      if (affine->zero_point->data[i] != 0) return "filter zero point is not 0";
+    }
+  }
+  const int64_t n = filter.dims->data[0], kdim = filter.dims->data[1];
+  const int32_t* bias = nullptr;
+  if (bias_index >= 0) {
+    const TfLiteTensor& b = context->tensors[bias_index];
+    if (b.type != kTfLiteInt32 || !IsConstant(b) || NumElements(b.dims) != n) {
+      return "bias is not a constant int32 [N] tensor";
+    }
+    bias = static_cast<const int32_t*>(b.data);
+  }
+  if (static_cast<int64_t>(filter.bytes) * (8 / bits) < n * kdim) return "filter too short";
+
+  k::Int8FcQuantization quant;
+  quant.input_scale = input.params.scale;
+  quant.input_zero_point = input.params.zero_point;
+  quant.output_scale = output.params.scale;
+  quant.output_zero_point = output.params.zero_point;
+  quant.filter_scales = affine->scale->data;
+  quant.num_filter_scales = affine->scale->size;
+  quant.activation = static_cast<k::FusedActivation>(params->activation);
+
+  auto kernel = std::make_unique<NodeKernel>();
+  kernel->input = input_index;
+  kernel->output = node.outputs->data[0];
+  kernel->keep_num_dims = params->keep_num_dims;
+  std::vector<int8_t> q(static_cast<size_t>(n * kdim));
+  k::UnpackLowBitTensor(static_cast<const uint8_t*>(filter.data), n * kdim, bits, q.data());
+  const std::string error =
+      k::PreparePackedInt8Fc(q.data(), n, kdim, bits, bias, quant, &kernel->fc);
+  if (!error.empty()) return error;
+  *out = std::move(kernel);
+  return "";
+}
+
+// The layout assumptions of litert_c_abi.h that can be checked at run time
+// (this interpreter leaves context->GetTensor null, so the tensor stride is
+// checked by plausibility): with a wrong TfLiteTensor size or field order
+// some tensor's type, allocation type, name or rank would read as garbage.
+bool AbiMatches(const TfLiteContext* context) {
+  if (context->tensors == nullptr && context->tensors_size != 0) return false;
+  for (size_t i = 0; i < context->tensors_size; ++i) {
+    const TfLiteTensor& t = context->tensors[i];
+    if (t.type < 0 || t.type > 21 || t.allocation_type < 0 || t.allocation_type > 8 ||
+        t.quantization.type < 0 || t.quantization.type > 3) {
+      return false;
+    }
+    if (t.dims != nullptr && (t.dims->size < 0 || t.dims->size > 16)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- kernel
+
+void* KernelInit(TfLiteContext* context, const char* buffer, size_t) {
+  const auto* params = reinterpret_cast<const TfLiteDelegateParams*>(buffer);
+  if (params == nullptr || params->nodes_to_replace->size != 1) return nullptr;
+  PackedDelegate* self = FromBase(params->delegate);
+  std::lock_guard<std::mutex> lock(self->mutex);
+  auto it = self->pending.find({context, params->nodes_to_replace->data[0]});
+  if (it == self->pending.end()) return nullptr;
+  NodeKernel* kernel = it->second.release();
+  self->pending.erase(it);
+  kernel->owner = self;
+  return kernel;
+}
+
+void KernelFree(TfLiteContext*, void* buffer) { delete static_cast<NodeKernel*>(buffer); }
+
+TfLiteStatus KernelPrepare(TfLiteContext* context, TfLiteNode* node) {
+  auto* kernel = static_cast<NodeKernel*>(node->user_data);
+  if (kernel == nullptr) {
+    context->ReportError(context, "tfquant packed delegate: node kernel missing");
+    return kTfLiteError;
+  }
+  const TfLiteTensor& input = context->tensors[kernel->input];
+  TfLiteTensor& output = context->tensors[kernel->output];
+  const int64_t elements = NumElements(input.dims);
+  if (input.dims->size < 1 || elements % kernel->fc.k != 0) {
+    context->ReportError(context,
+                         "tfquant packed delegate: input with %lld elements is not "
+                         "a multiple of K=%lld",
+                         static_cast<long long>(elements), static_cast<long long>(kernel->fc.k));
+    return kTfLiteError;
+  }
+  std::vector<int> shape;
+  if (kernel->keep_num_dims) {
+    shape.assign(input.dims->data, input.dims->data + input.dims->size);
+    shape.back() = static_cast<int>(kernel->fc.n);
+  } else {
+    shape = {static_cast<int>(elements / kernel->fc.k), static_cast<int>(kernel->fc.n)};
+  }
+  bool same = output.dims != nullptr && output.dims->size == static_cast<int>(shape.size());
+  for (size_t i = 0; same && i < shape.size(); ++i) same = output.dims->data[i] == shape[i];
+  if (same) return kTfLiteOk;
+  // ResizeTensor takes ownership of the array and frees it as
+  // TfLiteIntArrayFree does: free() of a malloc(4 + 4 * size) block.
+  auto* dims = static_cast<TfLiteIntArray*>(std::malloc(sizeof(int) * (1 + shape.size())));
+  if (dims == nullptr) return kTfLiteError;
+  dims->size = static_cast<int>(shape.size());
+  std::copy(shape.begin(), shape.end(), dims->data);
+  return context->ResizeTensor(context, &output, dims);
+}
+
+TfLiteStatus KernelInvoke(TfLiteContext* context, TfLiteNode* node) {
+  auto* kernel = static_cast<NodeKernel*>(node->user_data);
+  PackedDelegate* self = kernel->owner;
+  const TfLiteTensor& input = context->tensors[kernel->input];
+  TfLiteTensor& output = context->tensors[kernel->output];
+  const int64_t m = NumElements(input.dims) / kernel->fc.k;
+  try {
+    k::RunPackedInt8Fc(kernel->fc, *self->kernels, static_cast<const int8_t*>(input.data), m,
+                       static_cast<int8_t*>(output.data), self->num_threads, &kernel->scratch);
+  } catch (const std::exception& e) {  // thread or allocation failure
+    context->ReportError(context, "tfquant packed delegate: %s", e.what());
+    return kTfLiteError;
+  }
+  self->invocations.fetch_add(1, std::memory_order_relaxed);
+  return kTfLiteOk;
+}
+
+TfLiteRegistration KernelRegistration() {
+  TfLiteRegistration r{};
+  r.init = KernelInit;
+  r.free = KernelFree;
+  r.prepare = KernelPrepare;
+  r.invoke = KernelInvoke;
+  r.custom_name = "TfquantPackedFullyConnected";
+  r.version = 1;
+  return r;
+}
+
+// ---------------------------------------------------------------- delegate
+
+TfLiteStatus DelegatePrepare(TfLiteContext* context, TfLiteDelegate* base) {
+  PackedDelegate* self = FromBase(base);
+  if (!AbiMatches(context)) {
+    context->ReportError(context,
+                         "tfquant packed delegate: this interpreter's TfLiteContext/TfLiteTensor "
+                         "layout differs from the one the delegate was built for "
+                         "(ai-edge-litert 2.3); not applied");
+    return kTfLiteDelegateError;
+  }
+  TfLiteIntArray* plan = nullptr;
+  if (context->GetExecutionPlan(context, &plan) != kTfLiteOk) return kTfLiteError;
+  // Copy: the plan array changes with every replacement below.
+  const std::vector<int> nodes(plan->data, plan->data + plan->size);
+  for (int node_index : nodes) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (context->GetNodeAndRegistration(context, node_index, &node, &reg) != kTfLiteOk) {
+      return kTfLiteError;
+    }
+    if (reg->builtin_code != kBuiltinFullyConnected) continue;
+    std::unique_ptr<NodeKernel> kernel;
+    if (!BuildNodeKernel(context, *node, &kernel).empty()) continue;
+    {
+      std::lock_guard<std::mutex> lock(self->mutex);
+      self->pending[{context, node_index}] = std::move(kernel);
+    }
+    // One node per delegate kernel: tensors between two claimed nodes stay
+    // graph tensors that the interpreter allocates.
+    struct {
+      int size;
+      int data[1];
+    } one = {1, {node_index}};
+    const TfLiteStatus status = context->ReplaceNodeSubsetsWithDelegateKernels(
+        context, KernelRegistration(), reinterpret_cast<const TfLiteIntArray*>(&one), base);
+    if (status != kTfLiteOk) return status;
+    self->claimed.fetch_add(1, std::memory_order_relaxed);
+  }
+  return kTfLiteOk;
+}
+
+std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegate* self) {
+  self->num_threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  self->kernels = &k::SelectPackedKernels();
+  for (size_t i = 0; i < count; ++i) {
+    const std::string key = keys[i] ? keys[i] : "", value = values[i] ? values[i] : "";
+    if (key == "num_threads") {
+      char* end = nullptr;
+      const long v = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || v < 1 || v > 256) {
+        return "num_threads='" + value + "' is not allowed; give an integer 1..256";
+      }
+      self->num_threads = static_cast<int>(v);
+    } else if (key == "kernels") {
+      if (value == "auto") continue;
+      self->kernels = k::PackedKernelsNamed(value);
+      if (self->kernels == nullptr) {
+        std::string allowed = "auto";
+        for (const std::string& name : k::SupportedPackedKernels()) allowed += ", " + name;
+        return "kernels='" + value + "' cannot run here; allowed: " + allowed;
+      }
+    } else {
+      return "unknown option '" + key + "'; allowed: num_threads, kernels";
+    }
+  }
+  return "";
+}
+
+}  // namespace
+}  // namespace delegate
+}  // namespace tfquant
+
+using tfquant::delegate::PackedDelegate;
+using tfquant::litert_abi::TfLiteDelegate;
+
+extern "C" {
+
+__attribute__((visibility("default"))) TfLiteDelegate* tflite_plugin_create_delegate(
+    char** option_keys, char** option_values, size_t num_options,
+    void (*report_error)(const char*)) {
+  auto self = std::make_unique<PackedDelegate>();
+  const std::string error =
+      tfquant::delegate::ParseOptions(option_keys, option_values, num_options, self.get());
+  if (!error.empty()) {
+    if (report_error != nullptr) report_error(("tfquant packed delegate: " + error).c_str());
+    return nullptr;
+  }
+  self->base = TfLiteDelegate{};
+  self->base.data_ = self.get();
+  self->base.Prepare = tfquant::delegate::DelegatePrepare;
+  // Lets the claimed nodes sit next to builtin and CUSTOM nodes that resize
+  // tensors at run time; our kernels resize their output in Prepare.
+  self->base.flags = tfquant::litert_abi::kTfLiteDelegateFlagsAllowDynamicTensors;
+  return &self.release()->base;
+}
+
+__attribute__((visibility("default"))) void tflite_plugin_destroy_delegate(
+    TfLiteDelegate* delegate) {
+  if (delegate != nullptr) delete static_cast<PackedDelegate*>(delegate->data_);
+}
+
+// Nodes claimed and kernel invocations so far (tests and benchmarks).
+__attribute__((visibility("default"))) int64_t tfquant_delegate_claimed_nodes(
+    TfLiteDelegate* delegate) {
+  return static_cast<PackedDelegate*>(delegate->data_)->claimed.load();
+}
+__attribute__((visibility("default"))) int64_t tfquant_delegate_invocations(
+    TfLiteDelegate* delegate) {
+  return static_cast<PackedDelegate*>(delegate->data_)->invocations.load();
+}
+// The packed kernel variant the delegate runs ("avx512vnni", ...).
+__attribute__((visibility("default"))) const char* tfquant_delegate_kernels(
+    TfLiteDelegate* delegate) {
+  return static_cast<PackedDelegate*>(delegate->data_)->kernels->isa;
+}
+
+}  // extern "C"

@@ -1,0 +1,220 @@
+// Integer FULLY_CONNECTED on packed weights (contract: packed_int8_fc.h).
+// Compiled without ISA flags: the dot products run in the dispatched packed
+// matmul kernels; what is here is the integer bookkeeping around them.
+
+#include "packed_int8_fc.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+
+namespace tfquant {
+namespace kernels {
+
+void QuantizeMultiplier(double real_multiplier, int32_t* multiplier, int32_t* shift) {
+  if (real_multiplier == 0.0) {
+    *multiplier = 0;
+    *shift = 0;
+    return;
+  }
+  int exponent = 0;
+  const double fraction = std::frexp(real_multiplier, &exponent);
+  int64_t fixed = static_cast<int64_t>(std::round(fraction * (int64_t{1} << 31)));
+  if (fixed == (int64_t{1} << 31)) {  // the fraction rounded up to 1
+    fixed /= 2;
+    ++exponent;
+  }
+  if (exponent < -31) {  // too small for any int32 accumulator to reach 1
+    exponent = 0;
+    fixed = 0;
+  }
+  *multiplier = static_cast<int32_t>(fixed);
+  *shift = exponent;
+}
+
+namespace {
+
+// gemmlowp's rounding high multiply: round(a * b / 2^31), saturating.
+int32_t RoundingDoublingHighMul(int32_t a, int32_t b) {
+  if (a == b && a == std::numeric_limits<int32_t>::min()) {
+    return std::numeric_limits<int32_t>::max();
+  }
+  const int64_t ab = static_cast<int64_t>(a) * b;
+  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : 1 - (int64_t{1} << 30);
+  return static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
+}
+
+// x / 2^exponent rounded to nearest, ties upward. (gemmlowp's
+// RoundingDivideByPOT rounds ties away from zero; the builtin kernel of
+// ai-edge-litert 2.3 rounds them up: measured on negative outputs of an
+// FC without activation, see tests/test_delegate.py.)
+int32_t RoundingShiftRight(int32_t x, int exponent) {
+  if (exponent == 0) return x;
+  return static_cast<int32_t>((static_cast<int64_t>(x) + (int64_t{1} << (exponent - 1))) >>
+                              exponent);
+}
+
+int32_t QuantizeToOutput(float value, float scale, int32_t zero_point) {
+  return zero_point + static_cast<int32_t>(std::round(value / scale));
+}
+
+std::string Str(double v) { return std::to_string(v); }
+
+}  // namespace
+
+int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
+  const int left = shift > 0 ? shift : 0;
+  const int right = shift > 0 ? 0 : -shift;
+  // The left shift wraps like TFLite's int32 multiply (without the UB).
+  const int32_t shifted = static_cast<int32_t>(static_cast<uint32_t>(x) << left);
+  return RoundingShiftRight(RoundingDoublingHighMul(shifted, multiplier), right);
+}
+
+void UnpackLowBitTensor(const uint8_t* packed, int64_t count, int bits, int8_t* out) {
+  const int per_byte = 8 / bits;
+  const int sign_shift = 8 - bits;
+  for (int64_t i = 0; i < count; ++i) {
+    const int field = (packed[i / per_byte] >> ((i % per_byte) * bits)) & ((1 << bits) - 1);
+    // Sign-extend the low `bits` bits.
+    out[i] = static_cast<int8_t>(static_cast<int8_t>(field << sign_shift) >> sign_shift);
+  }
+}
+
+std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bits,
+                                const int32_t* bias, const Int8FcQuantization& quant,
+                                PackedInt8Fc* fc) {
+  std::string error = CheckPackedBits(bits);
+  if (error.empty()) error = CheckPackedDims(k, n);
+  if (!error.empty()) return error;
+  // float(sum_k x * q) must be exact: |x| <= 128, |q| <= 2^(bits-1).
+  const int64_t max_k = (int64_t{1} << 24) / (128 * (int64_t{1} << (bits - 1)));
+  if (k > max_k) {
+    return "K=" + std::to_string(k) + " is too large for exact int8 accumulation at " +
+           std::to_string(bits) + " bits; at most " + std::to_string(max_k);
+  }
+  if (quant.num_filter_scales != 1 && quant.num_filter_scales != n) {
+    return "the filter has " + std::to_string(quant.num_filter_scales) +
+           " scales; allowed: 1 or N=" + std::to_string(n);
+  }
+  if (!(quant.input_scale > 0.0f) || !(quant.output_scale > 0.0f)) {
+    return "input and output scales must be > 0; got " + Str(quant.input_scale) + " and " +
+           Str(quant.output_scale);
+  }
+  fc->k = k;
+  fc->n = n;
+  fc->bits = bits;
+  std::vector<int8_t> q_kn(static_cast<size_t>(k * n));
+  fc->bias_minus_zp.assign(n, 0);
+  for (int64_t c = 0; c < n; ++c) {
+    int64_t column_sum = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      q_kn[i * n + c] = q_nk[c * k + i];
+      column_sum += q_nk[c * k + i];
+    }
+    fc->bias_minus_zp[c] = static_cast<int32_t>(
+        (bias != nullptr ? bias[c] : 0) - quant.input_zero_point * column_sum);
+  }
+  fc->packed.assign(PackedBytes(k, n, bits), 0);
+  error = PackWeights(q_kn.data(), k, n, bits, fc->packed.data());
+  if (!error.empty()) return error;
+
+  fc->multiplier.resize(n);
+  fc->shift.resize(n);
+  for (int64_t c = 0; c < n; ++c) {
+    const float filter_scale = quant.filter_scales[quant.num_filter_scales == 1 ? 0 : c];
+    // The same double expression as TFLite's kernel, so the same multiplier.
+    const double real = static_cast<double>(quant.input_scale) *
+                        static_cast<double>(filter_scale) /
+                        static_cast<double>(quant.output_scale);
+    QuantizeMultiplier(real, &fc->multiplier[c], &fc->shift[c]);
+  }
+  fc->unit_scales.assign(n, 1.0f);
+  fc->output_zero_point = quant.output_zero_point;
+  int32_t lo = -128, hi = 127;
+  const float s = quant.output_scale;
+  const int32_t zp = quant.output_zero_point;
+  switch (quant.activation) {
+    case FusedActivation::kNone:
+      break;
+    case FusedActivation::kRelu:
+      lo = std::max(lo, QuantizeToOutput(0.0f, s, zp));
+      break;
+    case FusedActivation::kReluN1To1:
+      lo = std::max(lo, QuantizeToOutput(-1.0f, s, zp));
+      hi = std::min(hi, QuantizeToOutput(1.0f, s, zp));
+      break;
+    case FusedActivation::kRelu6:
+      lo = std::max(lo, QuantizeToOutput(0.0f, s, zp));
+      hi = std::min(hi, QuantizeToOutput(6.0f, s, zp));
+      break;
+  }
+  fc->activation_min = lo;
+  fc->activation_max = hi;
+  return "";
+}
+
+namespace {
+
+// Output columns [c0, c1) of every row: integer epilogue of TFLite's kernel.
+void Requantize(const PackedInt8Fc& fc, const float* dots, int64_t m, int64_t c0, int64_t c1,
+                int8_t* out) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* row = dots + r * fc.n;
+    int8_t* out_row = out + r * fc.n;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int32_t acc = static_cast<int32_t>(row[c]) + fc.bias_minus_zp[c];
+      int32_t v = MultiplyByQuantizedMultiplier(acc, fc.multiplier[c], fc.shift[c]) +
+                  fc.output_zero_point;
+      v = std::min(std::max(v, fc.activation_min), fc.activation_max);
+      out_row[c] = static_cast<int8_t>(v);
+    }
+  }
+}
+
+}  // namespace
+
+void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
+                     const int8_t* x, int64_t m, int8_t* out, int num_threads,
+                     PackedInt8FcScratch* scratch) {
+  PackedMatmulArgs a = MakePackedMatmulArgs(m, fc.k, fc.n, fc.bits, /*group_size=*/0);
+  scratch->xq.resize(static_cast<size_t>(m * a.kpad));
+  scratch->ones.assign(m, 1.0f);
+  scratch->xsum.resize(m);
+  scratch->dots.resize(static_cast<size_t>(m * fc.n));
+  for (int64_t r = 0; r < m; ++r) {
+    const int8_t* row = x + r * fc.k;
+    int8_t* dst = scratch->xq.data() + r * a.kpad;
+    std::memcpy(dst, row, fc.k);
+    std::memset(dst + fc.k, 0, a.kpad - fc.k);
+    int32_t sum = 0;
+    for (int64_t i = 0; i < fc.k; ++i) sum += row[i];
+    scratch->xsum[r] = sum;
+  }
+  a.xq = scratch->xq.data();
+  a.xs = scratch->ones.data();
+  a.xsum = scratch->xsum.data();
+  a.packed = fc.packed.data();
+  a.scales = fc.unit_scales.data();
+  a.y = scratch->dots.data();
+
+  // Contiguous runs of column blocks, a multiple of 4 (the kernels' widest
+  // register block) so that no thread gets a slow tail in the middle.
+  const int64_t blocks = CeilDiv(fc.n, kPackedNBlock);
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, blocks)));
+  const int64_t per_task = CeilDiv(CeilDiv(blocks, threads), 4) * 4;
+  auto task = [&](int64_t nb0) {
+    const int64_t nb1 = std::min(blocks, nb0 + per_task);
+    kernels.matmul(a, 0, m, nb0, nb1);
+    Requantize(fc, scratch->dots.data(), m, nb0 * kPackedNBlock,
+               std::min(fc.n, nb1 * kPackedNBlock), out);
+  };
+  std::vector<std::thread> helpers;
+  for (int64_t nb0 = per_task; nb0 < blocks; nb0 += per_task) helpers.emplace_back(task, nb0);
+  task(0);
+  for (std::thread& t : helpers) t.join();
+}
+
+}  // namespace kernels
+}  // namespace tfquant

@@ -1,0 +1,87 @@
+// Integer FULLY_CONNECTED with int8 activations on packed 2/4-bit weights,
+// with the numbers of TFLite's builtin int8 kernel:
+//   acc[m, n] = sum_k (x[m, k] - input_zp) * q[n, k] + bias[n]        (int32)
+//   out[m, n] = clamp(MultiplyByQuantizedMultiplier(acc, mult[n], shift[n])
+//                     + output_zp, act_min, act_max)                  (int8)
+// with mult/shift from QuantizeMultiplier(input_scale * filter_scale[n] /
+// output_scale) as TFLite computes them, so the outputs are bit-exact.
+//
+// The dot products run in the packed matmul kernels (packed.h) unchanged:
+// the raw int8 x is the "quantized activation" with row scale 1 and unit
+// weight scales, so the kernel's float epilogue returns float(sum_k x * q)
+// exactly as long as |sum_k x * q| <= 2^24, i.e. K * 128 * 2^(bits-1) <= 2^24
+// (K <= 16384 at 4 bits, 65536 at 2 bits; larger K is rejected at prepare).
+// The zero point enters through per-channel column sums folded into the bias.
+// Plain C++ on raw pointers: no TensorFlow or LiteRT header.
+
+#ifndef TFQUANT_CC_OPS_KERNELS_PACKED_INT8_FC_H_
+#define TFQUANT_CC_OPS_KERNELS_PACKED_INT8_FC_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "packed.h"
+
+namespace tfquant {
+namespace kernels {
+
+// TFLite's fused activations of an int8 FULLY_CONNECTED.
+enum class FusedActivation { kNone, kRelu, kReluN1To1, kRelu6 };
+
+// The quantization of one FULLY_CONNECTED node, as stored in the model.
+struct Int8FcQuantization {
+  float input_scale = 0.0f;
+  int32_t input_zero_point = 0;
+  float output_scale = 0.0f;
+  int32_t output_zero_point = 0;
+  const float* filter_scales = nullptr;  // [num_filter_scales]: 1 or N
+  int64_t num_filter_scales = 0;
+  FusedActivation activation = FusedActivation::kNone;
+};
+
+// Everything an invoke needs, computed once from the constant filter.
+struct PackedInt8Fc {
+  int64_t k = 0, n = 0;
+  int bits = 4;
+  std::vector<uint8_t> packed;          // PackWeights of q^T [K, N]
+  std::vector<int32_t> bias_minus_zp;   // bias[n] - input_zp * sum_k q[n, k]
+  std::vector<int32_t> multiplier;      // [N]
+  std::vector<int32_t> shift;           // [N]
+  std::vector<float> unit_scales;       // [N] ones: the kernel's weight scales
+  int32_t output_zero_point = 0;
+  int32_t activation_min = -128, activation_max = 127;
+};
+
+// Per-invoke buffers, reused between invokes.
+struct PackedInt8FcScratch {
+  std::vector<int8_t> xq;     // [M, kpad]
+  std::vector<float> ones;    // [M] row scales
+  std::vector<int32_t> xsum;  // [M]
+  std::vector<float> dots;    // [M, N] exact sum_k x * q
+};
+
+// q_nk: [N, K] signed integers of `bits` bits (the TFLite filter layout,
+// unpacked). bias: [N] or nullptr. Returns "" or what is wrong.
+std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bits,
+                                const int32_t* bias, const Int8FcQuantization& quant,
+                                PackedInt8Fc* fc);
+
+// x [M, K] int8 -> out [M, N] int8, column blocks split over `num_threads`
+// threads (the calling thread is one of them).
+void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
+                     const int8_t* x, int64_t m, int8_t* out, int num_threads,
+                     PackedInt8FcScratch* scratch);
+
+// TFLite's QuantizeMultiplier: m = q * 2^shift with q in [2^30, 2^31).
+void QuantizeMultiplier(double real_multiplier, int32_t* multiplier, int32_t* shift);
+// TFLite's MultiplyByQuantizedMultiplier for int32 accumulators.
+int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift);
+
+// TFLite's INT4 / INT2 tensor packing (low bits first) -> one int8 per value.
+void UnpackLowBitTensor(const uint8_t* packed, int64_t count, int bits, int8_t* out);
+
+}  // namespace kernels
+}  // namespace tfquant
+
+#endif  // TFQUANT_CC_OPS_KERNELS_PACKED_INT8_FC_H_

@@ -1,0 +1,177 @@
+"""tfquant's LiteRT external delegate (cc_ops/delegate, tfquant.export.delegate) in the
+real ai_edge_litert interpreter: it claims the INT4/INT2 FULLY_CONNECTED nodes of exported
+W4A8/W2A8 models and gives the builtin kernels' outputs bit for bit. Every interpreter
+with the delegate runs in a subprocess, so a crash in native code fails a test instead
+of taking pytest down."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from tensorflow.lite.tools import flatbuffer_utils
+
+import tfquant
+from tfquant import _native
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in the subprocess: argv[1] is a JSON job, stdout the JSON result.
+RUNNER = r"""
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from tfquant.export.delegate import delegate_stats, load_packed_delegate, packed_interpreter
+
+job = json.loads(sys.argv[1])
+BUILTIN = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+def run(interpreter, x):
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+result = {"runs": [], "errors": {}}
+x_all = np.load(job["inputs"])
+for model in job["models"]:
+    for batch in job["batches"]:
+        x = x_all[:batch]
+        stock = run(Interpreter(model_path=model, experimental_op_resolver_type=BUILTIN), x)
+        for kernels in job["kernels"]:
+            interpreter = packed_interpreter(model, num_threads=job["threads"], kernels=kernels,
+                                             experimental_op_resolver_type=BUILTIN)
+            got = run(interpreter, x)
+            result["runs"].append({
+                "model": model, "batch": batch, "kernels": kernels,
+                "equal": bool(np.array_equal(got, stock)),
+                "max_abs_diff": float(np.abs(got - stock).max()),
+                "unsaturated": float(np.mean(np.abs(got) < np.abs(stock).max())),
+                "stats": delegate_stats(interpreter.packed_delegate),
+                "ops": [op["op_name"] for op in interpreter._get_ops_details()]})
+for name, options in job.get("bad_options", {}).items():
+    try:
+        load_packed_delegate(**options)
+        result["errors"][name] = None
+    except ValueError as error:
+        result["errors"][name] = str(error)
+print("RESULT" + json.dumps(result))
+"""
+
+
+def run_job(job):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(job)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"subprocess failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+def mlp(seed=1):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64,))
+    x = layers.Dense(128, activation="relu", name="d0")(inputs)
+    x = layers.Dense(96, activation="relu", name="d1")(x)
+    return keras.Model(inputs, layers.Dense(10, name="out")(x))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """W4A8, W2A8 (INT2 filters) and W8A8 exports of one QAT-trained MLP."""
+    folder = tmp_path_factory.mktemp("delegate")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    paths = {}
+    for bits in (4, 2, 8):
+        qmodel = tfquant.quantize_model(
+            mlp(), tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
+        qmodel.compile("adam", "mse")
+        qmodel.fit(x, rng.normal(size=(256, 10)), epochs=1, batch_size=32, verbose=0)
+        report = tfquant.export_tflite(qmodel, representative_data=x,
+                                       int2_fully_connected=bits == 2)
+        paths[bits] = str(folder / f"w{bits}.tflite")
+        with open(paths[bits], "wb") as handle:
+            handle.write(report.flatbuffer)
+    paths["inputs"] = str(folder / "x.npy")
+    return paths
+
+
+def with_tied_rounding(path):
+    """The model with its last FULLY_CONNECTED (no activation) rescaled so that
+    input_scale * filter_scale / output_scale = 1/8 exactly: the quantized multiplier is
+    2^30 and every odd accumulator meets a rounding tie, in both rounding steps, on
+    positive and negative outputs. Which way the builtin kernel breaks ties is what the
+    delegate must reproduce."""
+    model = flatbuffer_utils.read_model(path)
+    graph = model.subgraphs[0]
+    last = graph.operators[-2]  # ..., FULLY_CONNECTED, DEQUANTIZE
+    filter_q = graph.tensors[last.inputs[1]].quantization
+    filter_q.scale = [2.0 ** -6] * len(filter_q.scale)
+    input_scale = np.float32(graph.tensors[last.inputs[0]].quantization.scale[0])
+    graph.tensors[last.outputs[0]].quantization.scale = [float(input_scale / np.float32(8))]
+    tied = path.replace(".tflite", "_tied.tflite")
+    flatbuffer_utils.write_model(model, tied)
+    return tied
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_delegate_claims_low_bit_fully_connected_and_matches_builtin_bit_for_bit(exported, bits):
+    models = [exported[bits]] + ([with_tied_rounding(exported[4])] if bits == 4 else [])
+    result = run_job({"models": models, "inputs": exported["inputs"], "batches": [1, 37, 256],
+                      "kernels": ["auto"] + _native.packed_kernel_variants(), "threads": 2})
+    assert len(result["runs"]) == len(models) * 3 * (1 + len(_native.packed_kernel_variants()))
+    for run in result["runs"]:
+        where = f"{os.path.basename(run['model'])} batch {run['batch']} kernels {run['kernels']}"
+        assert run["equal"], f"{where}: max |diff| {run['max_abs_diff']}"
+        # All three FULLY_CONNECTED nodes became delegate nodes and ran once each.
+        assert run["stats"]["claimed_nodes"] == 3, where
+        assert run["stats"]["invocations"] == 3, where
+        assert run["ops"].count("DELEGATE") == 3, where
+        assert run["unsaturated"] > 0.5, where  # the ties model is not clipped flat
+    assert {run["stats"]["kernels"] for run in result["runs"]} == set(
+        _native.packed_kernel_variants())
+
+
+def test_model_without_low_bit_filters_runs_unchanged_and_bad_options_are_errors(exported):
+    bad = {"threads_zero": {"num_threads": 0}, "threads_text": {"num_threads": "2"},
+           "kernels_unknown": {"kernels": "avx9"}}
+    result = run_job({"models": [exported[8]], "inputs": exported["inputs"], "batches": [5],
+                      "kernels": ["auto"], "threads": 1, "bad_options": bad})
+    (run,) = result["runs"]
+    assert run["equal"] and run["stats"]["claimed_nodes"] == 0
+    assert run["stats"]["invocations"] == 0 and "DELEGATE" not in run["ops"]
+    errors = result["errors"]
+    assert "num_threads=0" in errors["threads_zero"] and "1..256" in errors["threads_zero"]
+    assert "num_threads='2'" in errors["threads_text"]
+    assert "avx9" in errors["kernels_unknown"] and "avx512vnni" in errors["kernels_unknown"]
+
+
+def test_native_option_errors_reach_python_without_a_crash():
+    """The C entry point itself rejects what the Python helper would have caught."""
+    script = (
+        "from ai_edge_litert.interpreter import load_delegate\n"
+        "from tfquant.export.delegate import delegate_path\n"
+        "for options in ({'num_threads': 'many'}, {'threads': 2}, {'kernels': 'avx9'}):\n"
+        "    try:\n"
+        "        load_delegate(delegate_path(), options)\n"
+        "        print('LOADED', options)\n"
+        "    except ValueError as error:\n"
+        "        print('ERROR', str(error).splitlines()[-1])\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("ERROR", "LOADED"))]
+    assert lines == [
+        "ERROR tfquant packed delegate: num_threads='many' is not allowed; give an integer 1..256",
+        "ERROR tfquant packed delegate: unknown option 'threads'; allowed: num_threads, kernels",
+        "ERROR tfquant packed delegate: kernels='avx9' cannot run here; allowed: auto, "
+        + ", ".join(_native.packed_kernel_variants()),
+    ]
