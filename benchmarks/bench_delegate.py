@@ -1,0 +1,160 @@
+"""tfquant's LiteRT delegate (packed kernels) vs stock LiteRT on INT4 / INT2
+FULLY_CONNECTED, side by side in one process.
+
+Models (tfquant.export_tflite of 4- and 2-bit QAT models, W4A8 INT4 filters and W2A8
+INT2 filters with `int2_fully_connected=True`), per-channel scales, int8 activations:
+  FC 4096→4096     one Dense(4096, no bias) on 4096 inputs, batch 1 (GEMV) and 256
+  MLP 4096→11008→4096  transformer-style MLP (ReLU), batch 1 and 16 (--mlp)
+  demo CNN         examples/demo_model.py at 4 bits everywhere (only its Dense(10)
+                   head is a claimable FULLY_CONNECTED), batch 64
+Interpreters, all with num_threads=THREADS, invoke() only, weights cache-resident
+(one interpreter per variant):
+  builtin          ai_edge_litert Interpreter, BUILTIN_WITHOUT_DEFAULT_DELEGATES: LiteRT's
+                   own kernels (INT4/INT2 filters unpacked to int8 on every invoke)
+  XNNPACK          the default resolver (XNNPACK applied; it takes INT4 FC, not INT2)
+  delegate         builtin resolver + tfquant.export.load_packed_delegate(THREADS)
+Every delegate run is checked bit-exact against the builtin run on the same input.
+Each figure is the median of RUNS invokes; the variants take turns in 3 rounds and the
+best median counts. Written to BENCHMARKS.md.
+Run: `make bench` or `.venv/bin/python benchmarks/bench_delegate.py [--runs N] [--mlp]`.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+from benchmark_report import median_seconds, write_section  # noqa: E402
+
+import tfquant  # noqa: E402
+from tfquant.export import delegate_stats, load_packed_delegate  # noqa: E402
+
+THREADS = 2
+
+
+def export(model, bits, x):
+    """W{bits}A8 flatbuffer of `model` (INT2 filters at 2 bits)."""
+    qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=bits,
+                                                               first_last_bits=None))
+    tfquant.freeze_batch_norm(qmodel)
+    qmodel(x, training=True)  # sets the activation ranges
+    report = tfquant.export_tflite(qmodel, representative_data=x[:8],
+                                   int2_fully_connected=bits == 2)
+    assert ("INT4" if bits == 4 else "INT2") in report.weight_dtypes.values()
+    return report.flatbuffer
+
+
+def dense_stack(widths):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((widths[0],))
+    x = inputs
+    for i, units in enumerate(widths[1:]):
+        last = i == len(widths) - 2
+        x = keras.layers.Dense(units, use_bias=len(widths) > 2,
+                               activation=None if last else "relu")(x)
+    return keras.Model(inputs, x)
+
+
+def interpreter_case(flatbuffer, x, variant):
+    """(invoke, output getter, delegate or None) of one interpreter on input x."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {"num_threads": THREADS}
+    delegate = None
+    if variant != "XNNPACK":
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if variant == "delegate":
+        delegate = load_packed_delegate(num_threads=THREADS)
+        kwargs["experimental_delegates"] = [delegate]
+    interpreter = Interpreter(model_content=flatbuffer, **kwargs)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    output = interpreter.get_output_details()[0]["index"]
+    return interpreter.invoke, lambda: interpreter.get_tensor(output), delegate
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--mlp", action="store_true",
+                        help="also the 4096→11008→4096 MLP (≈ 2 min of export)")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+
+    workloads = []  # (name, bits, flatbuffer, batch)
+    x_fc = rng.normal(size=(64, 4096)).astype(np.float32)
+    for bits in (4, 2):
+        flatbuffer = export(dense_stack([4096, 4096]), bits, x_fc)
+        workloads += [(f"FC 4096→4096, batch {m}", bits, flatbuffer, m) for m in (1, 256)]
+    if args.mlp:
+        for bits in (4, 2):
+            flatbuffer = export(dense_stack([4096, 11008, 4096]), bits, x_fc)
+            workloads += [(f"MLP 4096→11008→4096, batch {m}", bits, flatbuffer, m)
+                          for m in (1, 16)]
+    from demo_model import build_float_model
+
+    x_cnn = rng.normal(size=(64, 28, 28, 1)).astype(np.float32)
+    workloads.append(("demo CNN, batch 64", 4, export(build_float_model(), 4, x_cnn), 64))
+
+    variants = ("builtin", "XNNPACK", "delegate")
+    cases, claimed, kernels = {}, {}, set()
+    for name, bits, flatbuffer, m in workloads:
+        shape = (m,) + ((28, 28, 1) if "CNN" in name else (4096,))
+        x = rng.normal(size=shape).astype(np.float32)
+        outputs = {}
+        for variant in variants:
+            invoke, output, delegate = interpreter_case(flatbuffer, x, variant)
+            cases[(name, bits, variant)] = invoke
+            outputs[variant] = output()
+            if delegate is not None:
+                stats = delegate_stats(delegate)
+                claimed[(name, bits)] = stats["claimed_nodes"]
+                kernels.add(stats["kernels"])
+        assert np.array_equal(outputs["delegate"], outputs["builtin"]), (name, bits)
+
+    best = {}
+    for _ in range(3):
+        for key, fn in cases.items():
+            runs = args.runs if key[0].endswith(("batch 1", "batch 16")) else max(5, args.runs // 4)
+            t = median_seconds(fn, runs=runs, warmup=2)
+            best[key] = min(best.get(key, t), t)
+
+    body = [f"Delegate kernels: `{', '.join(sorted(kernels))}`; {THREADS} threads everywhere. "
+            "Times in ms (median of invoke()); ratio = that variant's time / the delegate's "
+            "time. Delegate outputs are bit-exact with the builtin kernels on every row "
+            "(checked by the script).", "",
+            "| workload | weights | FC nodes claimed | builtin ms | XNNPACK ms | delegate ms "
+            "| × builtin | × XNNPACK |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, bits, _, _ in workloads:
+        t = {v: best[(name, bits, v)] * 1e3 for v in variants}
+        body.append(f"| {name} | {'INT4' if bits == 4 else 'INT2'} | {claimed[(name, bits)]} "
+                    f"| {t['builtin']:.3f} | {t['XNNPACK']:.3f} | {t['delegate']:.3f} "
+                    f"| {t['builtin'] / t['delegate']:.2f} | {t['XNNPACK'] / t['delegate']:.2f} |")
+    body += ["", "| target: delegate ≥ 3× stock LiteRT on INT4/INT2 FC 4096→4096 | measured "
+             "| met |", "|---|---:|---|"]
+    for name, bits, _, _ in workloads:
+        if not name.startswith("FC"):
+            continue
+        for variant in ("builtin", "XNNPACK"):
+            ratio = best[(name, bits, variant)] / best[(name, bits, "delegate")]
+            body.append(f"| {'INT4' if bits == 4 else 'INT2'} {name} vs {variant} | "
+                        f"{ratio:.2f}× | {'yes' if ratio >= 3 else 'no'} |")
+    text = "\n".join(body)
+    print(text)
+    command = "python benchmarks/bench_delegate.py" + (" --mlp" if args.mlp else "")
+    write_section("LiteRT delegate vs stock LiteRT", command, text)
+
+
+if __name__ == "__main__":
+    main()
