@@ -68,7 +68,8 @@ def c_string(text):
 
 
 KERNEL_SOURCES = sources("cc_ops/kernels/*.cc")
-PACKED_KERNEL_SOURCES = sources("cc_ops/kernels/packed*.cc", "cc_ops/kernels/cpu_features.cc")
+PACKED_KERNEL_SOURCES = sources("cc_ops/kernels/packed*.cc", "cc_ops/kernels/cpu_features.cc",
+                                "cc_ops/kernels/task_pool.cc")
 BUILD_FLAGS = " ".join(COMMON_FLAGS + TF_COMPILE_FLAGS + TF_LINK_FLAGS)
 INFO_MACROS = [
     ("TFQUANT_TF_VERSION", c_string(TF_VERSION)),

@@ -24,6 +24,7 @@
 #include "cc_ops/delegate/litert_c_abi.h"
 #include "cc_ops/kernels/packed.h"
 #include "cc_ops/kernels/packed_int8_fc.h"
+#include "cc_ops/kernels/task_pool.h"
 
 namespace tfquant {
 namespace delegate {
@@ -46,6 +47,7 @@ struct NodeKernel {
 struct PackedDelegate {
   TfLiteDelegate base;  // first: the interpreter holds &base
   int num_threads = 1;
+  std::unique_ptr<k::TaskPool> pool;
   const k::PackedKernelTable* kernels = nullptr;
   std::atomic<int64_t> claimed{0};
   std::atomic<int64_t> invocations{0};
@@ -214,8 +216,8 @@ TfLiteStatus KernelInvoke(TfLiteContext* context, TfLiteNode* node) {
   const int64_t m = NumElements(input.dims) / kernel->fc.k;
   try {
     k::RunPackedInt8Fc(kernel->fc, *self->kernels, static_cast<const int8_t*>(input.data), m,
-                       static_cast<int8_t*>(output.data), self->num_threads, &kernel->scratch);
-  } catch (const std::exception& e) {  // thread or allocation failure
+                       static_cast<int8_t*>(output.data), self->pool.get(), &kernel->scratch);
+  } catch (const std::exception& e) {  // scratch allocation failure
     context->ReportError(context, "tfquant packed delegate: %s", e.what());
     return kTfLiteError;
   }
@@ -320,6 +322,14 @@ __attribute__((visibility("default"))) TfLiteDelegate* tflite_plugin_create_dele
       tfquant::delegate::ParseOptions(option_keys, option_values, num_options, self.get());
   if (!error.empty()) {
     if (report_error != nullptr) report_error(("tfquant packed delegate: " + error).c_str());
+    return nullptr;
+  }
+  try {
+    self->pool = std::make_unique<tfquant::kernels::TaskPool>(self->num_threads);
+  } catch (const std::exception& e) {
+    if (report_error != nullptr) {
+      report_error((std::string("tfquant packed delegate: cannot start threads: ") + e.what()).c_str());
+    }
     return nullptr;
   }
   self->base = TfLiteDelegate{};

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <thread>
+#include <functional>
 
 namespace tfquant {
 namespace kernels {
@@ -176,7 +176,7 @@ void Requantize(const PackedInt8Fc& fc, const float* dots, int64_t m, int64_t c0
 }  // namespace
 
 void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
-                     const int8_t* x, int64_t m, int8_t* out, int num_threads,
+                     const int8_t* x, int64_t m, int8_t* out, TaskPool* pool,
                      PackedInt8FcScratch* scratch) {
   PackedMatmulArgs a = MakePackedMatmulArgs(m, fc.k, fc.n, fc.bits, /*group_size=*/0);
   scratch->xq.resize(static_cast<size_t>(m * a.kpad));
@@ -200,20 +200,25 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
   a.y = scratch->dots.data();
 
   // Contiguous runs of column blocks, a multiple of 4 (the kernels' widest
-  // register block) so that no thread gets a slow tail in the middle.
+  // register block) so that no thread gets a slow tail in the middle. Below
+  // about 2^20 multiply-adds per thread a hand-off costs more than it saves.
   const int64_t blocks = CeilDiv(fc.n, kPackedNBlock);
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, blocks)));
+  const int64_t by_work = std::max<int64_t>(1, m * fc.k * fc.n >> 20);
+  const int64_t threads = std::min<int64_t>({pool != nullptr ? pool->num_threads() : 1,
+                                             by_work, blocks});
   const int64_t per_task = CeilDiv(CeilDiv(blocks, threads), 4) * 4;
-  auto task = [&](int64_t nb0) {
-    const int64_t nb1 = std::min(blocks, nb0 + per_task);
+  const std::function<void(int64_t)> task = [&](int64_t i) {
+    const int64_t nb0 = i * per_task, nb1 = std::min(blocks, nb0 + per_task);
     kernels.matmul(a, 0, m, nb0, nb1);
     Requantize(fc, scratch->dots.data(), m, nb0 * kPackedNBlock,
                std::min(fc.n, nb1 * kPackedNBlock), out);
   };
-  std::vector<std::thread> helpers;
-  for (int64_t nb0 = per_task; nb0 < blocks; nb0 += per_task) helpers.emplace_back(task, nb0);
-  task(0);
-  for (std::thread& t : helpers) t.join();
+  const int64_t tasks = CeilDiv(blocks, per_task);
+  if (pool != nullptr) {
+    pool->Run(tasks, task);
+  } else {
+    for (int64_t i = 0; i < tasks; ++i) task(i);
+  }
 }
 
 }  // namespace kernels

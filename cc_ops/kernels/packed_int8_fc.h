@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "packed.h"
+#include "task_pool.h"
 
 namespace tfquant {
 namespace kernels {
@@ -67,10 +68,10 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
                                 const int32_t* bias, const Int8FcQuantization& quant,
                                 PackedInt8Fc* fc);
 
-// x [M, K] int8 -> out [M, N] int8, column blocks split over `num_threads`
-// threads (the calling thread is one of them).
+// x [M, K] int8 -> out [M, N] int8, column blocks split over the threads of
+// `pool` (nullptr: the calling thread only).
 void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
-                     const int8_t* x, int64_t m, int8_t* out, int num_threads,
+                     const int8_t* x, int64_t m, int8_t* out, TaskPool* pool,
                      PackedInt8FcScratch* scratch);
 
 // TFLite's QuantizeMultiplier: m = q * 2^shift with q in [2^30, 2^31).
