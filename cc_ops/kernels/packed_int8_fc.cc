@@ -155,25 +155,19 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
   return "";
 }
 
-namespace {
-
-// Output columns [c0, c1) of every row: integer epilogue of TFLite's kernel.
-void Requantize(const PackedInt8Fc& fc, const float* dots, int64_t m, int64_t c0, int64_t c1,
-                int8_t* out) {
-  for (int64_t r = 0; r < m; ++r) {
-    const float* row = dots + r * fc.n;
-    int8_t* out_row = out + r * fc.n;
+void RequantizeScalar(const RequantizeArgs& a, int64_t c0, int64_t c1) {
+  for (int64_t r = 0; r < a.m; ++r) {
+    const float* row = a.dots + r * a.n;
+    int8_t* out_row = a.out + r * a.n;
     for (int64_t c = c0; c < c1; ++c) {
-      const int32_t acc = static_cast<int32_t>(row[c]) + fc.bias_minus_zp[c];
-      int32_t v = MultiplyByQuantizedMultiplier(acc, fc.multiplier[c], fc.shift[c]) +
-                  fc.output_zero_point;
-      v = std::min(std::max(v, fc.activation_min), fc.activation_max);
+      const int32_t acc = static_cast<int32_t>(row[c]) + a.bias_minus_zp[c];
+      int32_t v = MultiplyByQuantizedMultiplier(acc, a.multiplier[c], a.shift[c]) +
+                  a.output_zero_point;
+      v = std::min(std::max(v, a.activation_min), a.activation_max);
       out_row[c] = static_cast<int8_t>(v);
     }
   }
 }
-
-}  // namespace
 
 void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
                      const int8_t* x, int64_t m, int8_t* out, TaskPool* pool,
@@ -207,11 +201,27 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
   const int64_t threads = std::min<int64_t>({pool != nullptr ? pool->num_threads() : 1,
                                              by_work, blocks});
   const int64_t per_task = CeilDiv(CeilDiv(blocks, threads), 4) * 4;
+  RequantizeArgs q;
+  q.dots = scratch->dots.data();
+  q.bias_minus_zp = fc.bias_minus_zp.data();
+  q.multiplier = fc.multiplier.data();
+  q.shift = fc.shift.data();
+  q.output_zero_point = fc.output_zero_point;
+  q.activation_min = fc.activation_min;
+  q.activation_max = fc.activation_max;
+  q.m = m;
+  q.n = fc.n;
+  q.out = out;
+  // The AVX-512 epilogue goes with the AVX-512 VNNI matmul (which implies the
+  // CPU runs it); the other kernel choices keep the scalar one, so forcing
+  // "scalar" tests the plain C++ path end to end.
+  const RequantizeFn requantize =
+      (std::string(kernels.isa) == "avx512vnni" && Avx512Requantize() != nullptr)
+          ? Avx512Requantize() : &RequantizeScalar;
   const std::function<void(int64_t)> task = [&](int64_t i) {
     const int64_t nb0 = i * per_task, nb1 = std::min(blocks, nb0 + per_task);
     kernels.matmul(a, 0, m, nb0, nb1);
-    Requantize(fc, scratch->dots.data(), m, nb0 * kPackedNBlock,
-               std::min(fc.n, nb1 * kPackedNBlock), out);
+    requantize(q, nb0 * kPackedNBlock, std::min(fc.n, nb1 * kPackedNBlock));
   };
   const int64_t tasks = CeilDiv(blocks, per_task);
   if (pool != nullptr) {

@@ -74,6 +74,22 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
                      const int8_t* x, int64_t m, int8_t* out, TaskPool* pool,
                      PackedInt8FcScratch* scratch);
 
+// The integer epilogue of rows [0, m) x output columns [c0, c1): dots [m, n]
+// (exact integers as floats) -> out [m, n] int8. Raw pointers only, so that
+// ISA-specific files need nothing from <vector>.
+struct RequantizeArgs {
+  const float* dots = nullptr;
+  const int32_t* bias_minus_zp = nullptr;  // [n]
+  const int32_t* multiplier = nullptr;     // [n]
+  const int32_t* shift = nullptr;          // [n]
+  int32_t output_zero_point = 0, activation_min = -128, activation_max = 127;
+  int64_t m = 0, n = 0;
+  int8_t* out = nullptr;
+};
+using RequantizeFn = void (*)(const RequantizeArgs& a, int64_t c0, int64_t c1);
+void RequantizeScalar(const RequantizeArgs& a, int64_t c0, int64_t c1);
+RequantizeFn Avx512Requantize();  // nullptr if not built with AVX-512
+
 // TFLite's QuantizeMultiplier: m = q * 2^shift with q in [2^30, 2^31).
 void QuantizeMultiplier(double real_multiplier, int32_t* multiplier, int32_t* shift);
 // TFLite's MultiplyByQuantizedMultiplier for int32 accumulators.
