@@ -41,16 +41,18 @@ def run(interpreter, x):
 result = {"runs": [], "errors": {}}
 x_all = np.load(job["inputs"])
 for model in job["models"]:
-    for batch in job["batches"]:
-        x = x_all[:batch]
-        stock = run(Interpreter(model_path=model, experimental_op_resolver_type=BUILTIN), x)
-        for kernels in job["kernels"]:
-            interpreter = packed_interpreter(model, num_threads=job["threads"], kernels=kernels,
-                                             experimental_op_resolver_type=BUILTIN)
+    for kernels in job["kernels"]:
+        # One interpreter through all batch sizes: the delegate kernels re-prepare
+        # (resize their outputs) on every resize.
+        interpreter = packed_interpreter(model, num_threads=job["threads"], kernels=kernels,
+                                         experimental_op_resolver_type=BUILTIN)
+        for i, batch in enumerate(job["batches"]):
+            x = x_all[:batch]
+            stock = run(Interpreter(model_path=model, experimental_op_resolver_type=BUILTIN), x)
             got = run(interpreter, x)
             result["runs"].append({
-                "model": model, "batch": batch, "kernels": kernels,
-                "equal": bool(np.array_equal(got, stock)),
+                "model": model, "batch": batch, "kernels": kernels, "runs_so_far": i + 1,
+                "equal": bool(np.array_equal(got, stock)), "shape": list(got.shape),
                 "max_abs_diff": float(np.abs(got - stock).max()),
                 "unsaturated": float(np.mean(np.abs(got) < np.abs(stock).max())),
                 "stats": delegate_stats(interpreter.packed_delegate),
@@ -82,25 +84,53 @@ def mlp(seed=1):
     return keras.Model(inputs, layers.Dense(10, name="out")(x))
 
 
+def sequence_model(seed=2):
+    """Dense on [batch, 4, 16] inputs: FULLY_CONNECTED on a 3-D tensor."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 16))
+    x = layers.Dense(32, activation="relu", name="per_step")(inputs)
+    return keras.Model(inputs, layers.Dense(10, name="out")(layers.Flatten()(x)))
+
+
+def wide_model(seed=3):
+    """K = 16400 inputs: beyond the delegate's exact-accumulation limit at 4 bits."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16400,))
+    return keras.Model(inputs, layers.Dense(16, name="wide")(inputs))
+
+
+def export(model, bits, x, path, int2=False):
+    rng = np.random.default_rng(bits)
+    qmodel = tfquant.quantize_model(
+        model, tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
+    qmodel.compile("adam", "mse")
+    qmodel.fit(x, rng.normal(size=(len(x),) + tuple(qmodel.output_shape[1:])), epochs=1,
+               batch_size=32, verbose=0)
+    report = tfquant.export_tflite(qmodel, representative_data=x, int2_fully_connected=int2)
+    with open(path, "wb") as handle:
+        handle.write(report.flatbuffer)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """W4A8, W2A8 (INT2 filters) and W8A8 exports of one QAT-trained MLP."""
+    """W4A8, W2A8 (INT2 filters) and W8A8 exports of one QAT-trained MLP, a W4A8
+    sequence model and a W4A8 model too wide for the delegate, with their inputs."""
     folder = tmp_path_factory.mktemp("delegate")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(256, 64)).astype(np.float32)
     np.save(folder / "x.npy", x)
-    paths = {}
-    for bits in (4, 2, 8):
-        qmodel = tfquant.quantize_model(
-            mlp(), tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
-        qmodel.compile("adam", "mse")
-        qmodel.fit(x, rng.normal(size=(256, 10)), epochs=1, batch_size=32, verbose=0)
-        report = tfquant.export_tflite(qmodel, representative_data=x,
-                                       int2_fully_connected=bits == 2)
-        paths[bits] = str(folder / f"w{bits}.tflite")
-        with open(paths[bits], "wb") as handle:
-            handle.write(report.flatbuffer)
+    paths = {bits: export(mlp(), bits, x, folder / f"w{bits}.tflite", int2=bits == 2)
+             for bits in (4, 2, 8)}
     paths["inputs"] = str(folder / "x.npy")
+    x_seq = rng.normal(size=(64, 4, 16)).astype(np.float32)
+    np.save(folder / "x_seq.npy", x_seq)
+    paths["sequence"] = export(sequence_model(), 4, x_seq, folder / "seq.tflite")
+    paths["sequence_inputs"] = str(folder / "x_seq.npy")
+    x_wide = rng.normal(size=(32, 16400)).astype(np.float32)
+    np.save(folder / "x_wide.npy", x_wide)
+    paths["wide"] = export(wide_model(), 4, x_wide, folder / "wide.tflite")
+    paths["wide_inputs"] = str(folder / "x_wide.npy")
     return paths
 
 
@@ -125,29 +155,44 @@ def with_tied_rounding(path):
 @pytest.mark.parametrize("bits", [4, 2])
 def test_delegate_claims_low_bit_fully_connected_and_matches_builtin_bit_for_bit(exported, bits):
     models = [exported[bits]] + ([with_tied_rounding(exported[4])] if bits == 4 else [])
+    kernels = ["auto"] + _native.packed_kernel_variants()
     result = run_job({"models": models, "inputs": exported["inputs"], "batches": [1, 37, 256],
-                      "kernels": ["auto"] + _native.packed_kernel_variants(), "threads": 2})
-    assert len(result["runs"]) == len(models) * 3 * (1 + len(_native.packed_kernel_variants()))
+                      "kernels": kernels, "threads": 2})
+    assert len(result["runs"]) == len(models) * len(kernels) * 3
     for run in result["runs"]:
         where = f"{os.path.basename(run['model'])} batch {run['batch']} kernels {run['kernels']}"
         assert run["equal"], f"{where}: max |diff| {run['max_abs_diff']}"
-        # All three FULLY_CONNECTED nodes became delegate nodes and ran once each.
+        assert run["shape"] == [run["batch"], 10], where
+        # All three FULLY_CONNECTED nodes became delegate nodes and ran once per invoke.
         assert run["stats"]["claimed_nodes"] == 3, where
-        assert run["stats"]["invocations"] == 3, where
+        assert run["stats"]["invocations"] == 3 * run["runs_so_far"], where
         assert run["ops"].count("DELEGATE") == 3, where
         assert run["unsaturated"] > 0.5, where  # the ties model is not clipped flat
     assert {run["stats"]["kernels"] for run in result["runs"]} == set(
         _native.packed_kernel_variants())
 
 
-def test_model_without_low_bit_filters_runs_unchanged_and_bad_options_are_errors(exported):
+def test_fully_connected_on_a_3d_input_matches_builtin(exported):
+    """The FC on [batch, 4, 16] (flattened to [batch * 4, 16] rows) and the head."""
+    result = run_job({"models": [exported["sequence"]], "inputs": exported["sequence_inputs"],
+                      "batches": [3, 64], "kernels": ["auto"], "threads": 2})
+    for run in result["runs"]:
+        assert run["equal"] and run["shape"] == [run["batch"], 10], run["max_abs_diff"]
+        assert run["stats"]["claimed_nodes"] == 2
+
+
+def test_models_without_claimable_nodes_run_unchanged_and_bad_options_are_errors(exported):
     bad = {"threads_zero": {"num_threads": 0}, "threads_text": {"num_threads": "2"},
            "kernels_unknown": {"kernels": "avx9"}}
     result = run_job({"models": [exported[8]], "inputs": exported["inputs"], "batches": [5],
                       "kernels": ["auto"], "threads": 1, "bad_options": bad})
-    (run,) = result["runs"]
-    assert run["equal"] and run["stats"]["claimed_nodes"] == 0
-    assert run["stats"]["invocations"] == 0 and "DELEGATE" not in run["ops"]
+    wide = run_job({"models": [exported["wide"]], "inputs": exported["wide_inputs"],
+                    "batches": [2], "kernels": ["auto"], "threads": 1})
+    # W8A8 has int8 filters; the wide INT4 FC has K = 16400 > 16384, beyond exact
+    # accumulation through the packed kernels' float epilogue: both stay builtin.
+    for run in result["runs"] + wide["runs"]:
+        assert run["equal"] and run["stats"]["claimed_nodes"] == 0, run["model"]
+        assert run["stats"]["invocations"] == 0 and "DELEGATE" not in run["ops"]
     errors = result["errors"]
     assert "num_threads=0" in errors["threads_zero"] and "1..256" in errors["threads_zero"]
     assert "num_threads='2'" in errors["threads_text"]

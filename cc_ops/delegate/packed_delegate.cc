@@ -10,8 +10,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdarg>
-#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -272,7 +270,11 @@ TfLiteStatus DelegatePrepare(TfLiteContext* context, TfLiteDelegate* base) {
     } one = {1, {node_index}};
     const TfLiteStatus status = context->ReplaceNodeSubsetsWithDelegateKernels(
         context, KernelRegistration(), reinterpret_cast<const TfLiteIntArray*>(&one), base);
-    if (status != kTfLiteOk) return status;
+    if (status != kTfLiteOk) {
+      std::lock_guard<std::mutex> lock(self->mutex);
+      self->pending.erase({context, node_index});
+      return status;
+    }
     self->claimed.fetch_add(1, std::memory_order_relaxed);
   }
   return kTfLiteOk;
