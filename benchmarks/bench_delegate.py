@@ -178,9 +178,9 @@ def main():
             best[key] = min(best.get(key, t), t)
 
     body = [f"Delegate kernels: `{', '.join(sorted(kernels))}`; {THREADS} threads everywhere. "
-            "Times in ms (median of invoke()); ratio = that variant's time / the delegate's "
-            "time. Delegate outputs are bit-exact with the builtin kernels on every row "
-            "(checked by the script).", "",
+            "Times in ms (median of invoke()); × builtin = builtin / delegate, × XNNPACK = "
+            "XNNPACK / delegate+XNNPACK. Delegate outputs are bit-exact with the builtin "
+            "kernels on every row (checked by the script).", "",
             "| workload | weights | FC nodes claimed | builtin ms | delegate ms | × builtin "
             "| XNNPACK ms | delegate+XNNPACK ms | × XNNPACK |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
