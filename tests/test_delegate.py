@@ -152,9 +152,30 @@ def with_tied_rounding(path):
     return tied
 
 
+def with_per_tensor_scales(path):
+    """The model with one scale per filter (the mean of its per-channel scales), the
+    int32 biases' scales to match: LiteRT's per-tensor FULLY_CONNECTED path."""
+    model = flatbuffer_utils.read_model(path)
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        if len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        filter_q = graph.tensors[op.inputs[1]].quantization
+        filter_q.scale, filter_q.zeroPoint = [float(np.mean(filter_q.scale))], [0]
+        input_scale = np.float32(graph.tensors[op.inputs[0]].quantization.scale[0])
+        bias_q = graph.tensors[op.inputs[2]].quantization
+        bias_q.scale = [float(input_scale * np.float32(filter_q.scale[0]))]
+        bias_q.zeroPoint = [0]
+    per_tensor = path.replace(".tflite", "_per_tensor.tflite")
+    flatbuffer_utils.write_model(model, per_tensor)
+    return per_tensor
+
+
 @pytest.mark.parametrize("bits", [4, 2])
 def test_delegate_claims_low_bit_fully_connected_and_matches_builtin_bit_for_bit(exported, bits):
-    models = [exported[bits]] + ([with_tied_rounding(exported[4])] if bits == 4 else [])
+    models = [exported[bits], with_per_tensor_scales(exported[bits])]
+    if bits == 4:
+        models.append(with_tied_rounding(exported[4]))
     kernels = ["auto"] + _native.packed_kernel_variants()
     result = run_job({"models": models, "inputs": exported["inputs"], "batches": [1, 37, 256],
                       "kernels": kernels, "threads": 2})
