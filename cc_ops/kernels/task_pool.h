@@ -39,13 +39,14 @@ class TaskPool {
   void RunTasks();
 
   std::mutex run_mutex_;  // one Run at a time
-  std::mutex mutex_;      // guards the fields below
+  std::mutex mutex_;      // guards the fields below (see generation_)
   std::condition_variable wake_, done_;
   const std::function<void(int64_t)>* task_ = nullptr;
   int64_t num_tasks_ = 0;
-  int64_t generation_ = 0;
-  int busy_workers_ = 0;
-  bool stop_ = false;
+  // Written under mutex_, read by spinning threads without it.
+  std::atomic<int64_t> generation_{0};
+  std::atomic<int> busy_workers_{0};
+  std::atomic<bool> stop_{false};
   std::atomic<int64_t> next_task_{0};
   std::vector<std::thread> workers_;
 };
