@@ -241,3 +241,16 @@ def test_native_option_errors_reach_python_without_a_crash():
         "ERROR tfquant packed delegate: kernels='avx9' cannot run here; allowed: auto, "
         + ", ".join(_native.packed_kernel_variants()),
     ]
+
+
+def test_python_helpers_reject_what_they_cannot_use():
+    """Checked in Python before any native call."""
+    from tfquant.export import delegate_stats, load_packed_delegate, packed_interpreter
+
+    with pytest.raises(TypeError, match="path or flatbuffer bytes, got int"):
+        packed_interpreter(123)
+    with pytest.raises(TypeError, match="load_packed_delegate, got object"):
+        delegate_stats(object())
+    with pytest.raises(ValueError, match=r"num_threads=True .* 1\.\.256"):
+        load_packed_delegate(num_threads=True)
+    assert os.path.exists(tfquant.export.delegate.delegate_path())

@@ -348,19 +348,32 @@ __attribute__((visibility("default"))) void tflite_plugin_destroy_delegate(
   if (delegate != nullptr) delete static_cast<PackedDelegate*>(delegate->data_);
 }
 
-// Nodes claimed and kernel invocations so far (tests and benchmarks).
+// Ours, or another library's delegate (whose data_ we must not read)?
+static PackedDelegate* AsPackedDelegate(TfLiteDelegate* delegate) {
+  if (delegate == nullptr || delegate->Prepare != tfquant::delegate::DelegatePrepare) {
+    return nullptr;
+  }
+  return static_cast<PackedDelegate*>(delegate->data_);
+}
+
+// Nodes claimed and kernel invocations so far (tests and benchmarks); -1 if
+// `delegate` is not one of ours.
 __attribute__((visibility("default"))) int64_t tfquant_delegate_claimed_nodes(
     TfLiteDelegate* delegate) {
-  return static_cast<PackedDelegate*>(delegate->data_)->claimed.load();
+  PackedDelegate* self = AsPackedDelegate(delegate);
+  return self != nullptr ? self->claimed.load() : -1;
 }
 __attribute__((visibility("default"))) int64_t tfquant_delegate_invocations(
     TfLiteDelegate* delegate) {
-  return static_cast<PackedDelegate*>(delegate->data_)->invocations.load();
+  PackedDelegate* self = AsPackedDelegate(delegate);
+  return self != nullptr ? self->invocations.load() : -1;
 }
-// The packed kernel variant the delegate runs ("avx512vnni", ...).
+// The packed kernel variant the delegate runs ("avx512vnni", ...); "" if
+// `delegate` is not one of ours.
 __attribute__((visibility("default"))) const char* tfquant_delegate_kernels(
     TfLiteDelegate* delegate) {
-  return static_cast<PackedDelegate*>(delegate->data_)->kernels->isa;
+  PackedDelegate* self = AsPackedDelegate(delegate);
+  return self != nullptr ? self->kernels->isa : "";
 }
 
 }  // extern "C"

@@ -18,8 +18,6 @@ import ctypes
 import glob
 import os
 
-from ai_edge_litert.interpreter import Interpreter, load_delegate
-
 KERNEL_CHOICES = ("auto", "scalar", "avx2", "avx512vnni")
 MAX_THREADS = 256
 
@@ -53,19 +51,31 @@ def load_packed_delegate(num_threads=None, kernels="auto"):
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels={kernels!r} is not allowed; allowed: {', '.join(KERNEL_CHOICES)}")
     options["kernels"] = kernels
+    from ai_edge_litert.interpreter import load_delegate  # only when used, as elsewhere
+
     return load_delegate(delegate_path(), options)
 
 
 def delegate_stats(delegate):
-    """Nodes the delegate claimed, kernel invocations so far, and its kernel variant."""
+    """Nodes the delegate claimed, kernel invocations so far, and its kernel variant.
+
+    `delegate`: what `load_packed_delegate` returned (or `interpreter.packed_delegate`).
+    """
+    native = getattr(delegate, "_get_native_delegate_pointer", None)
+    if native is None:
+        raise TypeError(f"expected the delegate from load_packed_delegate, got "
+                        f"{type(delegate).__name__}")
     library = ctypes.CDLL(delegate_path())
-    pointer = ctypes.c_void_p(delegate._get_native_delegate_pointer())  # pylint: disable=protected-access
+    pointer = ctypes.c_void_p(native())
     for name in ("tfquant_delegate_claimed_nodes", "tfquant_delegate_invocations"):
         getattr(library, name).restype = ctypes.c_int64
         getattr(library, name).argtypes = [ctypes.c_void_p]
     library.tfquant_delegate_kernels.restype = ctypes.c_char_p
     library.tfquant_delegate_kernels.argtypes = [ctypes.c_void_p]
-    return {"claimed_nodes": library.tfquant_delegate_claimed_nodes(pointer),
+    claimed = library.tfquant_delegate_claimed_nodes(pointer)
+    if claimed < 0:
+        raise ValueError("this delegate is not tfquant's packed delegate (another library's)")
+    return {"claimed_nodes": claimed,
             "invocations": library.tfquant_delegate_invocations(pointer),
             "kernels": library.tfquant_delegate_kernels(pointer).decode()}
 
@@ -76,14 +86,16 @@ def packed_interpreter(model, num_threads=None, kernels="auto", **interpreter_kw
     The delegate is kept on the interpreter as `interpreter.packed_delegate` (see
     `delegate_stats`). Extra keyword arguments go to `Interpreter`.
     """
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not isinstance(model, (bytes, bytearray, str, os.PathLike)):
+        raise TypeError(f"model must be a path or flatbuffer bytes, got {type(model).__name__}")
     delegate = load_packed_delegate(num_threads=num_threads, kernels=kernels)
     if isinstance(model, (bytes, bytearray)):
         interpreter = Interpreter(model_content=bytes(model), experimental_delegates=[delegate],
                                   **interpreter_kwargs)
-    elif isinstance(model, (str, os.PathLike)):
+    else:
         interpreter = Interpreter(model_path=os.fspath(model), experimental_delegates=[delegate],
                                   **interpreter_kwargs)
-    else:
-        raise TypeError(f"model must be a path or flatbuffer bytes, got {type(model).__name__}")
     interpreter.packed_delegate = delegate
     return interpreter
