@@ -92,7 +92,10 @@ RequantizeFn Avx512Requantize();  // nullptr if not built with AVX-512
 
 // TFLite's QuantizeMultiplier: m = q * 2^shift with q in [2^30, 2^31).
 void QuantizeMultiplier(double real_multiplier, int32_t* multiplier, int32_t* shift);
-// TFLite's MultiplyByQuantizedMultiplier for int32 accumulators.
+// round(x * multiplier * 2^(shift - 31)) as the builtin FULLY_CONNECTED of
+// ai-edge-litert 2.3 computes it: a rounding doubling high multiply, then a
+// right shift that rounds ties up (gemmlowp's reference rounds them away
+// from zero; that differs on negative ties, see tests/test_delegate.py).
 int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift);
 
 // TFLite's INT4 / INT2 tensor packing (low bits first) -> one int8 per value.
