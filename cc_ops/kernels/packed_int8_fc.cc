@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <functional>
+#include <limits>
 
 namespace tfquant {
 namespace kernels {
@@ -129,6 +129,10 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
                         static_cast<double>(filter_scale) /
                         static_cast<double>(quant.output_scale);
     QuantizeMultiplier(real, &fc->multiplier[c], &fc->shift[c]);
+    if (fc->shift[c] > 30) {  // a left shift of 31+ bits would overflow any accumulator
+      return "channel " + std::to_string(c) + ": input_scale * filter_scale / output_scale = " +
+             Str(real) + " is too large; at most 2^30";
+    }
   }
   fc->unit_scales.assign(n, 1.0f);
   fc->output_zero_point = quant.output_zero_point;
