@@ -171,9 +171,31 @@ def with_per_tensor_scales(path):
     return per_tensor
 
 
+def with_int8_filters(path):
+    """The model with its INT4/INT2 filters stored as int8 holding the same values: the
+    builtin int8 kernel, and a delegate that packs int8 filters whose values fit."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from tfquant.export.int2 import INT2, unpack_int2, unpack_int4
+
+    model = flatbuffer_utils.read_model(path)
+    for tensor in model.subgraphs[0].tensors:
+        if tensor.type in (schema.TensorType.INT4, INT2):
+            count = int(np.prod(tensor.shape))
+            raw = model.buffers[tensor.buffer].data
+            values = unpack_int4(raw, count) if tensor.type == schema.TensorType.INT4 else (
+                unpack_int2(raw, count))
+            model.buffers[tensor.buffer].data = values.astype(np.int8).view(np.uint8)
+            tensor.type = schema.TensorType.INT8
+    as_int8 = path.replace(".tflite", "_int8.tflite")
+    flatbuffer_utils.write_model(model, as_int8)
+    return as_int8
+
+
 @pytest.mark.parametrize("bits", [4, 2])
 def test_delegate_claims_low_bit_fully_connected_and_matches_builtin_bit_for_bit(exported, bits):
-    models = [exported[bits], with_per_tensor_scales(exported[bits])]
+    models = [exported[bits], with_per_tensor_scales(exported[bits]),
+              with_int8_filters(exported[bits])]
     if bits == 4:
         models.append(with_tied_rounding(exported[4]))
     kernels = ["auto"] + _native.packed_kernel_variants()

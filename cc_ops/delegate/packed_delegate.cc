@@ -1,6 +1,7 @@
 // LiteRT external delegate that runs int8 FULLY_CONNECTED nodes with INT4 or
-// INT2 filters in tfquant's packed kernels (packed_int8_fc.h), bit-exact
-// with the builtin kernel. Loaded with
+// INT2 filters (or int8 filters whose values fit in 4 bits) in tfquant's
+// packed kernels (packed_int8_fc.h), bit-exact with the builtin kernel.
+// Loaded with
 //   ai_edge_litert.interpreter.load_delegate(path, {"num_threads": "2"})
 // which calls tflite_plugin_create_delegate (the external-delegate plugin ABI
 // of tensorflow/lite/delegates/external). Options:
@@ -78,13 +79,29 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   const TfLiteTensor& input = context->tensors[input_index];
   const TfLiteTensor& filter = context->tensors[filter_index];
   const TfLiteTensor& output = context->tensors[node.outputs->data[0]];
-  int bits = 0;
-  if (filter.type == kTfLiteInt4) bits = 4;
-  if (filter.type == kTfLiteInt2) bits = 2;
-  if (bits == 0) return "filter is not INT4 or INT2";
+  if (filter.type != kTfLiteInt4 && filter.type != kTfLiteInt2 && filter.type != kTfLiteInt8) {
+    return "filter is not INT4, INT2 or int8";
+  }
   if (input.type != kTfLiteInt8 || output.type != kTfLiteInt8) return "not int8 in and out";
   if (!IsConstant(filter) || filter.dims == nullptr || filter.dims->size != 2) {
     return "filter is not a constant 2-D tensor";
+  }
+  const int64_t n = filter.dims->data[0], kdim = filter.dims->data[1];
+  // The filter as one int8 per value, and the narrowest packed width that
+  // holds it: an int8 filter is claimed only if its values fit in 4 bits.
+  int bits = filter.type == kTfLiteInt2 ? 2 : 4;
+  const auto* int8_values = static_cast<const int8_t*>(filter.data);
+  if (filter.type == kTfLiteInt8) {
+    if (static_cast<int64_t>(filter.bytes) < n * kdim) return "filter too short";
+    int lo = 0, hi = 0;
+    for (int64_t i = 0; i < n * kdim; ++i) {
+      lo = std::min<int>(lo, int8_values[i]);
+      hi = std::max<int>(hi, int8_values[i]);
+    }
+    if (lo < -8 || hi > 7) return "int8 filter values do not fit in 4 bits";
+    if (lo >= -2 && hi <= 1) bits = 2;
+  } else if (static_cast<int64_t>(filter.bytes) * (8 / bits) < n * kdim) {
+    return "filter too short";
   }
   const auto* params = static_cast<const TfLiteFullyConnectedParams*>(node.builtin_data);
   if (params == nullptr || params->weights_format != 0) return "not the default weights format";
@@ -104,7 +121,6 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
       if (affine->zero_point->data[i] != 0) return "filter zero point is not 0";
     }
   }
-  const int64_t n = filter.dims->data[0], kdim = filter.dims->data[1];
   const int32_t* bias = nullptr;
   if (bias_index >= 0) {
     const TfLiteTensor& b = context->tensors[bias_index];
@@ -113,8 +129,6 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
     }
     bias = static_cast<const int32_t*>(b.data);
   }
-  if (static_cast<int64_t>(filter.bytes) * (8 / bits) < n * kdim) return "filter too short";
-
   k::Int8FcQuantization quant;
   quant.input_scale = input.params.scale;
   quant.input_zero_point = input.params.zero_point;
@@ -129,7 +143,11 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   kernel->output = node.outputs->data[0];
   kernel->keep_num_dims = params->keep_num_dims;
   std::vector<int8_t> q(static_cast<size_t>(n * kdim));
-  k::UnpackLowBitTensor(static_cast<const uint8_t*>(filter.data), n * kdim, bits, q.data());
+  if (filter.type == kTfLiteInt8) {
+    std::copy(int8_values, int8_values + n * kdim, q.begin());
+  } else {
+    k::UnpackLowBitTensor(static_cast<const uint8_t*>(filter.data), n * kdim, bits, q.data());
+  }
   const std::string error =
       k::PreparePackedInt8Fc(q.data(), n, kdim, bits, bias, quant, &kernel->fc);
   if (!error.empty()) return error;

@@ -3,10 +3,12 @@
 `cc_ops/delegate/packed_delegate.cc`, built by setup.py into
 `tfquant/_tfquant_delegate*.so`, is a LiteRT external delegate: it claims the int8
 FULLY_CONNECTED nodes whose filter is INT4 or INT2 (what `export_tflite` writes for 4- and
-2-bit Dense layers, the latter with `int2_fully_connected=True`), repacks each filter once
-into tfquant's packed format and runs the packed kernels, multi-threaded. Its outputs are
-bit-exact with LiteRT's builtin kernel (same integer accumulation, same requantization).
-Every other node stays with LiteRT's kernels.
+2-bit Dense layers, the latter with `int2_fully_connected=True`) or int8 holding values
+that fit in 4 bits, repacks each filter once into tfquant's packed format and runs the
+packed kernels, multi-threaded. Its outputs are bit-exact with LiteRT's builtin kernel
+(same integer accumulation, same requantization). Every other node stays with LiteRT's
+kernels, and so do FULLY_CONNECTED nodes with float (hybrid) or int16 activations, and
+those with K beyond exact accumulation (> 16384 at 4 bits, > 65536 at 2 bits).
 
     from tfquant.export import packed_interpreter
     interpreter = packed_interpreter("model.tflite", num_threads=2)
