@@ -60,6 +60,19 @@ def test_distillation_term_definition(data):
     np.testing.assert_allclose(logs["distillation"][0], 0.7 * 9.0 * kl, rtol=1e-4)
 
 
+
+def test_a_compiled_teacher_leaves_the_students_metrics_alone(data):
+    """A compiled teacher (e.g. the float model, or `clone_model` of it) has compile
+    metrics of its own; they must not join the hooked student's (fit failed with
+    "Cannot get result() since the metric has not yet been built")."""
+    x, y = data
+    teacher = conv_model()
+    teacher.compile(loss=LOSS, metrics=["accuracy"])
+    hooked = with_hooks(conv_model(), [Distillation(teacher, name="distillation")])
+    hooked.compile("adam", LOSS, metrics=["accuracy"])
+    logs = hooked.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert set(logs) == {"loss", "accuracy", "distillation"}, logs
+
 def test_hooked_model_saves_and_loads_without_custom_objects(tmp_path, data):
     x, y = data
     teacher = conv_model()

@@ -49,8 +49,9 @@ def _channel_step(values):
     return None
 
 
-def find_integer_grid(values, axis=-1):
-    """The per-channel integer grid that holds `values` exactly, or None."""
+def find_integer_grid(values, axis=-1, min_bits=4):
+    """The per-channel integer grid that holds `values` exactly, or None; INT4 where the
+    levels fit unless `min_bits` is 8."""
     channels = _channels_last(np.asarray(values, np.float64), axis)
     scales = np.ones(channels.shape[1])
     for c in range(channels.shape[1]):
@@ -60,7 +61,7 @@ def find_integer_grid(values, axis=-1):
         scales[c] = step
     largest = (np.max(np.abs(np.round(channels / scales)), axis=0) if channels.size
                else np.zeros(channels.shape[1]))
-    num_bits = 4 if np.max(largest, initial=0) <= 7 else 8
+    num_bits = 4 if min_bits <= 4 and np.max(largest, initial=0) <= 7 else 8
     # Per channel the finest step that still holds its largest level: TFLite stores the
     # bias with step `input scale × weight scale`, so a ternary {−1, 0, 1}·α stored as
     # {−7, 0, 7} gets a 7× finer bias (see `uniform.deployable_weight_grid`).

@@ -54,8 +54,9 @@ def _quantizers(model):
             yield layer, "activation", layer.quantizer
 
 
-def _plan_deployment(model, nonuniform):
-    """Checks that every quantizer can be exported; returns (notes, weight grids).
+def _plan_deployment(model, nonuniform, low_bit_weights="auto"):
+    """Checks that every quantizer can be exported; returns (notes, weight grids, whether
+    2–4-bit weights go onto int8 grids — `low_bit_weights`, see `export_tflite`).
 
     Weights of quantizers without a uniform deployment go onto an exact integer grid
     when their levels allow, else onto the nearest int8 grid if `nonuniform` says so.
@@ -67,6 +68,10 @@ def _plan_deployment(model, nonuniform):
             "(and train or calibrate it) before export_tflite."
         )
     notes, grids, problems = [], {}, []
+    widened = sorted({f"{layer.name} ({role}, {quantizer.num_bits} bits)"
+                      for layer, role, quantizer in quantizers
+                      if quantizer.deployment() is Deployment.INT8_WIDENED})
+    int8_low_bit = low_bit_weights == "int8" or (low_bit_weights == "auto" and bool(widened))
     for layer, role, quantizer in quantizers:
         if quantizer.deployment() is not Deployment.SIMULATION:
             continue
@@ -75,7 +80,7 @@ def _plan_deployment(model, nonuniform):
                             "no integer form in TFLite; keep this layer in float")
             continue
         for kernel_name, (values, axis) in layer.deployed_kernels().items():
-            grid = find_integer_grid(values, axis)
+            grid = find_integer_grid(values, axis, min_bits=8 if int8_low_bit else 4)
             where = f"{layer.name}.{kernel_name}"
             if grid is not None:
                 notes.append(f"{where}: {type(quantizer).__name__} levels stored exactly as "
@@ -99,14 +104,16 @@ def _plan_deployment(model, nonuniform):
             "export_tflite(..., nonuniform='nearest_grid'), or keep those layers in float "
             "with QuantConfig(float_layers=[...]) and quantize again."
         )
-    widened = sorted({f"{layer.name} ({role}, {quantizer.num_bits} bits)"
-                      for layer, role, quantizer in quantizers
-                      if quantizer.deployment() is Deployment.INT8_WIDENED})
     if widened:
         notes.append("activations quantized to fewer than 8 bits are stored in int8 tensors "
                      "(LiteRT's integer kernels take 8 or 16 bits) holding exactly their "
                      "trained low-bit values: " + ", ".join(widened))
-    return notes, grids
+    if int8_low_bit:
+        notes.append("2–4-bit weights are stored on their finest exact int8 grid, not INT4 "
+                     "(low_bit_weights=" + repr(low_bit_weights) + "): the int32 bias step "
+                     "is input step × weight step, and after a sub-8-bit activation an INT4 "
+                     "step leaves it a large fraction of an output step")
+    return notes, grids, int8_low_bit
 
 
 def _as_input_list(model, data):
@@ -168,11 +175,11 @@ def _convert(model, arrays, input_type, output_type, integer_only):
         ) from error
 
 
-def _keras_outputs(model, arrays, batch_size, grids):
+def _keras_outputs(model, arrays, batch_size, grids, int8_low_bit):
     """The model's inference outputs as the export computes them (eager calls, so the
     `exporting` context reaches every quantizer, unlike a cached predict function)."""
     batches = []
-    with exporting(grids):
+    with exporting(grids, int8_low_bit):
         for start in range(0, len(arrays[0]), batch_size):
             batch = [a[start:start + batch_size] for a in arrays]
             outputs = model(batch if len(batch) > 1 else batch[0], training=False)
@@ -196,13 +203,13 @@ def check_integer_ops(summary, allow_float=False):
 
 def export_tflite(model, path=None, representative_data=None, input_type="float32",
                   output_type="float32", batch_size=256, nonuniform="error",
-                  int2_fully_connected=False):
+                  int2_fully_connected=False, low_bit_weights="auto"):
     """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
 
-    Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights — and activations
-    int8 (int16 for 16-bit activation quantizers; activations trained with fewer than 8
-    bits are int8 tensors holding their low-bit values, which the report's notes say). Layers kept in float by the config
-    stay float. The flatbuffer is checked: an op that came out float although every layer
+    Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights, see
+    `low_bit_weights` — and activations int8 (int16 for 16-bit activation quantizers;
+    activations trained with fewer than 8 bits are int8 tensors holding their low-bit
+    values, which the report's notes say). Layers kept in float by the config stay float. The flatbuffer is checked: an op that came out float although every layer
     was quantized raises `ExportError`. With `representative_data`, the flatbuffer runs in
     the LiteRT interpreter (`ai_edge_litert`) on it and its outputs are compared with
     the Keras model's (`training=False`).
@@ -226,6 +233,13 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         four values a byte) instead of INT4 holding the same values
         (`tfquant.export.int2`); the numbers do not change (LiteRT's builtin INT2 and
         INT4 FULLY_CONNECTED kernels give the same bits). The notes list the filters.
+      low_bit_weights: storage of 2–4-bit weights: "int4" (INT4, half the bytes of
+        int8), "int8" (the finest int8 grid holding the same values exactly) or "auto"
+        (default: int8 when the model has activations below 8 bits, else INT4). TFLite's
+        int32 bias has the step input step × weight step; after a 2-bit activation (step
+        ≈ the whole range / 3) an INT4 weight step leaves that a third of an output step,
+        and LiteRT agreed with Keras on only about half of the W2A2 demo CNN's predictions
+        (99 % with int8). INT2 FULLY_CONNECTED filters need "int4".
 
     Returns:
       An `ExportReport`: the flatbuffer bytes, size, ops, weight dtypes read from the
@@ -233,6 +247,9 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     """
     input_type = _io_type(input_type, "input_type")
     output_type = _io_type(output_type, "output_type")
+    if low_bit_weights not in ("auto", "int4", "int8"):
+        raise ValueError(f"low_bit_weights={low_bit_weights!r} is not supported; allowed: "
+                         "'auto', 'int4', 'int8'.")
     if nonuniform not in ("error", "nearest_grid"):
         raise ValueError(f"nonuniform={nonuniform!r} is not supported; allowed: 'error', "
                          "'nearest_grid'.")
@@ -241,15 +258,16 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         # TFMOT's quantize_apply result (tf_keras): converted as TFMOT quantized it.
         notes, grids, float_layers = ["a TFMOT quantize_apply model (tf_keras), converted "
                                       "as TFMOT quantized it"], {}, []
+        int8_low_bit = False
     else:
         # A tf_keras model continues as its Keras 3 rebuild. A mixed-precision model
         # keeps float16 casts the converter refuses: export a float32 copy (same layers'
         # weights; the quantizer math is float32 already).
         model = float32_copy(as_keras3(model, "export_tflite")[0])
-        notes, grids = _plan_deployment(model, nonuniform)
+        notes, grids, int8_low_bit = _plan_deployment(model, nonuniform, low_bit_weights)
         float_layers = _float_layers(model)
     arrays = None if representative_data is None else _as_input_list(model, representative_data)
-    with exporting(grids):
+    with exporting(grids, int8_low_bit):
         flatbuffer = _convert(model, arrays, input_type, output_type, not float_layers)
     if int2_fully_connected:
         flatbuffer, int2_names = to_int2_fully_connected(flatbuffer)
@@ -263,7 +281,7 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     max_lsb = agreement = None
     num_samples = 0
     if arrays is not None:
-        reference = _keras_outputs(model, arrays, batch_size, grids)
+        reference = _keras_outputs(model, arrays, batch_size, grids, int8_low_bit)
         litert = run_litert(flatbuffer, arrays, batch_size=batch_size)
         lsbs = output_lsb(flatbuffer)
         comparisons = [compare_outputs(ref, out, lsb)

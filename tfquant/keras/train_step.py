@@ -90,6 +90,12 @@ class TrainStepHook(keras.layers.Layer):
 
     needs_loss_gradient = False
 
+    @property
+    def metrics(self):
+        # A hook may hold a compiled model (the distillation teacher); its compile
+        # metrics would join the student's logs unbuilt and break `fit`.
+        return []
+
     def attach(self, model):
         pass
 

@@ -30,13 +30,15 @@ class Deployment(enum.Enum):
 
 
 @contextlib.contextmanager
-def exporting(weight_grids=None):
+def exporting(weight_grids=None, int8_low_bit_weights=False):
     """While active, inference-mode quantizers emit what the TFLite export runs:
     sub-8-bit activations as exact 8-bit grids (LiteRT has no 2–7-bit activations;
-    `uniform.export_activation_fake_quant`), and
-    the kernels named in `weight_grids` ({(layer name, kernel name): WeightGrid}) on
-    their integer grid."""
-    token = _EXPORTING.set({"weight_grids": dict(weight_grids or {})})
+    `uniform.export_activation_fake_quant`), the kernels named in `weight_grids`
+    ({(layer name, kernel name): WeightGrid}) on their integer grid, and with
+    `int8_low_bit_weights` 2–4-bit weight grids on the finest int8 grid instead of INT4
+    (see `uniform.deployable_weight_grid`)."""
+    token = _EXPORTING.set({"weight_grids": dict(weight_grids or {}),
+                            "int8_low_bit_weights": bool(int8_low_bit_weights)})
     try:
         yield
     finally:
@@ -47,6 +49,12 @@ def export_weight_grid(layer_name, kernel_name):
     """The integer grid `exporting` set for a kernel, or None."""
     state = _EXPORTING.get()
     return None if state is None else state["weight_grids"].get((layer_name, kernel_name))
+
+
+def export_low_bit_weights_as_int8():
+    """True inside `exporting(int8_low_bit_weights=True)`."""
+    state = _EXPORTING.get()
+    return state is not None and state["int8_low_bit_weights"]
 
 
 def is_exporting():

@@ -12,6 +12,7 @@ from tfquant.ops import fake_quant
 from tfquant.quantizers.base import (
     Deployment,
     Quantizer,
+    export_low_bit_weights_as_int8,
     is_exporting as _exporting,
     register_quantizer,
 )
@@ -143,10 +144,16 @@ def deployable_weight_grid(quantized, scale, num_bits, axis=None):
     output step (LiteRT then disagreed with Keras on 13–15 % of the outputs of a 2-bit
     conv). Applied only while `exporting()`: the extra op would change the last bits of
     the training-vs-inference comparison otherwise.
+
+    Under `exporting(int8_low_bit_weights=True)` (models with sub-8-bit activations) 2–4
+    bits go onto the finest int8 grid (n = 127, 42, 18): the input step of such a layer
+    is a whole low-bit activation step, and with an INT4 weight step the bias step stays
+    a sizeable fraction of the output step.
     """
-    if not _exporting() or num_bits in (4, 8):
+    int8 = export_low_bit_weights_as_int8()
+    if not _exporting() or num_bits == 8 or (num_bits == 4 and not int8):
         return quantized
-    deploy_bits = 4 if num_bits < 4 else 8
+    deploy_bits = 4 if num_bits < 4 and not int8 else 8
     deploy_max = 2 ** (deploy_bits - 1) - 1
     finer = deploy_max // (2 ** (num_bits - 1) - 1)
     limit = scale * (float(deploy_max) / finer)
