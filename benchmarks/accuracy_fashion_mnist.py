@@ -1,8 +1,8 @@
 """QAT methods × bit widths on Fashion-MNIST with the demo CNN (part of `make bench`).
 
 Every method starts from the same float model and gets the same fine-tuning budget
-(`--epochs` epochs of QAT, BN frozen for the last one; the "KD" row is the W2A2
-recipe with its own budget). Reports Keras accuracy, LiteRT
+(`--epochs` epochs of QAT, BN frozen for the last one; the "20 epochs" row is the
+W2A2 recipe with a longer budget). Reports Keras accuracy, LiteRT
 accuracy where the model exports, epochs and minutes, and writes the table to
 BENCHMARKS.md. First and last layers stay at 8 bits (QuantConfig's default, as in the
 PACT and LSQ papers).
@@ -37,12 +37,12 @@ PACT = {"class_name": "PACTQuantizer", "config": {"alpha_init": 3.0}}
 # W2A2: the residual branch that feeds the Add (no conv reads it) stays at 8 bits, as the
 # PACT/SAWB papers keep shortcuts in higher precision; every conv input is 2-bit.
 W2A2 = {"shortcut_bits": 8}
-# The W2A2 recipe row: a longer budget and distillation from the float model (the 2-bit
-# QNN/guided-training papers' levers); every other row gets --epochs and no teacher.
-W2A2_RECIPE = {"epochs": 10, "distillation": 1.0}
+# The W2A2 recipe row: a longer budget (distillation from the float model, KL weight 1
+# or 0.3 at T = 4 over 10 epochs, gave 80.33 % and 81.33 % against 81.83 % without).
+W2A2_RECIPE = {"epochs": 20}
 
 # (name, weight bits, activation bits, weight quantizer, activation quantizer, extra config,
-#  recipe: {"epochs": n, "distillation": KL weight} overriding the common budget)
+#  recipe: {"epochs": n} overriding the common budget)
 METHODS = [
     ("uniform", 8, 8, "MinMaxWeightQuantizer", "MovingAverageQuantizer", {}, {}),
     ("LSQ", 4, 8, "LSQQuantizer", "LSQQuantizer", {}, {}),
@@ -57,7 +57,7 @@ METHODS = [
     ("DoReFa", 4, 4, "DoReFaWeightQuantizer", "DoReFaActivationQuantizer", {}, {}),
     ("LSQ+PACT", 2, 2, "LSQQuantizer", PACT, W2A2, {}),
     ("SAWB+PACT", 2, 2, "SAWBQuantizer", PACT, W2A2, {}),
-    ("LSQ+PACT KD", 2, 2, "LSQQuantizer", PACT, W2A2, W2A2_RECIPE),
+    ("LSQ+PACT 20 epochs", 2, 2, "LSQQuantizer", PACT, W2A2, W2A2_RECIPE),
     ("TWN", 2, 8, "TernaryQuantizer", "MovingAverageQuantizer", {}, {}),
     ("TTQ", 2, 8, "TTQQuantizer", "MovingAverageQuantizer", {}, {}),
     ("binary (XNOR)", 1, 8, {"class_name": "BinaryQuantizer",
@@ -103,9 +103,6 @@ def run_method(model, method, data):
                                  activation_bits=a_bits, **config_bits, **extra)
     start = time.perf_counter()
     qmodel = tfquant.quantize_model(model, config)
-    if recipe.get("distillation"):
-        qmodel = tfquant.with_hooks(qmodel, [tfquant.Distillation(
-            teacher_copy(model), alpha=recipe["distillation"])])
     steps = epochs * -(-len(x_train) // FLAGS.batch_size)
     qmodel.compile(optimizer=keras.optimizers.Adam(
         keras.optimizers.schedules.CosineDecay(5e-4, steps)),
@@ -136,15 +133,6 @@ def run_method(model, method, data):
     return keras_accuracy, litert, weights, epochs, minutes
 
 
-def teacher_copy(model):
-    """A copy of the float model (the teacher is frozen and saved with the student)."""
-    import keras
-
-    teacher = keras.models.clone_model(model)
-    teacher.set_weights(model.get_weights())
-    return teacher
-
-
 def table_body(float_accuracy, rows):
     """The BENCHMARKS.md section: settings, then the table of `rows`."""
     return (f"Demo CNN (examples/demo_model.py), float accuracy {float_accuracy * 100:.2f} % "
@@ -152,8 +140,7 @@ def table_body(float_accuracy, rows):
             "from that model (Adam 5e-4 cosine, BN frozen for the last epoch), first and "
             "last layers at 8 bits, PACT α initialised to 3; W2A2 rows keep the residual "
             "branch that feeds the Add (read by no conv) at 8 bits (`shortcut_bits=8`); "
-            "\"KD\": the W2A2 recipe, 10 epochs with distillation from the float model "
-            "(`tfquant.Distillation`, KL weight 1, T = 4). DoReFa weights keep the "
+            "\"20 epochs\": the W2A2 recipe with a longer budget. DoReFa weights keep the "
             "per-channel scale of the folded BN (see `DoReFaWeightQuantizer`). LiteRT: the "
             "exported flatbuffer on all 10 000 test images (activations below 8 bits are "
             "int8 tensors holding their low-bit values, and the 2–4-bit weights of such "
