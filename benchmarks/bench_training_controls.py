@@ -36,15 +36,38 @@ from tfquant.regularizers import GradientL1, Periodic, kernel_views  # noqa: E40
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 CACHE = os.path.join(ROOT, "out", "training_controls")
 BATCH = 64
+FLOAT_LR, QAT_LR = 3e-3, 5e-4  # peak learning rates of the cosine schedules
 
 
 def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), -1) == y))
 
 
-def compile_model(model, lr=1e-3):
+def compile_model(model, lr=1e-3, decay_steps=None):
+    """Adam; with `decay_steps`, the learning rate decays to 0 on a cosine (the demo's
+    recipe: the weights settle at the end, so BN's moving statistics can catch up)."""
+    if decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
     model.compile(keras.optimizers.Adam(lr), LOSS)
     return model
+
+
+def recalibrate_batch_norm(model, x, passes=20, batch=500):
+    """Re-estimates every BatchNormalization layer's moving statistics as the running
+    average of the batch statistics over `passes` training-mode batches of `x`.
+
+    Why: while the weights move, the moving averages (momentum 0.99) lag behind the
+    batch statistics; after 3 short epochs the inference-mode float CNN measured 0.72
+    test accuracy against 0.80 with batch statistics. Only the BN statistics change."""
+    norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    momenta = [l.momentum for l in norms]
+    for k in range(passes):
+        for layer in norms:
+            layer.momentum = k / (k + 1)  # cumulative mean over the passes
+        start = (k * batch) % max(1, len(x) - batch)
+        model(x[start:start + batch], training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
 
 
 def ptq(float_model, weight_bits, activation_bits, x_cal, per_channel):
@@ -73,10 +96,13 @@ class FloatTrainer:
         if self.use_cache and os.path.exists(path):
             model.load_weights(path)
             return model
-        trained = compile_model(with_hooks(model, list(hooks)) if hooks else model)
+        steps = self.epochs * int(np.ceil(len(x) / BATCH))
+        trained = compile_model(with_hooks(model, list(hooks)) if hooks else model,
+                                FLOAT_LR, steps)
         start = time.perf_counter()
         trained.fit(x, y, batch_size=BATCH, epochs=self.epochs, verbose=0,
                     callbacks=list(callbacks))
+        recalibrate_batch_norm(model, x)
         self.trained.append((name, time.perf_counter() - start))
         if self.save:
             os.makedirs(CACHE, exist_ok=True)
@@ -182,7 +208,8 @@ def qat_runs(base, data, qat_epochs, x_cal):
         keras.utils.set_random_seed(11)
         qmodel = tfquant.quantize_model(base, config)
         qmodel(x_cal, training=True)  # initialize ranges from data
-        model = compile_model(with_hooks(qmodel, list(hooks)) if hooks else qmodel, 5e-4)
+        model = compile_model(with_hooks(qmodel, list(hooks)) if hooks else qmodel, QAT_LR,
+                              epochs * steps_per_epoch)
         losses = []
 
         class Losses(keras.callbacks.Callback):
@@ -214,18 +241,26 @@ def qat_runs(base, data, qat_epochs, x_cal):
             ["batch statistics throughout", f"{without[0]:.4f}", f"{without[1]:.4f}"],
             [f"BN frozen after {freeze_at} steps", f"{frozen[0]:.4f}", f"{frozen[1]:.4f}"]])]
 
-    w2 = tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=2, activation_bits=2)
+    # The W2A2 recipe of benchmarks/accuracy_fashion_mnist.py: LSQ weights, PACT
+    # activations (α from 3), the residual branch that feeds the Add at 8 bits. (With
+    # moving-average activation ranges and a 2-bit shortcut the loss stayed near ln 10
+    # for the first epoch.)
+    w2_recipe = dict(weight_quantizer="LSQQuantizer", activation_bits=2, shortcut_bits=8,
+                     activation_quantizer={"class_name": "PACTQuantizer",
+                                           "config": {"alpha_init": 3.0}})
+    w2 = tfquant.QuantConfig(weight_bits=2, **w2_recipe)
     stage = max(1, qat_epochs // 3)
     direct = qat(w2, epochs=3 * stage)
     progressive = qat(
-        tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=8, activation_bits=2),
+        tfquant.QuantConfig(weight_bits=8, **w2_recipe),
         callbacks=[cb.BitWidthSchedule({0: 8, stage: 4, 2 * stage: 2},
                                        exclude=("conv1", "logits"))], epochs=3 * stage)
     distilled = qat(w2, hooks=[Distillation(base, temperature=4.0, alpha=1.0,
                                             name="distillation")], epochs=3 * stage)
     sections.append(
-        "### Guided low-bit QAT (LSQ weights, moving-average activation ranges, W2A2; "
-        f"first/last layers 8-bit), {3 * stage} epochs each\n\n"
+        "### Guided low-bit QAT (W2A2: LSQ weights, PACT activations with α from 3, "
+        "residual shortcut and first/last layers 8-bit), "
+        f"{3 * stage} epochs each\n\n"
         + table(["run", "accuracy"], [
             ["direct 2-bit", f"{direct[0]:.4f}"],
             [f"progressive 8→4→2 bits ({stage} epoch(s) each)", f"{progressive[0]:.4f}"],
@@ -256,9 +291,11 @@ def run(args):
 
     trained = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in train.trained)
     header = (f"Fashion-MNIST, demo CNN, {n} training images (random subset, seed 0), "
-              f"{n_test} test images; float training {epochs} epochs (Adam 1e-3, seed 7), "
-              f"QAT {qat_epochs} epochs (Adam 5e-4) from the λ = 0 float model; batch "
-              f"{BATCH}. Whole run {time.perf_counter() - started:.0f} s"
+              f"{n_test} test images; float training {epochs} epochs (Adam, cosine decay from "
+              f"{FLOAT_LR:g}, seed 7; then BN moving statistics re-estimated over 20 "
+              f"training batches of 500, because with momentum 0.99 they lag the moving "
+              f"weights), QAT {qat_epochs} epochs (Adam, cosine decay from {QAT_LR:g}) from "
+              f"the λ = 0 float model; batch {BATCH}. Whole run {time.perf_counter() - started:.0f} s"
               + (f" (float trainings: {trained})" if trained else " (float models cached)")
               + ".")
     body = header + "\n\n" + "\n\n".join(sections)
@@ -276,8 +313,8 @@ def main():
     parser.add_argument("--train-images", type=int, default=15000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--qat-epochs", type=int, default=3)
-    parser.add_argument("--grad-l1", type=float, nargs="+", default=[0.01, 0.05])
-    parser.add_argument("--periodic", type=float, default=1e-4)
+    parser.add_argument("--grad-l1", type=float, nargs="+", default=[0.0003, 0.001])
+    parser.add_argument("--periodic", type=float, default=2e-5)
     run(parser.parse_args())
 
 

@@ -60,6 +60,24 @@ def test_distillation_term_definition(data):
     np.testing.assert_allclose(logs["distillation"][0], 0.7 * 9.0 * kl, rtol=1e-4)
 
 
+def test_a_hook_adding_zero_trains_a_quantized_model_exactly_as_plain_fit(data):
+    """The hooked train step (forward, loss, optimizer step, BN and range updates) must
+    not differ from Keras' own: a distillation weight of 0 gives the same variables."""
+    x, y = data
+    config = tfquant.QuantConfig(weight_quantizer="LSQQuantizer", weight_bits=2,
+                                 activation_bits=2)
+    float_model = conv_model()
+    trained = []
+    for hooks in ([], [Distillation(float_model, alpha=0.0, name="distillation")]):
+        keras.utils.set_random_seed(3)
+        qmodel = tfquant.quantize_model(float_model, config)
+        model = with_hooks(qmodel, hooks) if hooks else qmodel
+        model.compile(keras.optimizers.Adam(1e-2), LOSS)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        trained.append(qmodel.get_weights())
+    for plain, hooked in zip(*trained):
+        np.testing.assert_allclose(hooked, plain, rtol=1e-5, atol=1e-6)
+
 
 def test_a_compiled_teacher_leaves_the_students_metrics_alone(data):
     """A compiled teacher (e.g. the float model, or `clone_model` of it) has compile
