@@ -42,6 +42,30 @@ def test_quantize_export_inspect_from_the_shell(tmp_path):
     assert "INT4" in result.stdout and "CONV_2D" in result.stdout and "scale=" in result.stdout
 
 
+def test_export_int4_flag_keeps_int4_after_low_bit_activations(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = layers.ReLU()(layers.Conv2D(4, 3, name="conv")(inputs))
+    x = layers.ReLU()(layers.Conv2D(4, 3, name="middle")(x))
+    outputs = layers.Dense(3, name="head")(layers.Flatten()(x))
+    model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
+    keras.Model(inputs, outputs).save(model_path)
+    np.savez(data_path, x=np.random.rand(32, 8, 8, 1).astype(np.float32))
+    config_path, q_path = str(tmp_path / "c.json"), str(tmp_path / "q.keras")
+    with open(config_path, "w") as handle:
+        json.dump({"weight_bits": 4, "activation_bits": 4}, handle)
+    result = tfquant_command("quantize", model_path, "--calib", data_path, "--config",
+                             config_path, "-o", q_path)
+    assert result.returncode == 0, result.stderr
+    kinds = {}
+    for name, extra in (("auto", []), ("int4", ["--int4"])):
+        t_path = str(tmp_path / f"{name}.tflite")
+        result = tfquant_command("export", q_path, "--data", data_path, "-o", t_path, *extra)
+        assert result.returncode == 0, result.stderr
+        kinds[name] = tfquant_command("inspect", t_path).stdout
+    # 4-bit activations: the middle conv's 4-bit weights are int8 unless --int4.
+    assert "INT4" not in kinds["auto"] and "INT4" in kinds["int4"]
+
+
 def test_errors_are_messages_with_exit_codes(tmp_path):
     result = tfquant_command("inspect", str(tmp_path / "missing.tflite"))
     assert result.returncode == 1 and "no such file" in result.stderr
