@@ -4,7 +4,7 @@ FULLY_CONNECTED, side by side in one process.
 Models (tfquant.export_tflite of 4- and 2-bit QAT models, W4A8 INT4 filters and W2A8
 INT2 filters with `int2_fully_connected=True`), per-channel scales, int8 activations:
   FC 4096→4096     one Dense(4096, no bias) on 4096 inputs, batch 1 (GEMV) and 256
-  MLP 4096→11008→4096  transformer-style MLP (ReLU, no biases), batch 1 and 16 (--mlp).
+  MLP 4096→11008→4096  transformer-style MLP (ReLU, no biases), batch 1 and 16.
                    The converter cannot fold the weight FakeQuant of a Dense this large
                    (4096×8192 already fails: "FakeQuantWithMinMaxVarsPerChannel is neither
                    a custom op nor a flex op"), so the export of a 64→128→64 MLP of the
@@ -24,7 +24,7 @@ Interpreters, all with num_threads=THREADS, invoke() only, weights cache-residen
 Every "delegate" run is checked bit-exact against the builtin run on the same input.
 Each figure is the median of RUNS invokes; the variants take turns in 3 rounds and the
 best median counts. Written to BENCHMARKS.md.
-Run: `make bench` or `.venv/bin/python benchmarks/bench_delegate.py [--runs N] [--mlp]`.
+Run: `make bench` or `.venv/bin/python benchmarks/bench_delegate.py [--runs N]`.
 """
 
 import argparse
@@ -134,8 +134,6 @@ def interpreter_case(flatbuffer, x, variant):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--mlp", action="store_true",
-                        help="also the 4096→11008→4096 MLP")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
 
@@ -144,11 +142,10 @@ def main():
     for bits in (4, 2):
         flatbuffer = export(dense_stack([4096, 4096]), bits, x_fc)
         workloads += [(f"FC 4096→4096, batch {m}", bits, flatbuffer, m) for m in (1, 256)]
-    if args.mlp:
-        for bits in (4, 2):
-            flatbuffer = mlp_flatbuffer(bits)
-            workloads += [(f"MLP 4096→11008→4096, batch {m}", bits, flatbuffer, m)
-                          for m in (1, 16)]
+    for bits in (4, 2):
+        flatbuffer = mlp_flatbuffer(bits)
+        workloads += [(f"MLP 4096→11008→4096, batch {m}", bits, flatbuffer, m)
+                      for m in (1, 16)]
     from demo_model import build_float_model
 
     x_cnn = rng.normal(size=(64, 28, 28, 1)).astype(np.float32)
@@ -203,7 +200,7 @@ def main():
                         f"{ratio:.2f}× | {'yes' if ratio >= 3 else 'no'} |")
     text = "\n".join(body)
     print(text)
-    command = "python benchmarks/bench_delegate.py" + (" --mlp" if args.mlp else "")
+    command = "python benchmarks/bench_delegate.py"
     write_section("LiteRT delegate vs stock LiteRT", command, text)
 
 

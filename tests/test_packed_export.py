@@ -5,13 +5,14 @@ interpreter."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from keras import layers
 
 import tfquant
 from tfquant.export.int2 import (FULLY_CONNECTED, INT2, _builtin_code, pack_int2, unpack_int2,
                                   unpack_int4)
-from tfquant.export.packed_keras import PackedDense, integer_grid, to_packed_keras
+from tfquant.export.packed_keras import PackedConv2D, PackedDense, integer_grid, to_packed_keras
 
 
 def mlp(inputs=64, hidden=(128, 96), outputs=10, batch_norm=True, seed=1):
@@ -46,6 +47,16 @@ def builtin_outputs(flatbuffer, x):
     interpreter.set_tensor(detail["index"], x)
     interpreter.invoke()
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def assert_within_documented_tolerance(packed, qmodel, x):
+    """The packed_keras docstring's tolerance: dynamic int8 activations move an output by
+    a few steps of the output quantizer at most, most by none or one."""
+    ref = np.asarray(qmodel(x, training=False))
+    got = np.asarray(packed(x))
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
+    assert np.mean(np.abs(got - ref)) <= 0.01 * np.abs(ref).max()
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.95
 
 
 # ------------------------------------------------------------------ packed Keras
@@ -92,13 +103,7 @@ def test_to_packed_keras_agrees_with_the_qat_model(bits):
     packed = to_packed_keras(qmodel)
     assert packed.packed_layers == ["d0", "d1", "out"]
     assert sum(isinstance(layer, PackedDense) for layer in packed.layers) == 3
-    ref = np.asarray(qmodel(x, training=False))
-    got = np.asarray(packed(x))
-    # Documented tolerance (packed_keras docstring): dynamic int8 activations move an
-    # output by a few steps of the output quantizer at most, most by none or one.
-    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
-    assert np.mean(np.abs(got - ref)) <= 0.01 * np.abs(ref).max()
-    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.95
+    assert_within_documented_tolerance(packed, qmodel, x)
 
 
 def test_to_packed_keras_leaves_8_bit_layers_alone():
@@ -109,6 +114,75 @@ def test_to_packed_keras_leaves_8_bit_layers_alone():
     np.testing.assert_array_equal(np.asarray(packed(x)), np.asarray(qmodel(x, training=False)))
     with pytest.raises(ValueError, match="keras.Model"):
         to_packed_keras("model")
+
+
+def small_cnn(seed=2):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="c0")(inp)
+    x = layers.BatchNormalization(name="bn0")(x)
+    x = layers.Conv2D(16, 3, strides=2, activation="relu", name="c1")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = layers.Conv2D(16, 1, activation="relu", name="pw")(x)
+    x = layers.Conv2D(16, 3, padding="same", dilation_rate=2, activation="relu", name="c2")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(10, name="out")(x))
+
+
+@pytest.mark.parametrize("bits,kernel,strides,padding,dilation", [
+    (4, 3, 1, "same", 1), (2, 3, 2, "valid", 1), (4, 1, 1, "valid", 1),
+    (4, (5, 3), (2, 1), "same", 1), (2, 3, 1, "same", 2), (4, 1, 2, "same", 1)])
+def test_packed_conv2d_is_conv2d_within_the_activation_rounding_bound(
+        bits, kernel, strides, padding, dilation):
+    rng = np.random.default_rng(7)
+    c_in, n = 6, 20
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    q = rng.integers(-(2 ** (bits - 1)) + 1, 2 ** (bits - 1), (kh, kw, c_in, n)).astype(np.int8)
+    scales = rng.uniform(0.01, 0.05, (1, n)).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    layer = PackedConv2D(n, kernel, strides=strides, padding=padding, dilation_rate=dilation,
+                         bits=bits, q=q, scales=scales, bias=bias)
+    x = rng.normal(size=(2, 11, 13, c_in)).astype(np.float32)
+    y = np.asarray(layer(x))
+    w = (q * scales.reshape(n)).astype(np.float32)
+    ref = np.asarray(tf.nn.conv2d(x, w, strides=strides, padding=padding.upper(),
+                                  dilations=dilation)) + bias
+    assert y.shape == ref.shape == layer.compute_output_shape(x.shape)
+    # Each patch is quantized on its own max |x| ≤ the image's: a looser, valid bound.
+    # A patch flattened in another order than the kernel breaks it by far.
+    s_image = np.abs(x).max(axis=(1, 2, 3), keepdims=True) / 127
+    bound = 0.5 * s_image * np.abs(w).sum(axis=(0, 1, 2)) + 1e-5 * (1 + np.abs(ref))
+    assert np.all(np.abs(y - ref) <= bound)
+    assert np.abs(y - ref).max() > 0
+
+
+def test_packed_conv2d_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="padding='causal'"):
+        PackedConv2D(8, 3, padding="causal")
+    with pytest.raises(ValueError, match="bits=3"):
+        PackedConv2D(8, 3, bits=3)
+    with pytest.raises(ValueError, match="one of them must be 1"):
+        PackedConv2D(8, 3, strides=2, dilation_rate=2)
+    with pytest.raises(ValueError, match="kernel_size=0"):
+        PackedConv2D(8, 0)
+    layer = PackedConv2D(8, 3, group_size=32)  # K = 3·3·5 = 45
+    with pytest.raises(ValueError, match="group_size=32 with K=45"):
+        layer.build((None, 10, 10, 5))
+    layer = PackedConv2D(8, 3, q=np.zeros((3, 3, 4, 8), np.int8))
+    with pytest.raises(ValueError, match=r"expected \(45, 8\)"):
+        layer.build((None, 10, 10, 5))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_to_packed_keras_packs_conv2d_and_agrees_with_the_qat_model(bits):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(128, 12, 12, 3)).astype(np.float32)
+    qmodel = qat(small_cnn(), bits, x)
+    packed = to_packed_keras(qmodel)
+    # The depthwise conv has no packed form: it stays the QAT layer.
+    assert packed.packed_layers == ["c0", "c1", "pw", "c2", "out"]
+    assert sum(isinstance(layer, PackedConv2D) for layer in packed.layers) == 4
+    assert_within_documented_tolerance(packed, qmodel, x)
 
 
 # ------------------------------------------------------------------ INT2 TFLite

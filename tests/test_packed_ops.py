@@ -2,6 +2,10 @@
 against a float reference, every SIMD variant against the scalar one (bit-identical,
 in one process through tfquant._native), and the TF ops' argument errors."""
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -171,6 +175,37 @@ def test_large_threaded_gemm_matches_scalar_and_batch_dims_work():
     y0 = _native.packed_matmul(x2, packed, scales, None, 4, n, 64, variant="scalar")
     y = tfquant.ops.packed_matmul(x2, packed, scales, group_size=64).numpy()
     assert y.tobytes() == y0.tobytes()
+
+
+def test_threaded_gemv_in_graph_mode_and_in_a_forked_child():
+    # A GEMV wide enough to be split over the op's worker threads (TaskPool), run
+    # eagerly, inside tf.function, and in a child forked after the pool started: the
+    # child has none of the parent's threads and must start its own, not wait forever.
+    rng = np.random.default_rng(6)
+    k, n = 256, 1024
+    packed = _native.pack_weights(random_q(k, n, 4, rng), 4)
+    scales = rng.uniform(0.01, 0.1, (1, n)).astype(np.float32)
+    x = rng.normal(size=(1, k)).astype(np.float32)
+    y0 = _native.packed_matmul(x, packed, scales, None, 4, n, 0, variant="scalar")
+    assert tfquant.ops.packed_matmul(x, packed, scales).numpy().tobytes() == y0.tobytes()
+    graph = tf.function(lambda v: tfquant.ops.packed_matmul(v, packed, scales))
+    assert graph(x).numpy().tobytes() == y0.tobytes()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        signal.alarm(60)
+        same = tfquant.ops.packed_matmul(x, packed, scales).numpy().tobytes() == y0.tobytes()
+        os._exit(0 if same else 3)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("packed_matmul hung in a forked child")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_zero_rows_and_empty_batch():

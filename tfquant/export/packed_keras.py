@@ -1,9 +1,10 @@
-"""Packed 2/4-bit inference models: `PackedDense` and `to_packed_keras`.
+"""Packed 2/4-bit inference models: `PackedDense`, `PackedConv2D` and `to_packed_keras`.
 
 `to_packed_keras(qmodel)` turns a QAT model from `tfquant.quantize_model` into an
-inference model whose Dense layers with ≤ 4-bit weights run `tfquant.ops.packed_matmul`
-on packed weights (cc_ops/kernels/packed.h); every other layer is the QAT model's own
-layer, called with `training=False`.
+inference model whose Dense and Conv2D layers with ≤ 4-bit weights run
+`tfquant.ops.packed_matmul` on packed weights (cc_ops/kernels/packed.h), a Conv2D on
+its im2col patches; every other layer (depthwise, separable, transposed, 1-D/3-D
+convolutions among them) is the QAT model's own layer, called with `training=False`.
 
 Numbers. The packed weights are exactly the QAT model's deployed weights (`q · s`, BN
 folded), so the only difference is that `packed_matmul` quantizes each row of its input
@@ -27,6 +28,50 @@ from tfquant.ops.packed import pack_weights, packed_matmul
 PACKABLE_BITS = (2, 4)
 
 
+def add_packed_weights(layer, k, init_values):
+    """Adds the non-trainable `packed`, `scales` and (if `layer.use_bias`) `bias` weights
+    of a K×`layer.units` packed matmul to `layer`, from (q [K, N] | None, scales | None,
+    bias | None)."""
+    q, scales, bias = init_values
+    n = layer.units
+    if layer.group_size not in (0, 32, 64, 128) or (layer.group_size and k % layer.group_size):
+        raise ValueError(f"{layer.name}: group_size={layer.group_size} with K={k}; allowed: 0 "
+                         "(per channel) or 32, 64, 128 dividing K.")
+    groups = 1 if layer.group_size == 0 else k // layer.group_size
+    if q is None:
+        q = np.zeros((k, n), np.int8)
+    if tuple(np.shape(q)) != (k, n):
+        raise ValueError(f"{layer.name}: q has shape {np.shape(q)}, expected {(k, n)}")
+    packed = pack_weights(np.asarray(q), layer.bits).numpy()
+    layer.packed = layer.add_weight(name="packed", shape=packed.shape, dtype="uint8",
+                                    trainable=False, initializer="zeros")
+    layer.packed.assign(packed)
+    layer.scales = layer.add_weight(name="scales", shape=(groups, n), trainable=False,
+                                    initializer="ones")
+    if scales is not None:
+        layer.scales.assign(np.asarray(scales, np.float32).reshape(groups, n))
+    layer.bias = None
+    if layer.use_bias:
+        layer.bias = layer.add_weight(name="bias", shape=(n,), trainable=False,
+                                      initializer="zeros")
+        if bias is not None:
+            layer.bias.assign(np.asarray(bias, np.float32))
+
+
+def packed_matmul_of(layer, rows):
+    """`rows @ (q · scales) + bias` for a layer built by add_packed_weights."""
+    return packed_matmul(rows, tf.convert_to_tensor(layer.packed),
+                         tf.convert_to_tensor(layer.scales),
+                         None if layer.bias is None else tf.convert_to_tensor(layer.bias),
+                         bits=layer.bits, n=layer.units, group_size=layer.group_size)
+
+
+def _check_bits(bits):
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"bits={bits!r}; packed weights are 2 or 4 bits.")
+    return bits
+
+
 @keras.saving.register_keras_serializable(package="tfquant")
 class PackedDense(keras.layers.Layer):
     """Dense inference layer with packed signed 2/4-bit weights.
@@ -44,7 +89,7 @@ class PackedDense(keras.layers.Layer):
                  use_bias=True, activation=None, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
-        self.bits = int(bits)
+        self.bits = _check_bits(bits)
         self.group_size = int(group_size)
         self.use_bias = bool(use_bias) if bias is None else True
         self.activation = keras.activations.get(activation)
@@ -52,35 +97,12 @@ class PackedDense(keras.layers.Layer):
         self.post = None  # set by to_packed_keras: the QAT layer's activation + quantizer
 
     def build(self, input_shape):
-        k = int(input_shape[-1])
-        groups = 1 if self.group_size == 0 else k // self.group_size
-        q, scales, bias = self._init_values
-        if q is None:
-            q = np.zeros((k, self.units), np.int8)
-        if tuple(np.shape(q)) != (k, self.units):
-            raise ValueError(f"{self.name}: q has shape {np.shape(q)}, expected {(k, self.units)}")
-        packed = pack_weights(np.asarray(q), self.bits).numpy()
-        self.packed = self.add_weight(name="packed", shape=packed.shape, dtype="uint8",
-                                      trainable=False, initializer="zeros")
-        self.packed.assign(packed)
-        self.scales = self.add_weight(name="scales", shape=(groups, self.units),
-                                      trainable=False, initializer="ones")
-        if scales is not None:
-            self.scales.assign(np.asarray(scales, np.float32).reshape(groups, self.units))
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self.units,), trainable=False,
-                                        initializer="zeros")
-            if bias is not None:
-                self.bias.assign(np.asarray(bias, np.float32))
+        self.k = int(input_shape[-1])
+        add_packed_weights(self, self.k, self._init_values)
         self._init_values = (None, None, None)
-        self.k = k
 
     def call(self, inputs):
-        y = packed_matmul(inputs, tf.convert_to_tensor(self.packed),
-                          tf.convert_to_tensor(self.scales),
-                          None if self.bias is None else tf.convert_to_tensor(self.bias),
-                          bits=self.bits, n=self.units, group_size=self.group_size)
+        y = packed_matmul_of(self, inputs)
         if self.post is not None:
             return self.post(y)
         return self.activation(y)
@@ -94,6 +116,95 @@ class PackedDense(keras.layers.Layer):
                       use_bias=self.use_bias,
                       activation=keras.activations.serialize(self.activation))
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfquant")
+class PackedConv2D(keras.layers.Layer):
+    """2-D convolution inference layer with packed signed 2/4-bit weights (im2col).
+
+    `y = activation(conv2d(x, q · scales) + bias)`, channels_last, computed as one
+    `tfquant.ops.packed_matmul` whose rows are the input patches
+    (`tf.image.extract_patches`, flattened in (row, column, channel) order, the order of
+    a Keras kernel `[kh, kw, C_in, filters]` reshaped to `[kh·kw·C_in, filters]`); a
+    1×1 kernel with stride 1 multiplies the pixels directly. Each patch is quantized to
+    int8 on its own (dynamic, per row).
+
+    Args:
+      filters: output channels N. kernel_size, strides, dilation_rate: an int or a pair
+        (strides and dilation above 1 not both, as in `keras.layers.Conv2D`).
+      padding: "valid" or "same". bits: 2 or 4. group_size: 0 (per channel), 32, 64, 128
+        dividing kh·kw·C_in.
+      q: int weights `[kh·kw·C_in, N]` or `[kh, kw, C_in, N]` (optional). scales:
+        [groups, N]. bias: [N] or None. activation: a Keras activation after the bias.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 bits=4, group_size=0, q=None, scales=None, bias=None, use_bias=True,
+                 activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(filters)
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.strides = _pair("strides", strides)
+        self.dilation_rate = _pair("dilation_rate", dilation_rate)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(f"strides={self.strides} and dilation_rate={self.dilation_rate}: "
+                             "one of them must be 1.")
+        self.padding = str(padding).lower()
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"padding={padding!r}; allowed: 'valid', 'same'.")
+        self.bits = _check_bits(bits)
+        self.group_size = int(group_size)
+        self.use_bias = bool(use_bias) if bias is None else True
+        self.activation = keras.activations.get(activation)
+        if q is not None:
+            q = np.asarray(q).reshape(-1, self.units)
+        self._init_values = (q, scales, bias)
+        self.post = None  # set by to_packed_keras: the QAT layer's activation + quantizer
+
+    def build(self, input_shape):
+        self.k = self.kernel_size[0] * self.kernel_size[1] * int(input_shape[-1])
+        add_packed_weights(self, self.k, self._init_values)
+        self._init_values = (None, None, None)
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        if self.kernel_size == (1, 1) and self.strides == (1, 1):
+            patches = x
+        else:
+            patches = tf.image.extract_patches(
+                x, sizes=[1, *self.kernel_size, 1], strides=[1, *self.strides, 1],
+                rates=[1, *self.dilation_rate, 1], padding=self.padding.upper())
+        y = packed_matmul_of(self, patches)
+        if self.post is not None:
+            return self.post(y)
+        return self.activation(y)
+
+    def compute_output_shape(self, input_shape):
+        spatial = []
+        for size, k, s, d in zip(input_shape[1:3], self.kernel_size, self.strides,
+                                 self.dilation_rate):
+            if size is None:
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // s))
+            else:
+                spatial.append(-(-(size - (k - 1) * d) // s))
+        return (input_shape[0], *spatial, self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.units, kernel_size=self.kernel_size, strides=self.strides,
+                      padding=self.padding, dilation_rate=self.dilation_rate, bits=self.bits,
+                      group_size=self.group_size, use_bias=self.use_bias,
+                      activation=keras.activations.serialize(self.activation))
+        return config
+
+
+def _pair(name, value):
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ValueError(f"{name}={value!r}; expected a positive int or a pair of them.")
+    return pair
 
 
 def integer_grid(values, bits, axis=-1):
@@ -111,7 +222,8 @@ def integer_grid(values, bits, axis=-1):
             continue
         tolerance = 1e-5 * np.maximum(scale, 1e-30) * qmax
         if np.all(np.abs(q * scale - values) <= tolerance):
-            scales = np.broadcast_to(scale, (1, values.shape[-1])).astype(np.float32)
+            scales = np.broadcast_to(scale.reshape(1, -1), (1, values.shape[-1]))
+            scales = scales.astype(np.float32)
             return q.astype(np.int8), np.ascontiguousarray(scales)
     return None
 
@@ -124,36 +236,49 @@ def _weight_bits(quantizer):
     return None
 
 
-def packed_dense_for(layer):
-    """A `PackedDense` equal to a QAT Dense wrapper (`QuantizedConvolution`), or None
-    when its weights are not a ≤ 4-bit uniform grid."""
+def packed_layer_for(layer):
+    """A `PackedDense` or `PackedConv2D` equal to a QAT Dense or Conv2D wrapper
+    (`QuantizedConvolution`), or None when it is another layer or its weights are not a
+    ≤ 4-bit uniform grid."""
     from tfquant.keras.quantized_convolution import QuantizedConvolution
 
-    if not isinstance(layer, QuantizedConvolution) or layer.kind != "dense":
+    if not isinstance(layer, QuantizedConvolution):
+        return None
+    conv2d = layer.kind == "conv" and isinstance(layer.layer, keras.layers.Conv2D)
+    if layer.kind != "dense" and not conv2d:
         return None
     bits = _weight_bits(layer.weight_quantizer)
     if bits is None or bits > 4:
         return None
     (values, axis), = layer.deployed_kernels().values()
-    if axis != -1 or np.ndim(values) != 2:
+    if axis != -1 or np.ndim(values) != (4 if conv2d else 2):
         return None
-    pack_bits = 2 if bits == 2 else 4
     grid = integer_grid(values, bits)
     if grid is None:
         return None
     q, scales = grid
+    q = q.reshape(-1, q.shape[-1])
     _, bias = layer.folded_kernels_and_bias()
     bias = None if bias is None else keras.ops.convert_to_numpy(bias).astype(np.float32)
-    packed = PackedDense(q.shape[1], bits=pack_bits, q=q, scales=scales, bias=bias,
-                         use_bias=bias is not None, name=layer.name)
-    packed.build((None, q.shape[0]))
+    common = dict(bits=2 if bits == 2 else 4, q=q, scales=scales, bias=bias,
+                  use_bias=bias is not None, name=layer.name)
+    if conv2d:
+        inner = layer.layer
+        packed = PackedConv2D(q.shape[1], inner.kernel_size, strides=inner.strides,
+                              padding=inner.padding, dilation_rate=inner.dilation_rate,
+                              **common)
+        packed.build((None, None, None, np.shape(values)[2]))
+    else:
+        packed = PackedDense(q.shape[1], **common)
+        packed.build((None, q.shape[0]))
     packed.post = lambda y, layer=layer: layer._activate_and_quantize(y, False)
     return packed
 
 
 def to_packed_keras(qmodel):
     """An inference model computing `qmodel(x, training=False)` with its ≤ 4-bit Dense
-    layers packed (`PackedDense`); other layers are shared with `qmodel`.
+    and Conv2D layers packed (`PackedDense`, `PackedConv2D`); other layers are shared
+    with `qmodel`.
 
     Returns the model; its attribute `packed_layers` lists the names of the packed ones.
     """
@@ -162,7 +287,7 @@ def to_packed_keras(qmodel):
     packed_names = []
 
     def clone(layer):
-        packed = packed_dense_for(layer)
+        packed = packed_layer_for(layer)
         if packed is None:
             return layer
         packed_names.append(layer.name)
