@@ -30,7 +30,6 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::shape_inference::InferenceContext;
-using Sharding = ::tensorflow::thread::ThreadPool::SchedulingParams;
 
 namespace k = ::tfquant::kernels;
 
@@ -232,27 +231,28 @@ class PackedMatmulOp : public OpKernel {
     a.bias = has_bias_ ? bias.flat<float>().data() : nullptr;
     a.y = y->flat<float>().data();
 
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    const int threads = std::max(1, pool->NumThreads());
+    const int threads = std::max(
+        1, ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads());
+    k::TaskPool* pool = SharedTaskPool(threads);  // with 1 thread: no workers
+    OP_REQUIRES(ctx, pool != nullptr,
+                absl::ResourceExhaustedError(
+                    "packed_matmul could not start its " + std::to_string(threads) +
+                    " worker threads"));
     const float* xp = x.flat<float>().data();
-    auto* xqp = const_cast<int8_t*>(a.xq);
-    auto* xsp = const_cast<float*>(a.xs);
-    auto* xsump = const_cast<int32_t*>(a.xsum);
+    int8_t* xqp = xq.flat<int8_t>().data();
+    float* xsp = xs.flat<float>().data();
+    int32_t* xsump = xsum.flat<int32_t>().data();
     const k::PackedKernelTable& table = k::SelectPackedKernels();
     // A few rows quantize in well under a microsecond: no thread hop then.
-    if (m * kk <= (int64_t{1} << 16)) {
-      table.quantize_rows(xp, kk, a.kpad, a.group_k, a.num_groups, 0, m, xqp,
-                          xsp, xsump);
-    } else {
-      pool->ParallelFor(m, Sharding::Fixed(k::CeilDiv(m, threads)),
-                        [&](int64_t m0, int64_t m1) {
-                          table.quantize_rows(xp, kk, a.kpad, a.group_k,
-                                              a.num_groups, m0, m1, xqp, xsp,
-                                              xsump);
-                        });
-    }
+    const int64_t quantize_chunk =
+        m * kk <= (int64_t{1} << 16) ? m : k::CeilDiv(m, threads);
+    pool->Run(k::CeilDiv(m, quantize_chunk), [&](int64_t t) {
+      const int64_t m0 = t * quantize_chunk;
+      table.quantize_rows(xp, kk, a.kpad, a.group_k, a.num_groups, m0,
+                          std::min(m, m0 + quantize_chunk), xqp, xsp, xsump);
+    });
 
-    // Tasks of row_chunk rows x nb_chunk column blocks, one shard each.
+    // Tasks of row_chunk rows x nb_chunk column blocks.
     // Rows: 64 int8 rows of x stay in L2 while a task sweeps its weights.
     // Column blocks: split so that there are about `threads` tasks (GEMV,
     // one contiguous stream of weights per thread) or 2 * threads (GEMM,
@@ -265,25 +265,12 @@ class PackedMatmulOp : public OpKernel {
     const int64_t nb_chunk =
         k::CeilDiv(k::CeilDiv(nblocks, nb_tasks_wanted), 4) * 4;
     const int64_t nb_tasks = k::CeilDiv(nblocks, nb_chunk);
-    auto run = [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t nb0 = (t % nb_tasks) * nb_chunk;
-        const int64_t m0 = (t / nb_tasks) * row_chunk;
-        table.matmul(a, m0, std::min(m, m0 + row_chunk), nb0,
-                     std::min(nblocks, nb0 + nb_chunk));
-      }
-    };
-    const int64_t tasks = row_tasks * nb_tasks;
-    if (tasks == 1) {
-      run(0, 1);
-      return;
-    }
-    k::TaskPool* task_pool = SharedTaskPool(threads);
-    OP_REQUIRES(ctx, task_pool != nullptr,
-                absl::ResourceExhaustedError(
-                    "packed_matmul could not start its " + std::to_string(threads) +
-                    " worker threads"));
-    task_pool->Run(tasks, [&](int64_t t) { run(t, t + 1); });
+    pool->Run(row_tasks * nb_tasks, [&](int64_t t) {
+      const int64_t nb0 = (t % nb_tasks) * nb_chunk;
+      const int64_t m0 = (t / nb_tasks) * row_chunk;
+      table.matmul(a, m0, std::min(m, m0 + row_chunk), nb0,
+                   std::min(nblocks, nb0 + nb_chunk));
+    });
   }
 
  private:

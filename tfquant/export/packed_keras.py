@@ -23,57 +23,76 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfquant.ops.packed import pack_weights, packed_matmul
-
-PACKABLE_BITS = (2, 4)
+from tfquant.ops.packed import GROUP_SIZES, check_packed_bits, pack_weights, packed_matmul
 
 
-def add_packed_weights(layer, k, init_values):
-    """Adds the non-trainable `packed`, `scales` and (if `layer.use_bias`) `bias` weights
-    of a K×`layer.units` packed matmul to `layer`, from (q [K, N] | None, scales | None,
-    bias | None)."""
-    q, scales, bias = init_values
-    n = layer.units
-    if layer.group_size not in (0, 32, 64, 128) or (layer.group_size and k % layer.group_size):
-        raise ValueError(f"{layer.name}: group_size={layer.group_size} with K={k}; allowed: 0 "
-                         "(per channel) or 32, 64, 128 dividing K.")
-    groups = 1 if layer.group_size == 0 else k // layer.group_size
-    if q is None:
-        q = np.zeros((k, n), np.int8)
-    if tuple(np.shape(q)) != (k, n):
-        raise ValueError(f"{layer.name}: q has shape {np.shape(q)}, expected {(k, n)}")
-    packed = pack_weights(np.asarray(q), layer.bits).numpy()
-    layer.packed = layer.add_weight(name="packed", shape=packed.shape, dtype="uint8",
-                                    trainable=False, initializer="zeros")
-    layer.packed.assign(packed)
-    layer.scales = layer.add_weight(name="scales", shape=(groups, n), trainable=False,
-                                    initializer="ones")
-    if scales is not None:
-        layer.scales.assign(np.asarray(scales, np.float32).reshape(groups, n))
-    layer.bias = None
-    if layer.use_bias:
-        layer.bias = layer.add_weight(name="bias", shape=(n,), trainable=False,
-                                      initializer="zeros")
-        if bias is not None:
-            layer.bias.assign(np.asarray(bias, np.float32))
+class PackedMatmulLayer(keras.layers.Layer):
+    """What `PackedDense` and `PackedConv2D` share: the non-trainable `packed`, `scales`
+    and `bias` weights of a K×`units` packed matmul, and `y = post(rows @ (q · scales) +
+    bias)`, where `post` is the layer's activation, or the QAT layer's activation and
+    output quantizer when `to_packed_keras` built it.
 
+    q: int weights [K, N] (any shape with N last; optional: else `set_weights` later),
+    scales: [groups, N], bias: [N] or None.
+    """
 
-def packed_matmul_of(layer, rows):
-    """`rows @ (q · scales) + bias` for a layer built by add_packed_weights."""
-    return packed_matmul(rows, tf.convert_to_tensor(layer.packed),
-                         tf.convert_to_tensor(layer.scales),
-                         None if layer.bias is None else tf.convert_to_tensor(layer.bias),
-                         bits=layer.bits, n=layer.units, group_size=layer.group_size)
+    def __init__(self, units, bits, group_size, q, scales, bias, use_bias, activation,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.bits = check_packed_bits(bits)
+        self.group_size = int(group_size)
+        self.use_bias = bool(use_bias) if bias is None else True
+        self.activation = keras.activations.get(activation)
+        self._init_values = (q, scales, bias)
+        self.post = None  # set by to_packed_keras: the QAT layer's activation + quantizer
 
+    def build_packed(self, k):
+        """Adds the weights for K = k input features (called by the subclass's build)."""
+        q, scales, bias = self._init_values
+        n = self.units
+        if self.group_size not in GROUP_SIZES or (self.group_size and k % self.group_size):
+            raise ValueError(f"{self.name}: group_size={self.group_size} with K={k}; allowed: "
+                             "0 (per channel) or 32, 64, 128 dividing K.")
+        groups = 1 if self.group_size == 0 else k // self.group_size
+        q = np.zeros((k, n), np.int8) if q is None else np.asarray(q)
+        if q.size != k * n or q.shape[-1] != n:  # a conv kernel [kh, kw, C_in, N] is fine
+            raise ValueError(f"{self.name}: q has shape {q.shape}, expected {(k, n)}")
+        packed = pack_weights(q.reshape(k, n), self.bits).numpy()
+        self.packed = self.add_weight(name="packed", shape=packed.shape, dtype="uint8",
+                                      trainable=False, initializer="zeros")
+        self.packed.assign(packed)
+        self.scales = self.add_weight(name="scales", shape=(groups, n), trainable=False,
+                                      initializer="ones")
+        if scales is not None:
+            self.scales.assign(np.asarray(scales, np.float32).reshape(groups, n))
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(n,), trainable=False,
+                                        initializer="zeros")
+            if bias is not None:
+                self.bias.assign(np.asarray(bias, np.float32))
+        self._init_values = (None, None, None)
+        self.k = k
 
-def _check_bits(bits):
-    if bits not in PACKABLE_BITS:
-        raise ValueError(f"bits={bits!r}; packed weights are 2 or 4 bits.")
-    return bits
+    def matmul_and_activate(self, rows):
+        y = packed_matmul(rows, tf.convert_to_tensor(self.packed),
+                          tf.convert_to_tensor(self.scales),
+                          None if self.bias is None else tf.convert_to_tensor(self.bias),
+                          bits=self.bits, n=self.units, group_size=self.group_size)
+        if self.post is not None:
+            return self.post(y)
+        return self.activation(y)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bits=self.bits, group_size=self.group_size, use_bias=self.use_bias,
+                      activation=keras.activations.serialize(self.activation))
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
-class PackedDense(keras.layers.Layer):
+class PackedDense(PackedMatmulLayer):
     """Dense inference layer with packed signed 2/4-bit weights.
 
     `y = activation(x @ (q · scales) + bias)` computed by `tfquant.ops.packed_matmul`
@@ -87,39 +106,26 @@ class PackedDense(keras.layers.Layer):
 
     def __init__(self, units, bits=4, group_size=0, q=None, scales=None, bias=None,
                  use_bias=True, activation=None, **kwargs):
-        super().__init__(**kwargs)
-        self.units = int(units)
-        self.bits = _check_bits(bits)
-        self.group_size = int(group_size)
-        self.use_bias = bool(use_bias) if bias is None else True
-        self.activation = keras.activations.get(activation)
-        self._init_values = (q, scales, bias)
-        self.post = None  # set by to_packed_keras: the QAT layer's activation + quantizer
+        super().__init__(units, bits, group_size, q, scales, bias, use_bias, activation,
+                         **kwargs)
 
     def build(self, input_shape):
-        self.k = int(input_shape[-1])
-        add_packed_weights(self, self.k, self._init_values)
-        self._init_values = (None, None, None)
+        self.build_packed(int(input_shape[-1]))
 
     def call(self, inputs):
-        y = packed_matmul_of(self, inputs)
-        if self.post is not None:
-            return self.post(y)
-        return self.activation(y)
+        return self.matmul_and_activate(inputs)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(units=self.units, bits=self.bits, group_size=self.group_size,
-                      use_bias=self.use_bias,
-                      activation=keras.activations.serialize(self.activation))
+        config.update(units=self.units)
         return config
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
-class PackedConv2D(keras.layers.Layer):
+class PackedConv2D(PackedMatmulLayer):
     """2-D convolution inference layer with packed signed 2/4-bit weights (im2col).
 
     `y = activation(conv2d(x, q · scales) + bias)`, channels_last, computed as one
@@ -141,8 +147,8 @@ class PackedConv2D(keras.layers.Layer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  bits=4, group_size=0, q=None, scales=None, bias=None, use_bias=True,
                  activation=None, **kwargs):
-        super().__init__(**kwargs)
-        self.units = int(filters)
+        super().__init__(filters, bits, group_size, q, scales, bias, use_bias, activation,
+                         **kwargs)
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.strides = _pair("strides", strides)
         self.dilation_rate = _pair("dilation_rate", dilation_rate)
@@ -152,19 +158,9 @@ class PackedConv2D(keras.layers.Layer):
         self.padding = str(padding).lower()
         if self.padding not in ("valid", "same"):
             raise ValueError(f"padding={padding!r}; allowed: 'valid', 'same'.")
-        self.bits = _check_bits(bits)
-        self.group_size = int(group_size)
-        self.use_bias = bool(use_bias) if bias is None else True
-        self.activation = keras.activations.get(activation)
-        if q is not None:
-            q = np.asarray(q).reshape(-1, self.units)
-        self._init_values = (q, scales, bias)
-        self.post = None  # set by to_packed_keras: the QAT layer's activation + quantizer
 
     def build(self, input_shape):
-        self.k = self.kernel_size[0] * self.kernel_size[1] * int(input_shape[-1])
-        add_packed_weights(self, self.k, self._init_values)
-        self._init_values = (None, None, None)
+        self.build_packed(self.kernel_size[0] * self.kernel_size[1] * int(input_shape[-1]))
 
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
@@ -174,10 +170,7 @@ class PackedConv2D(keras.layers.Layer):
             patches = tf.image.extract_patches(
                 x, sizes=[1, *self.kernel_size, 1], strides=[1, *self.strides, 1],
                 rates=[1, *self.dilation_rate, 1], padding=self.padding.upper())
-        y = packed_matmul_of(self, patches)
-        if self.post is not None:
-            return self.post(y)
-        return self.activation(y)
+        return self.matmul_and_activate(patches)
 
     def compute_output_shape(self, input_shape):
         spatial = []
@@ -194,9 +187,7 @@ class PackedConv2D(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.units, kernel_size=self.kernel_size, strides=self.strides,
-                      padding=self.padding, dilation_rate=self.dilation_rate, bits=self.bits,
-                      group_size=self.group_size, use_bias=self.use_bias,
-                      activation=keras.activations.serialize(self.activation))
+                      padding=self.padding, dilation_rate=self.dilation_rate)
         return config
 
 

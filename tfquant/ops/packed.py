@@ -26,7 +26,8 @@ PACKED_BITS = (2, 4)
 GROUP_SIZES = (0, 32, 64, 128)
 
 
-def _check_bits(bits):
+def check_packed_bits(bits):
+    """bits as an int if it is a packed width (2 or 4), else ValueError."""
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in PACKED_BITS:
         raise ValueError(f"bits={bits!r} is not supported; allowed: 2, 4")
     return int(bits)
@@ -34,14 +35,14 @@ def _check_bits(bits):
 
 def packed_size(k, n, bits):
     """Bytes of the packed weights of a [k, n] matrix."""
-    _check_bits(bits)
+    check_packed_bits(bits)
     kb = 32 // bits
     return -(-n // 16) * 16 * (-(-k // kb) * kb) * bits // 8
 
 
 def pack_weights(q, bits, name=None):
     """Packs integer weights q [K, N] (any integer dtype) into a 1-D uint8 tensor."""
-    bits = _check_bits(bits)
+    bits = check_packed_bits(bits)
     q = tf.convert_to_tensor(q)
     if not q.dtype.is_integer:
         raise ValueError(f"q must hold integers; got dtype {q.dtype.name}")
@@ -50,7 +51,7 @@ def pack_weights(q, bits, name=None):
 
 def unpack_weights(packed, bits, k, n, name=None):
     """Inverse of `pack_weights`: int8 [k, n]."""
-    bits = _check_bits(bits)
+    bits = check_packed_bits(bits)
     return _ops.tfquant_unpack_weights(tf.convert_to_tensor(packed, tf.uint8), bits=bits,
                                        k=int(k), n=int(n), name=name)
 
@@ -68,7 +69,7 @@ def packed_matmul(x, packed, scales, bias=None, bits=4, n=None, group_size=0, na
     Returns:
       float [..., n].
     """
-    bits = _check_bits(bits)
+    bits = check_packed_bits(bits)
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size={group_size!r} is not supported; allowed: 0, 32, 64, 128")
     x = tf.convert_to_tensor(x)
@@ -102,7 +103,7 @@ def quantize_weights(w, bits, group_size=0):
     """Symmetric narrow-range quantization of float weights w [K, N] (numpy):
     returns (q int8 [K, N], scales float32 [groups, N]) with
     `scale = max|w| / (2^(bits-1) − 1)` per output channel or per group."""
-    bits = _check_bits(bits)
+    bits = check_packed_bits(bits)
     w = np.asarray(w, np.float32)
     k, n = w.shape
     g = k if group_size == 0 else group_size
