@@ -17,7 +17,7 @@ from tfquant.export.report import ExportReport
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.compat import as_keras3, float32_copy, is_tfmot_quantized
 from tfquant.keras.quantized_convolution import QuantizedConvolution
-from tfquant.keras.transform import OUTPUT_QUANTIZED_LAYERS, _is_pass_through
+from tfquant.keras.layers import handler_for
 from tfquant.quantizers.base import Deployment, exporting
 
 _IO_TYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
@@ -35,11 +35,16 @@ def _io_type(value, what):
 
 
 def _float_layers(model):
-    """Layers the exported model computes in float (kept in float by the config)."""
-    return [layer for layer in model.layers
-            if not isinstance(layer, (QuantizedConvolution, ActivationFakeQuant))
-            and not _is_pass_through(layer)
-            and not isinstance(layer, OUTPUT_QUANTIZED_LAYERS)]
+    """Layers the exported model computes in float (kept in float by the config): those
+    that are no tfquant layer and that their handler does not keep as they are."""
+    float_layers = []
+    for layer in model.layers:
+        if isinstance(layer, (QuantizedConvolution, ActivationFakeQuant)):
+            continue
+        handler = handler_for(layer)
+        if handler is None or not handler.keeps_layer(layer):
+            float_layers.append(layer)
+    return float_layers
 
 
 def _quantizers(model):

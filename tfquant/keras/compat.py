@@ -278,14 +278,14 @@ def annotated_config(config, annotations, model):
     quantizers become tfquant's MinMax weight/moving-average quantizers with the same
     bits, anything else (and `quantize_config=None`) tfquant's defaults."""
     from tfquant.keras.config import LayerRule
-    from tfquant.keras.transform import _is_pass_through
+    from tfquant.keras.graph import passes_through
 
     if not annotations:
         return config
     config = copy.copy(config)
     config.float_layers = list(config.float_layers) + [
         re.escape(layer.name) for layer in _flat_layers(model)
-        if layer.name not in annotations and not _is_pass_through(layer)]
+        if layer.name not in annotations and not passes_through(layer)]
     rules = []
     for name, (tf_layer, quantize_config) in annotations.items():
         settings = _annotation_settings(tf_layer, quantize_config)

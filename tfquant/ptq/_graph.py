@@ -8,13 +8,13 @@ import keras
 import numpy as np
 
 from tfquant.keras.quantized_convolution import activation_name, kernel_kind
-from tfquant.keras.transform import _functional_view, _Graph
+from tfquant.keras.graph import ModelGraph, functional_view
 
 _L = keras.layers
 
 
 def graph_of(model):
-    return _Graph(_functional_view(model))
+    return ModelGraph(functional_view(model))
 
 
 def clone_layer(layer, **changes):
@@ -65,7 +65,7 @@ def rebuild(model, replace=None, skip=(), name=None):
     for new_layer, old_layer, setter in jobs:
         if setter is not None:
             setter(new_layer)
-        elif old_layer.weights:
+        elif getattr(old_layer, "weights", None):  # keras.ops operations have none
             new_layer.set_weights(old_layer.get_weights())
     return result
 

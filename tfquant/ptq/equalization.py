@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from tfquant.keras.quantized_convolution import activation_name, kernel_kind
-from tfquant.keras.transform import _batch_norm_to_fold
+from tfquant.keras.layers.convolution import batch_norm_to_fold
 from tfquant.ptq import _graph as g
 
 _L = keras.layers
@@ -114,7 +114,7 @@ def fold_batch_norm(model, relu6_to_relu=False):
         kind = kernel_kind(layer)
         if kind is None:
             continue
-        bn_node = _batch_norm_to_fold(graph, node, layer)
+        bn_node = batch_norm_to_fold(graph, node)
         batch_norm = bn_node.operation if bn_node is not None else None
         changes = {"use_bias": True}
         if relu6_to_relu and activation_name(layer) == "relu6":

@@ -1,0 +1,24 @@
+"""How `quantize_model` quantizes each layer family: one module per family, each
+registering a `LayerHandler` for its classes (`registry`)."""
+
+from tfquant.keras.layers import (  # noqa: F401  (each module registers its handlers)
+    activations,
+    channel_affine,
+    convolution,
+    merging,
+    normalization,
+    operations,
+    pooling,
+    reshaping,
+    scaling,
+)
+from tfquant.keras.layers.registry import (
+    LayerHandler,
+    PassThrough,
+    QuantizedOutput,
+    handler_for,
+    register_layer_handler,
+)
+
+__all__ = ["LayerHandler", "PassThrough", "QuantizedOutput", "handler_for",
+           "register_layer_handler"]

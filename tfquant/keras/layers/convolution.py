@@ -1,0 +1,101 @@
+"""Dense and convolution layers: `QuantizedConvolution` wrappers with fake-quantized
+kernels, a directly following BatchNormalization folded in, and a following ReLU/ReLU6
+fused (one output quantizer, after it)."""
+
+import keras
+
+from tfquant.keras.layers.activations import NON_NEGATIVE_ACTIVATIONS
+from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
+from tfquant.keras.quantized_convolution import (
+    FUSABLE_ACTIVATIONS,
+    QuantizedConvolution,
+    activation_name,
+    kernel_kind,
+)
+
+_L = keras.layers
+
+
+def batch_norm_to_fold(graph, node):
+    """The BatchNormalization node that directly and only follows the Dense/convolution
+    `node` and can be folded into it, or None."""
+    layer = node.operation
+    if graph.is_shared(layer) or activation_name(layer) != "linear":
+        return None
+    consumer = graph.sole_consumer(node)
+    if consumer is None or not isinstance(consumer.operation, _L.BatchNormalization):
+        return None
+    batch_norm = consumer.operation
+    if graph.is_shared(batch_norm):
+        return None
+    axis = batch_norm.axis
+    axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+    if axis not in (-1, len(node.outputs[0].shape) - 1):
+        return None
+    return consumer
+
+
+def _clone(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+class KernelHandler(LayerHandler):
+    """Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the transposed
+    convolutions (`channels_last`, no groups)."""
+
+    def unsupported_reason(self, layer):
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return "data_format='channels_first'"
+        if getattr(layer, "groups", 1) != 1:
+            return "a grouped convolution"
+        return None
+
+    def output_activation(self, layer):
+        return activation_name(layer)
+
+    def non_negative(self, layer, inputs_non_negative):
+        return activation_name(layer) in NON_NEGATIVE_ACTIVATIONS
+
+    def has_kernel(self, layer):
+        return True
+
+    def keeps_layer(self, layer):
+        return False
+
+    def rebuild(self, context, node, args, kwargs):
+        layer = node.operation
+        bn_node = batch_norm_to_fold(context.graph, node)
+        last_node = bn_node or node
+        own_activation = activation_name(layer)
+        fuse_next = own_activation == "linear" and context.next_is_fused(last_node)
+
+        def make(layer):
+            kind = kernel_kind(layer)
+            spec = context.config.layer_spec(
+                layer, first_or_last_weights=context.graph.is_first_or_last(node))
+            wrapper = QuantizedConvolution(
+                _clone(layer),
+                batch_norm=_clone(bn_node.operation) if bn_node is not None else None,
+                weight_quantizer=spec.weight_quantizer_for(-2 if kind == "transpose" else -1),
+                output_quantizer=(None if fuse_next else
+                                  context.output_quantizer(last_node, own_activation)),
+                intermediate_quantizer=(spec.activation_quantizer_for()
+                                        if kind == "separable" else None),
+                pre_activation_quantizer=(spec.activation_quantizer_for()
+                                          if own_activation not in FUSABLE_ACTIVATIONS
+                                          else None),
+                name=layer.name,
+            )
+            context.copy_weights(wrapper.layer, layer)
+            if bn_node is not None:
+                context.copy_weights(wrapper.batch_norm, bn_node.operation)
+                context.fold(bn_node, into=node)
+            return wrapper
+
+        return context.replacement(layer, make)(*args, **kwargs)
+
+
+for _cls in (_L.Dense, _L.Conv1D, _L.Conv2D, _L.Conv3D, _L.DepthwiseConv1D,
+             _L.DepthwiseConv2D, _L.SeparableConv1D, _L.SeparableConv2D,
+             _L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose):
+    register_layer_handler(_cls, KernelHandler())
