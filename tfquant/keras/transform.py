@@ -190,7 +190,7 @@ class RebuildContext:
         self.config = config
         self.tensors = {}  # id(original KerasTensor) → new tensor
         self.layers = {}  # id(original layer) → the layer that replaces it
-        self.weight_sources = []  # (new layer, original layer) pairs to copy weights
+        self.weight_sources = []  # (new layer, original layer, transform): weights to copy
         self.folded = {}  # id(BN node) → the node of the convolution it folds into
         self.names = {layer.name for layer in graph.model.layers}
 
@@ -215,8 +215,9 @@ class RebuildContext:
         outputs = [self.tensors[id(t)] for t in model.outputs]
         outputs = outputs[0] if len(outputs) == 1 and not isinstance(model.output, list) else outputs
         quantized = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
-        for new_layer, old_layer in self.weight_sources:
-            new_layer.set_weights(old_layer.get_weights())
+        for new_layer, old_layer, transform in self.weight_sources:
+            values = old_layer.get_weights()
+            new_layer.set_weights(transform(values) if transform is not None else values)
         return quantized
 
     def _quantize_input(self, tensor, new_input):
@@ -264,9 +265,10 @@ class RebuildContext:
             self.layers[id(layer)] = new_layer
         return self.layers[id(layer)]
 
-    def copy_weights(self, target, source):
-        """Copies `source`'s weights into `target` once the quantized model is built."""
-        self.weight_sources.append((target, source))
+    def copy_weights(self, target, source, transform=None):
+        """Copies `source`'s weights into `target` once the quantized model is built,
+        through `transform(list of arrays) → list of arrays` if given."""
+        self.weight_sources.append((target, source, transform))
 
     def fold(self, batch_norm_node, into):
         """Records that `batch_norm_node` is folded into the node `into`: its output is

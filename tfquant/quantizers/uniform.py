@@ -366,4 +366,5 @@ INT8_FIXED_OUTPUT_RANGES = {
     "sigmoid": (0.0, 255.0 / 256.0),
     "softmax": (0.0, 255.0 / 256.0),
     "tanh": (-1.0, 127.0 / 128.0),
+    "log_softmax": (-255.0 / 16.0, 0.0),  # scale 16/256, zero point 127
 }

@@ -39,6 +39,40 @@ def _clone(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
+def _is_depthwise_grouped(layer):
+    """A Conv1D/Conv2D with one group per input channel (ConvNeXt's depthwise
+    convolutions): the same function as a DepthwiseConv1D/2D."""
+    groups = getattr(layer, "groups", 1)
+    return (groups > 1 and isinstance(layer, (_L.Conv1D, _L.Conv2D))
+            and int(layer.kernel.shape[-2]) == 1)
+
+
+def _input_channels(layer):
+    return int(layer.kernel.shape[-2]) * int(getattr(layer, "groups", 1))
+
+
+def _as_depthwise(layer):
+    """The DepthwiseConv1D/2D equal to a grouped `layer` with one group per input channel,
+    and a function mapping its weights to the depthwise layer's. The kernel
+    `[..., 1, in·m]` becomes `[..., in, m]`: output channel `g·m + j` is multiplier `j`
+    of input channel `g` in both."""
+    config = layer.get_config()
+    channels = _input_channels(layer)
+    cls = _L.DepthwiseConv1D if isinstance(layer, _L.Conv1D) else _L.DepthwiseConv2D
+    depthwise = cls(kernel_size=config["kernel_size"], strides=config["strides"],
+                    padding=config["padding"], dilation_rate=config["dilation_rate"],
+                    depth_multiplier=config["filters"] // channels,
+                    activation=config["activation"], use_bias=config["use_bias"],
+                    name=config["name"], dtype=layer.dtype_policy)
+
+    def weights(values):
+        kernel = values[0]
+        return [kernel.reshape(kernel.shape[:-2] + (channels, kernel.shape[-1] // channels))
+                ] + list(values[1:])
+
+    return depthwise, weights
+
+
 class KernelHandler(LayerHandler):
     """Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the transposed
     convolutions (`channels_last`, no groups)."""
@@ -46,8 +80,9 @@ class KernelHandler(LayerHandler):
     def unsupported_reason(self, layer):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             return "data_format='channels_first'"
-        if getattr(layer, "groups", 1) != 1:
-            return "a grouped convolution"
+        if getattr(layer, "groups", 1) != 1 and not _is_depthwise_grouped(layer):
+            return ("a grouped convolution (groups=1 and groups=input channels, a depthwise "
+                    "convolution, are supported)")
         return None
 
     def output_activation(self, layer):
@@ -70,11 +105,15 @@ class KernelHandler(LayerHandler):
         fuse_next = own_activation == "linear" and context.next_is_fused(last_node)
 
         def make(layer):
-            kind = kernel_kind(layer)
+            if _is_depthwise_grouped(layer):
+                float_layer, transform = _as_depthwise(layer)
+            else:
+                float_layer, transform = _clone(layer), None
+            kind = kernel_kind(float_layer)
             spec = context.config.layer_spec(
                 layer, first_or_last_weights=context.graph.is_first_or_last(node))
             wrapper = QuantizedConvolution(
-                _clone(layer),
+                float_layer,
                 batch_norm=_clone(bn_node.operation) if bn_node is not None else None,
                 weight_quantizer=spec.weight_quantizer_for(-2 if kind == "transpose" else -1),
                 output_quantizer=(None if fuse_next else
@@ -86,7 +125,7 @@ class KernelHandler(LayerHandler):
                                           else None),
                 name=layer.name,
             )
-            context.copy_weights(wrapper.layer, layer)
+            context.copy_weights(wrapper.layer, layer, transform)
             if bn_node is not None:
                 context.copy_weights(wrapper.batch_norm, bn_node.operation)
                 context.fold(bn_node, into=node)

@@ -7,7 +7,11 @@ converter on their own range."""
 from keras.src.ops import nn as _nn
 from keras.src.ops import numpy as _np
 
-from tfquant.keras.layers.activations import NON_NEGATIVE_ACTIVATIONS
+from tfquant.keras.layers.activations import (
+    DECOMPOSED,
+    NON_NEGATIVE_ACTIVATIONS,
+    rebuild_decomposed,
+)
 from tfquant.keras.layers.registry import (
     LayerHandler,
     PassThrough,
@@ -66,10 +70,17 @@ class OperationActivationHandler(LayerHandler):
     def is_fused_relu(self, layer):
         return self.fused_relu
 
+    def rebuild(self, context, node, args, kwargs):
+        if self.activation in DECOMPOSED:
+            return rebuild_decomposed(context, node, args[0] if args else kwargs["x"],
+                                      self.activation)
+        return super().rebuild(context, node, args, kwargs)
+
 
 register_layer_handler(_nn.Relu, OperationActivationHandler("relu", fused_relu=True))
 register_layer_handler(_nn.Relu6, OperationActivationHandler("relu6", fused_relu=True))
 for _cls, _name in ((_nn.Sigmoid, "sigmoid"), (_nn.Softmax, "softmax"), (_np.Tanh, "tanh"),
                     (_nn.Silu, "silu"), (_nn.Gelu, "gelu"), (_nn.HardSigmoid, "hard_sigmoid"),
-                    (_nn.HardSilu, "hard_silu"), (_nn.LeakyRelu, "leaky_relu")):
+                    (_nn.HardSilu, "hard_silu"), (_nn.LeakyRelu, "leaky_relu"),
+                    (_nn.Softplus, "softplus"), (_nn.LogSoftmax, "log_softmax")):
     register_layer_handler(_cls, OperationActivationHandler(_name))

@@ -1,5 +1,7 @@
-"""Pooling: max pooling selects values (pass-through), average pooling computes new ones
-(TFLite's AVERAGE_POOL_2D and MEAN rescale their int8 output)."""
+"""Pooling. Max pooling selects values and local average pooling keeps its input's
+quantization (TFLite's int8 AVERAGE_POOL_2D requires the output scale and zero point of
+its input: the converter rejects anything else), so both pass through; global average
+pooling is a MEAN, which rescales its output, so its output gets a quantizer."""
 
 import keras
 
@@ -8,9 +10,9 @@ from tfquant.keras.layers.registry import PassThrough, QuantizedOutput, register
 _L = keras.layers
 
 for _cls in (_L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D, _L.GlobalMaxPooling1D,
-             _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D):
+             _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D, _L.AveragePooling1D,
+             _L.AveragePooling2D, _L.AveragePooling3D):
     register_layer_handler(_cls, PassThrough())
 
-for _cls in (_L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
-             _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D):
+for _cls in (_L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D):
     register_layer_handler(_cls, QuantizedOutput(order_preserving=True))
