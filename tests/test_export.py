@@ -95,7 +95,7 @@ def test_every_supported_layer_exports_as_integer():
 def test_float_layers_from_the_config_export_as_float():
     inputs = keras.Input((8, 4))
     x = layers.Conv1D(8, 3, name="conv1d")(inputs)
-    x = layers.LayerNormalization(name="norm")(x)
+    x = layers.UnitNormalization(name="norm")(x)
     x = layers.Flatten()(x)
     outputs = layers.Dense(3, name="out")(x)
     model = keras.Model(inputs, outputs)

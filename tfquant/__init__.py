@@ -11,6 +11,7 @@ from tfquant import callbacks, ptq, quantizers, regularizers
 from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
 from tfquant.keras import LayerRule, QuantConfig, freeze_batch_norm, quantize_model
 from tfquant.keras.distillation import Distillation
+from tfquant.keras.layers import LayerHandler, PassThrough, QuantizedOutput, register_layer_handler
 from tfquant.keras.train_step import with_hooks
 
 __version__ = "0.1.0"
@@ -19,7 +20,9 @@ __all__ = [
     "Distillation",
     "ExportError",
     "ExportReport",
+    "LayerHandler",
     "LayerRule",
+    "PassThrough",
     "QuantConfig",
     "callbacks",
     "export_tflite",
@@ -28,7 +31,9 @@ __all__ = [
     "ops",
     "ptq",
     "quantize_model",
+    "QuantizedOutput",
     "quantizers",
+    "register_layer_handler",
     "regularizers",
     "with_hooks",
 ]

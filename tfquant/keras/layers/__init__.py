@@ -12,6 +12,7 @@ from tfquant.keras.layers import (  # noqa: F401  (each module registers its han
     reshaping,
     scaling,
 )
+from tfquant.keras.layers.channel_affine import ChannelAffine
 from tfquant.keras.layers.registry import (
     LayerHandler,
     PassThrough,
@@ -20,5 +21,5 @@ from tfquant.keras.layers.registry import (
     register_layer_handler,
 )
 
-__all__ = ["LayerHandler", "PassThrough", "QuantizedOutput", "handler_for",
+__all__ = ["ChannelAffine", "LayerHandler", "PassThrough", "QuantizedOutput", "handler_for",
            "register_layer_handler"]
