@@ -123,12 +123,14 @@ def _plan_deployment(model, nonuniform, low_bit_weights="auto"):
 
 def _as_input_list(model, data):
     arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
     if len(arrays) != len(model.inputs):
         raise ValueError(
             f"representative_data has {len(arrays)} array(s); model {model.name!r} has "
             f"{len(model.inputs)} input(s)."
         )
+    # Integer inputs (token ids) keep their dtype; float inputs become float32.
+    arrays = [np.asarray(a, dtype="float32" if "float" in str(t.dtype) else str(t.dtype))
+              for a, t in zip(arrays, model.inputs)]
     counts = {len(a) for a in arrays}
     if len(counts) != 1 or 0 in counts:
         raise ValueError(

@@ -3,12 +3,16 @@ registering a `LayerHandler` for its classes (`registry`)."""
 
 from tfquant.keras.layers import (  # noqa: F401  (each module registers its handlers)
     activations,
+    attention,
     channel_affine,
     convolution,
+    einsum_dense,
+    embedding,
     merging,
     normalization,
     operations,
     pooling,
+    recurrent,
     reshaping,
     scaling,
 )

@@ -73,6 +73,27 @@ def _as_depthwise(layer):
     return depthwise, weights
 
 
+def quantized_convolution(context, node, float_layer, output_quantizer, batch_norm=None,
+                          name=None):
+    """A `QuantizedConvolution` around `float_layer` (a new Dense or convolution; the
+    caller copies its weights) with the weight and activation quantizers the config gives
+    the layer of `node` (a first or last layer's weights at `first_last_bits`)."""
+    kind = kernel_kind(float_layer)
+    activation = activation_name(float_layer)
+    spec = context.config.layer_spec(
+        node.operation, first_or_last_weights=context.graph.is_first_or_last(node))
+    return QuantizedConvolution(
+        float_layer,
+        batch_norm=batch_norm,
+        weight_quantizer=spec.weight_quantizer_for(-2 if kind == "transpose" else -1),
+        output_quantizer=output_quantizer,
+        intermediate_quantizer=spec.activation_quantizer_for() if kind == "separable" else None,
+        pre_activation_quantizer=(spec.activation_quantizer_for()
+                                  if activation not in FUSABLE_ACTIVATIONS else None),
+        name=name or float_layer.name,
+    )
+
+
 class KernelHandler(LayerHandler):
     """Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the transposed
     convolutions (`channels_last`, no groups)."""
@@ -109,22 +130,11 @@ class KernelHandler(LayerHandler):
                 float_layer, transform = _as_depthwise(layer)
             else:
                 float_layer, transform = _clone(layer), None
-            kind = kernel_kind(float_layer)
-            spec = context.config.layer_spec(
-                layer, first_or_last_weights=context.graph.is_first_or_last(node))
-            wrapper = QuantizedConvolution(
-                float_layer,
-                batch_norm=_clone(bn_node.operation) if bn_node is not None else None,
-                weight_quantizer=spec.weight_quantizer_for(-2 if kind == "transpose" else -1),
+            wrapper = quantized_convolution(
+                context, node, float_layer,
                 output_quantizer=(None if fuse_next else
                                   context.output_quantizer(last_node, own_activation)),
-                intermediate_quantizer=(spec.activation_quantizer_for()
-                                        if kind == "separable" else None),
-                pre_activation_quantizer=(spec.activation_quantizer_for()
-                                          if own_activation not in FUSABLE_ACTIVATIONS
-                                          else None),
-                name=layer.name,
-            )
+                batch_norm=_clone(bn_node.operation) if bn_node is not None else None)
             context.copy_weights(wrapper.layer, layer, transform)
             if bn_node is not None:
                 context.copy_weights(wrapper.batch_norm, bn_node.operation)

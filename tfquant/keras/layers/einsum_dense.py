@@ -1,0 +1,99 @@
+"""`EinsumDense` whose equation is a Dense over the input's last axes (the projections of
+attention and transformer MLPs: `abc,cd->abd`, `abc,cde->abde`, `abcd,cde->abe`): it is
+quantized as that Dense, with the contracted axes flattened before it and the new axes
+unflattened after it, so TFLite gets a FULLY_CONNECTED with per-channel int8 weights
+and RESHAPEs around it."""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras.src.ops import numpy as _np
+
+from tfquant.keras.layers.convolution import quantized_convolution
+from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
+from tfquant.keras.quantized_convolution import activation_name
+
+
+@dataclasses.dataclass
+class DenseForm:
+    """An einsum `free+contracted, contracted+new -> free+new`: a Dense of
+    prod(contracted) → prod(new) units on the input with its contracted axes flattened."""
+
+    contracted_shape: tuple
+    new_shape: tuple
+
+    def dense_weights(self, kernel, bias):
+        """The Dense kernel `[prod(contracted), prod(new)]` and bias `[prod(new)]`
+        (EinsumDense's bias covers a suffix of the new axes; broadcast over the rest)."""
+        units = math.prod(self.new_shape)
+        weights = [np.reshape(kernel, (math.prod(self.contracted_shape), units))]
+        if bias is not None:
+            weights.append(np.reshape(np.zeros(self.new_shape, np.float32) + bias, (units,)))
+        return weights
+
+
+def dense_form(layer):
+    """The `DenseForm` of an EinsumDense, or None when its equation is not a Dense."""
+    equation = layer.equation.replace(" ", "")
+    inputs, rest = equation.split(",")
+    kernel, output = rest.split("->")
+    if inputs.startswith("...") != output.startswith("..."):
+        return None
+    inputs, output = inputs.removeprefix("..."), output.removeprefix("...")
+    contracted = "".join(c for c in kernel if c in inputs and c not in output)
+    new = "".join(c for c in kernel if c not in inputs)
+    free = inputs[:len(inputs) - len(contracted)]
+    if not contracted or kernel != contracted + new or inputs != free + contracted \
+            or output != free + new:
+        return None
+    if layer.bias is not None and len(layer.bias.shape) > len(new):
+        return None  # a bias over an axis the Dense does not produce
+    shape = tuple(int(d) for d in layer.kernel.shape)
+    return DenseForm(shape[:len(contracted)], shape[len(contracted):])
+
+
+class EinsumDenseHandler(LayerHandler):
+    def unsupported_reason(self, layer):
+        if dense_form(layer) is None:
+            return (f"equation {layer.equation!r}, which is not a Dense over the input's last "
+                    "axes (free+contracted, contracted+new -> free+new)")
+        return None
+
+    def output_activation(self, layer):
+        return activation_name(layer)
+
+    def has_kernel(self, layer):
+        return True
+
+    def keeps_layer(self, layer):
+        return False
+
+    def rebuild(self, context, node, args, kwargs):
+        layer = node.operation
+        form = dense_form(layer)
+        x = args[0] if args else kwargs["inputs"]
+
+        def make(layer):
+            dense = keras.layers.Dense(
+                math.prod(form.new_shape), activation=layer.activation,
+                use_bias=layer.bias is not None, name=layer.name, dtype=layer.dtype_policy)
+            wrapper = quantized_convolution(
+                context, node, dense,
+                output_quantizer=context.output_quantizer(node, activation_name(layer)))
+            context.copy_weights(wrapper.layer, layer,
+                                 lambda values: form.dense_weights(
+                                     values[0], values[1] if len(values) > 1 else None))
+            return wrapper
+
+        free_shape = tuple(x.shape[1:len(x.shape) - len(form.contracted_shape)])
+        if len(form.contracted_shape) > 1:
+            x = _np.Reshape((-1,) + free_shape + (math.prod(form.contracted_shape),))(x)
+        outputs = context.replacement(layer, make)(x)
+        if len(form.new_shape) > 1:
+            outputs = _np.Reshape((-1,) + free_shape + form.new_shape)(outputs)
+        return outputs
+
+
+register_layer_handler(keras.layers.EinsumDense, EinsumDenseHandler())
