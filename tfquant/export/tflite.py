@@ -150,6 +150,14 @@ def _as_input_list(model, data):
     return arrays
 
 
+def _by_input_name(model, arrays):
+    """Several inputs keyed by input name (the converter and the interpreter order them
+    their own way, by signature name); one input as a list."""
+    if len(arrays) == 1:
+        return arrays
+    return {tensor.name: array for tensor, array in zip(model.inputs, arrays)}
+
+
 def _convert(model, arrays, input_type, output_type, integer_only):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -166,7 +174,7 @@ def _convert(model, arrays, input_type, output_type, integer_only):
 
         def representative_dataset():
             for i in range(samples):
-                yield [a[i:i + 1] for a in arrays]
+                yield _by_input_name(model, [a[i:i + 1] for a in arrays])
 
         converter.representative_dataset = representative_dataset
     try:
@@ -289,7 +297,7 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     num_samples = 0
     if arrays is not None:
         reference = _keras_outputs(model, arrays, batch_size, grids, int8_low_bit)
-        litert = run_litert(flatbuffer, arrays, batch_size=batch_size)
+        litert = run_litert(flatbuffer, _by_input_name(model, arrays), batch_size=batch_size)
         lsbs = output_lsb(flatbuffer)
         comparisons = [compare_outputs(ref, out, lsb)
                        for ref, out, lsb in zip(reference, litert, lsbs)]

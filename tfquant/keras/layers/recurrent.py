@@ -261,12 +261,13 @@ class Recurrence:
         input_gate, forget_gate, candidate, output_gate = ops.split(gates, 4, axis=-1)
         sigma = self.recurrent_activation
         input_gate = self.activated("input_gate", input_gate, sigma)
-        forget_gate = self.activated("forget_gate", forget_gate, sigma)
         candidate = self.activated("candidate", candidate, self.activation)
         output_gate = self.activated("output_gate", output_gate, sigma)
         if state is None:
+            # c_{t−1} = 0: the forget gate has nothing to keep.
             cell = self.quantized("cell", ops.multiply(input_gate, candidate))
         else:
+            forget_gate = self.activated("forget_gate", forget_gate, sigma)
             kept = self.quantized("forget_cell", ops.multiply(forget_gate, cell))
             added = self.quantized("input_cell", ops.multiply(input_gate, candidate))
             cell = self.quantized("cell", ops.add(kept, added))
