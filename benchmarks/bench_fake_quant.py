@@ -1,6 +1,6 @@
 """tfquant's fused fake-quant op vs TensorFlow, forward + backward, in one process.
 
-Shapes from DESIGN.md: an activation-sized 64×56×56×64 tensor and a weight-sized
+Shapes of the baselines in BENCHMARKS.md: an activation-sized 64×56×56×64 tensor and a weight-sized
 3×3×256×256 one; per tensor and per channel (last axis); 8 and 4 bits.
 
 Every step is a tf.function computing y and the gradients for x and the range

@@ -1,4 +1,4 @@
-"""Training-step time: float vs tfquant QAT vs TFMOT QAT on DESIGN.md's reference CNN.
+"""Training-step time: float vs tfquant QAT vs TFMOT QAT on the reference CNN (below).
 
 Reference CNN: input 32×32×3; three stages of [Conv2D(f,3)-BN-ReLU → DepthwiseConv2D(3)-
 BN-ReLU → Conv2D(f,1)-BN → Add → ReLU → MaxPool] with f = 32, 64, 128 (no conv biases);
@@ -112,7 +112,7 @@ def main():
     for variant, label in VARIANTS.items():
         base = results["tfmot_float"] if variant.startswith("tfmot") else results["float"]
         rows.append(f"| {label} | {results[variant] * 1e3:.1f} | {results[variant] / base:.2f}× |")
-    body = (f"Reference CNN of DESIGN.md, batch {BATCH}, SGD, median of {STEPS} steps after "
+    body = (f"Reference CNN, batch {BATCH}, SGD, median of {STEPS} steps after "
             f"{WARMUP} warm-up steps, each variant in its own process.\n\n" + "\n".join(rows))
     write_section("QAT step time", "python benchmarks/bench_qat_step.py", body)
 

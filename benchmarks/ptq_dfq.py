@@ -29,7 +29,7 @@ def folded_range_spread(model):
     spread = []
     for wrapper in sites.wrappers(qmodel):
         kernel = sites.folded_kernels(wrapper)["kernel"]
-        kind = wrapper._kernel_kind("kernel")
+        kind = wrapper.kernel_layout("kernel")
         flat = sites.flatten(kernel, kind)
         ranges = np.abs(np.moveaxis(flat, -1, 0).reshape(flat.shape[-1], -1)).max(1)
         spread.append((wrapper.name, float(ranges.max() / max(np.median(ranges), 1e-12))))

@@ -60,7 +60,7 @@ def test_quantization_delay_outputs_float_but_observes(data):
     quant = qmodel.get_layer("relu_quant")
 
     def read(model):
-        return (float(quant.quantize_enabled.numpy()), float(quant._quantizer_vars["max"].numpy()))
+        return (float(quant.quantize_enabled.numpy()), float(quant.quantizer_variables["max"].numpy()))
 
     rec = Recorder(read)
     qmodel.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
@@ -85,7 +85,7 @@ def test_freeze_quantizer_ranges(data):
     x, y = data
     qmodel = compiled(tfquant.quantize_model(small_model()))
     quant = qmodel.get_layer("gap_quant")
-    rec = Recorder(lambda m: float(quant._quantizer_vars["max"].numpy()))
+    rec = Recorder(lambda m: float(quant.quantizer_variables["max"].numpy()))
     qmodel.fit(x * np.linspace(1, 3, 48, dtype=np.float32)[:, None, None, None], y,
                batch_size=8, epochs=1, shuffle=False, verbose=0,
                callbacks=[cb.FreezeQuantizerRanges(after_steps=2), rec])
@@ -115,12 +115,12 @@ def test_bit_width_schedule_reinitializes_lsq(data):
     qmodel = compiled(tfquant.quantize_model(small_model(), tfquant.QuantConfig(
         weight_quantizer="LSQQuantizer", first_last_bits=None)))
     conv = qmodel.get_layer("conv")
-    flags = Recorder(lambda m: float(conv._kernel_vars["kernel"]["initialized"].numpy()))
+    flags = Recorder(lambda m: float(conv.kernel_variables["kernel"]["initialized"].numpy()))
     step_before = []
 
     class Before(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            step_before.append(conv._kernel_vars["kernel"]["step"].numpy().copy())
+            step_before.append(conv.kernel_variables["kernel"]["step"].numpy().copy())
 
     qmodel.fit(x, y, batch_size=24, epochs=2, verbose=0,
                callbacks=[cb.BitWidthSchedule({0: 8, 1: 3}, reinitialize="data"), flags,
@@ -138,7 +138,7 @@ def test_temperature_and_regularizer_schedules(data):
         weight_quantizer="SoftQuantizer", weight_bits=2, first_last_bits=None))
     hook = Periodic(1.0)
     hooked = compiled(with_hooks(qmodel, [hook]))
-    temp = qmodel.get_layer("conv")._kernel_vars["kernel"]["temperature"]
+    temp = qmodel.get_layer("conv").kernel_variables["kernel"]["temperature"]
     rec = Recorder(lambda m: (float(temp.numpy()), float(hook.strength.numpy())))
     hooked.fit(x, y, batch_size=24, epochs=3, verbose=0, callbacks=[
         cb.TemperatureSchedule(), cb.RegularizerSchedule(hook, lambda e: 0.1 * e), rec])

@@ -99,8 +99,8 @@ def local(variable):
 
 fake_quants = [layer for layer in qmodel.layers
                if isinstance(layer, tfquant.keras.ActivationFakeQuant)]
-result = {"ranges": {layer.name: [local(layer._quantizer_vars["min"]),
-                                  local(layer._quantizer_vars["max"])]
+result = {"ranges": {layer.name: [local(layer.quantizer_variables["min"]),
+                                  local(layer.quantizer_variables["max"])]
                      for layer in fake_quants},
           "moving_mean": local(qmodel.get_layer("conv").batch_norm.moving_mean),
           "expected_moving_mean": (0.01 * raw.mean(axis=(0, 1, 2))).tolist(),

@@ -138,7 +138,7 @@ def test_two_and_three_bit_weights_export_on_the_finest_exact_grid():
                                      first_last_bits=None)
         qmodel, x = trained(config)
         report = tfquant.export_tflite(qmodel, representative_data=x)
-        step = qmodel.get_layer("conv")._kernel_vars["kernel"]["step"].numpy()
+        step = qmodel.get_layer("conv").kernel_variables["kernel"]["step"].numpy()
         main = report.summary.main
         conv = [op for op in main.operators if op.name == "CONV_2D"][0]
         kernel, bias = (main.tensors[i] for i in conv.inputs[1:3])

@@ -48,9 +48,9 @@ def test_mixed_precision_model_quantizes_trains_and_exports(policy):
             assert weight.dtype == "float32", (layer.name, weight.name)
     fake_quants = [layer for layer in qmodel.layers if isinstance(layer, ActivationFakeQuant)]
     for layer in fake_quants:
-        low = float(layer._quantizer_vars["min"].numpy())
-        high = float(layer._quantizer_vars["max"].numpy())
-        assert float(layer._quantizer_vars["observed"].numpy()) == 1.0
+        low = float(layer.quantizer_variables["min"].numpy())
+        high = float(layer.quantizer_variables["max"].numpy())
+        assert float(layer.quantizer_variables["observed"].numpy()) == 1.0
         assert low <= 0.0 <= high and (low, high) != (-6.0, 6.0), layer.name
     # The export goes through a float32 copy (no float16/bfloat16 casts in the graph).
     exportable = float32_copy(qmodel)

@@ -36,12 +36,12 @@ def test_quantize_sets_ranges_freezes_bn_and_exports():
     qmodel = ptq.quantize(model, x, verbose=0)
     by_name = {layer.name: layer for layer in qmodel.layers}
     assert isinstance(by_name["conv"], QuantizedConvolution) and by_name["conv"].batch_norm_frozen
-    image = by_name["image_quant"]._quantizer_vars
+    image = by_name["image_quant"].quantizer_variables
     assert float(image["observed"]) == 1.0
     assert float(image["min"]) == 0.0 and float(image["max"]) == pytest.approx(x.max())
     # The ReLU output range is the float model's.
     relu = keras.Model(model.inputs, model.get_layer("relu").output)(x).numpy()
-    assert float(by_name["relu_quant"]._quantizer_vars["max"]) == pytest.approx(relu.max(), rel=1e-5)
+    assert float(by_name["relu_quant"].quantizer_variables["max"]) == pytest.approx(relu.max(), rel=1e-5)
     # Close to float, and a training step still runs.
     reference = model(x).numpy()
     assert np.abs(qmodel(x).numpy() - reference).max() < 0.05 * np.abs(reference).max()
@@ -56,7 +56,7 @@ def test_data_forms_give_the_same_ranges():
 
     def ranges(data):
         qmodel = ptq.quantize(model, data, verbose=0)
-        return [float(l._quantizer_vars["max"]) for l in qmodel.layers
+        return [float(l.quantizer_variables["max"]) for l in qmodel.layers
                 if isinstance(l, ActivationFakeQuant)]
 
     expected = ranges(x)
@@ -74,13 +74,13 @@ def test_per_layer_calibrator_choice():
                                                 layers.Dense: "mse"}, verbose=0)
     by_name = {layer.name: layer for layer in qmodel.layers}
     relu = keras.Model(model.inputs, model.get_layer("relu").output)(x).numpy()
-    assert float(by_name["relu_quant"]._quantizer_vars["max"]) == pytest.approx(
+    assert float(by_name["relu_quant"].quantizer_variables["max"]) == pytest.approx(
         np.percentile(relu, 90.0), rel=1e-5)
     logits = model(x).numpy()
-    assert float(by_name["logits"]._output_vars["max"]) <= logits.max() + 1e-6
+    assert float(by_name["logits"].output_variables["max"]) <= logits.max() + 1e-6
     # Unmatched layers keep min-max.
     relu6 = keras.Model(model.inputs, model.get_layer("relu6").output)(x).numpy()
-    assert float(by_name["relu6_quant"]._quantizer_vars["max"]) == pytest.approx(relu6.max(), rel=1e-5)
+    assert float(by_name["relu6_quant"].quantizer_variables["max"]) == pytest.approx(relu6.max(), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["mse", "sawb"])
@@ -166,7 +166,7 @@ def test_quant_config_chooses_calibrators_per_layer():
     def float_output(name):
         return keras.Model(model.inputs, model.get_layer(name).output)(x).numpy()
 
-    def range_max(name, variables="_quantizer_vars"):
+    def range_max(name, variables="quantizer_variables"):
         return float(getattr(by_name[name], variables)["max"])
 
     # The rule's calibrator, and the config's default ("percentile", 99.99).
@@ -185,7 +185,7 @@ def test_quant_config_chooses_calibrators_per_layer():
     # An explicit argument overrides the config.
     explicit = ptq.quantize(model, x, config=config, calibrator="minmax", verbose=0)
     relu = {layer.name: layer for layer in explicit.layers}["relu_quant"]
-    assert float(relu._quantizer_vars["max"]) == pytest.approx(float_output("relu").max(), rel=1e-5)
+    assert float(relu.quantizer_variables["max"]) == pytest.approx(float_output("relu").max(), rel=1e-5)
 
 
 def test_calibrator_fields_are_validated():

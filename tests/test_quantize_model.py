@@ -132,7 +132,7 @@ def test_folded_kernel_and_bias_equal_conv_then_batch_norm():
 
 
 def test_training_and_inference_paths_are_bit_identical():
-    """Decision 1: the C++ op (training) and TF's fake quant (inference) agree exactly."""
+    """docs/ARCHITECTURE.md §3.1: the C++ op (training) and TF's fake quant (inference) agree exactly."""
     inputs = keras.Input((10, 10, 4))
     x = layers.Conv2D(6, 3, name="conv")(inputs)
     x = layers.BatchNormalization(name="bn")(x)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tfquant
-from tfquant.callbacks import quantizer_slots
+from tfquant.keras import quantizer_slots
 from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
 from tfquant.quantizers import (
     BinaryQuantizer,
@@ -153,8 +153,8 @@ def test_unsigned_quantizers_stay_off_outputs_that_may_be_negative():
     for name in ("PACTQuantizer", "DoReFaActivationQuantizer"):
         config = tfquant.QuantConfig(activation_quantizer=name, activation_bits=4)
         qmodel = tfquant.quantize_model(model, config)
-        chosen = {layer.name: type(quantizer).__name__ for layer, _, quantizer, _
-                  in quantizer_slots(qmodel, weights=False)}
+        chosen = {slot.layer.name: type(slot.quantizer).__name__
+                  for slot in quantizer_slots(qmodel, weights=False)}
         assert chosen["branch"] == chosen["logits"] == "MovingAverageQuantizer", chosen
         assert chosen["conv"] == name, chosen
 
@@ -379,7 +379,7 @@ def test_lqnets_qem_reduces_error_and_codes():
     assert y.min() >= 0.0 and len(np.unique(y)) <= 4
 
 
-# -- decision 1: bit-identical training and inference forwards -----------------------------
+# -- ARCHITECTURE.md §3.1: bit-identical training and inference forwards -----------------------------
 
 UNIFORM = [
     (lambda: PACTQuantizer(4, alpha_init=1.5), True),

@@ -40,7 +40,7 @@ def test_report_numbers():
     on_grid = middle["quantized"] / middle["steps"]
     np.testing.assert_allclose(on_grid, np.round(on_grid), atol=1e-3)
     activations = {row["layer"]: row for row in cli.activation_rows(qmodel, x)}
-    relu = qmodel.get_layer("relu_quant")._quantizer_vars
+    relu = qmodel.get_layer("relu_quant").quantizer_variables
     assert activations["relu_quant"]["range"] == (float(relu["min"].numpy()),
                                                   float(relu["max"].numpy()))
     for row in activations.values():  # quantized outputs stay in the range (up to the

@@ -19,27 +19,9 @@ import tensorflow as tf
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.batch_norm import freeze_batch_norm
 from tfquant.keras.quantized_convolution import QuantizedConvolution
+from tfquant.keras.slots import quantizer_slots
 from tfquant.quantizers.soft import SoftQuantizer
 from tfquant.quantizers.uniform import FixedRangeQuantizer
-
-
-def quantizer_slots(model, weights=True, activations=True):
-    """(layer, role, quantizer, variables) for every quantizer of `model`; role is
-    "weights:<kernel>", "activation", "intermediate", "pre_activation" or "output"."""
-    slots = []
-    for layer in model.layers:
-        if isinstance(layer, ActivationFakeQuant) and activations:
-            slots.append((layer, "activation", layer.quantizer, layer._quantizer_vars))
-        elif isinstance(layer, QuantizedConvolution):
-            if weights:
-                for name, variables in layer._kernel_vars.items():
-                    slots.append((layer, f"weights:{name}", layer.weight_quantizer, variables))
-            if activations:
-                for role in ("intermediate", "pre_activation", "output"):
-                    quantizer = getattr(layer, f"{role}_quantizer")
-                    if quantizer is not None:
-                        slots.append((layer, role, quantizer, getattr(layer, f"_{role}_vars")))
-    return slots
 
 
 class _Scheduled(keras.callbacks.Callback):
@@ -142,9 +124,9 @@ class FreezeQuantizerRanges(_Scheduled):
 
     def _sync(self):
         value = 1.0 if self.due() else 0.0
-        for _, _, _, variables in quantizer_slots(self.model):
-            if "frozen" in variables:
-                variables["frozen"].assign(value)
+        for slot in quantizer_slots(self.model):
+            if "frozen" in slot.variables:
+                slot.variables["frozen"].assign(value)
 
 
 def _matches(patterns, name):
@@ -188,12 +170,13 @@ class BitWidthSchedule(_Scheduled):
 
     def _targets(self):
         targets = []
-        for layer, role, quantizer, variables in quantizer_slots(
-                self.model, self.weights, self.activations):
-            if _matches(self.exclude, layer.name) or isinstance(quantizer, FixedRangeQuantizer):
+        for slot in quantizer_slots(self.model, self.weights, self.activations):
+            quantizer = slot.quantizer
+            if _matches(self.exclude, slot.layer.name) or isinstance(quantizer,
+                                                                    FixedRangeQuantizer):
                 continue
-            if role.startswith("weights") or quantizer.num_bits < 16:
-                targets.append((quantizer, variables))
+            if slot.is_weight or quantizer.num_bits < 16:
+                targets.append((quantizer, slot.variables))
         return targets
 
     def _sync(self):
@@ -261,9 +244,9 @@ class TemperatureSchedule(_Scheduled):
     def _sync(self):
         position = self.iterations() if self.per == "step" else self.epoch()
         value = float(self.schedule(position))
-        for _, _, quantizer, variables in quantizer_slots(self.model):
-            if isinstance(quantizer, SoftQuantizer):
-                quantizer.set_temperature(variables, value)
+        for slot in quantizer_slots(self.model):
+            if isinstance(slot.quantizer, SoftQuantizer):
+                slot.quantizer.set_temperature(slot.variables, value)
 
 
 class RegularizerSchedule(_Scheduled):
@@ -369,9 +352,9 @@ class QuantizerStats(keras.callbacks.Callback):
         from tfquant.regularizers import kernel_views
 
         values = {}
-        for layer, role, _, variables in quantizer_slots(self.model):
-            for key, variable in variables.items():
-                values[f"{layer.name}/{role}/{key}"] = np.asarray(variable.numpy())
+        for slot in quantizer_slots(self.model):
+            for key, variable in slot.variables.items():
+                values[f"{slot.layer.name}/{slot.role}/{key}"] = np.asarray(variable.numpy())
         for view in kernel_views(self.model, self.num_bits):
             w = view.seen()
             q = view.quantize(w)
@@ -393,7 +376,7 @@ class QuantizerStats(keras.callbacks.Callback):
         inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         values = {}
         for layer, x in zip(layers, inputs):
-            q = layer.quantizer(x, False, layer._quantizer_vars).numpy()
+            q = layer.quantizer(x, False, layer.quantizer_variables).numpy()
             levels = 2 ** layer.quantizer.num_bits - 1
             step = max(float(q.max() - q.min()) / levels, 1e-12)
             clipped, sqnr = _tensor_stats(x.numpy(), q, step)

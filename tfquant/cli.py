@@ -198,7 +198,7 @@ def weight_rows(qmodel):
         kernels, _ = layer.folded_kernels_and_bias()
         for name, (quantized, axis) in layer.deployed_kernels().items():
             values = kernels[name]
-            if layer._kernel_kind(name) == "depthwise":
+            if layer.kernel_layout(name) == "depthwise":
                 values = _flatten_depthwise(values)
             values = np.asarray(values, dtype=np.float64)
             quantized = np.asarray(quantized, dtype=np.float64)
@@ -235,16 +235,13 @@ def activation_rows(qmodel, samples, batch_size=64):
     import keras
     import numpy as np
 
-    from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
+    from tfquant.keras import quantizer_slots
 
     probes, rows = [], []
-    for layer in qmodel.layers:
-        if isinstance(layer, ActivationFakeQuant):
-            quantizer, variables = layer.quantizer, layer._quantizer_vars
-        elif isinstance(layer, QuantizedConvolution) and layer.output_quantizer is not None:
-            quantizer, variables = layer.output_quantizer, layer._output_vars
-        else:
+    for slot in quantizer_slots(qmodel, weights=False):
+        if slot.role not in ("activation", "output"):
             continue
+        layer, quantizer, variables = slot.layer, slot.quantizer, slot.variables
         probes.append(layer.output)
         rows.append({"layer": layer.name, "quantizer": type(quantizer).__name__,
                      "bits": quantizer.num_bits,

@@ -27,6 +27,7 @@ from tfquant.keras.quantized_convolution import (
     _output_axis,
     _scale_output_channels,
     kernel_kind,
+    kernel_names,
 )
 from tfquant.keras.train_step import TrainStepHook
 from tfquant.quantizers import _common as c
@@ -53,7 +54,7 @@ class KernelView:
     def _factor(self):
         if not self.folded:
             return None
-        gamma, _ = self.layer._bn_params()
+        gamma, _ = self.layer.batch_norm_parameters()
         bn = self.layer.batch_norm
         sigma = ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
         return tf.stop_gradient(gamma / sigma)
@@ -99,18 +100,17 @@ def kernel_views(model, num_bits=8):
     views = []
     for layer in model.layers:
         if isinstance(layer, QuantizedConvolution):
-            folded_name = layer._folded_kernel_name()
-            for name in layer._kernel_names():
+            folded_name = layer.folded_kernel_name()
+            for name in layer.kernel_names():
                 views.append(KernelView(
-                    layer, name, getattr(layer.layer, name), layer._kernel_kind(name),
-                    layer.weight_quantizer, layer._kernel_vars[name],
+                    layer, name, getattr(layer.layer, name), layer.kernel_layout(name),
+                    layer.weight_quantizer, layer.kernel_variables[name],
                     layer.batch_norm is not None and name == folded_name))
             continue
         kind = kernel_kind(layer)
         if kind is None:
             continue
-        names = ("depthwise_kernel", "pointwise_kernel") if kind == "separable" else ("kernel",)
-        for name in names:
+        for name in kernel_names(layer):
             sub_kind = {"depthwise_kernel": "depthwise", "pointwise_kernel": "conv"}.get(name, kind)
             quantizer = MinMaxWeightQuantizer(num_bits, per_channel=True,
                                               axis=_output_axis(sub_kind))

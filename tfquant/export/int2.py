@@ -1,7 +1,7 @@
 """INT2 storage for 2-bit FULLY_CONNECTED weights in a TFLite flatbuffer.
 
 The converter stores a 2-bit weight grid {−1, 0, 1}·s as INT4 (holding {−1, 0, 1} with
-scale s, or {−7, 0, 7} with scale s/7 when it re-spreads the grid, DESIGN.md facts). `to_int2_fully_connected` rewrites such FULLY_CONNECTED
+scale s, or {−7, 0, 7} with scale s/7 when it re-spreads the grid, docs/ARCHITECTURE.md §4). `to_int2_fully_connected` rewrites such FULLY_CONNECTED
 filters as INT2 (TensorType 19) holding {−1, 0, 1} with scale s — the same real weights,
 a quarter of an int8 buffer; their int32 bias follows the coarser accumulator step s·input
 scale, rounded (outputs within one output step of the INT4 file's) — using TensorFlow's schema module

@@ -1,4 +1,4 @@
-"""Integer grids for weights whose quantizer has no uniform deployment (decision 4).
+"""Integer grids for weights whose quantizer has no uniform deployment (docs/ARCHITECTURE.md §3.4).
 
 Ternary, binary, DoReFa and similar quantizers produce a few levels per output channel.
 When those levels are integer multiples of one step per channel (TWN's {−α, 0, α},

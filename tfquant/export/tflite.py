@@ -14,9 +14,8 @@ from tfquant.export.int2 import to_int2_fully_connected
 from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
 from tfquant.export.report import ExportReport
-from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.compat import as_keras3, float32_copy, is_tfmot_quantized
-from tfquant.keras.quantized_convolution import QuantizedConvolution
+from tfquant.keras.slots import quantizer_slots
 from tfquant.keras.layers import handler_for
 from tfquant.quantizers.base import Deployment, exporting
 
@@ -39,24 +38,12 @@ def _float_layers(model):
     that are no tfquant layer and that their handler does not keep as they are."""
     float_layers = []
     for layer in model.layers:
-        if isinstance(layer, (QuantizedConvolution, ActivationFakeQuant)):
-            continue
+        if hasattr(layer, "quantizer_slots"):
+            continue  # a tfquant quantized layer
         handler = handler_for(layer)
         if handler is None or not handler.keeps_layer(layer):
             float_layers.append(layer)
     return float_layers
-
-
-def _quantizers(model):
-    for layer in model.layers:
-        if isinstance(layer, QuantizedConvolution):
-            yield layer, "kernel", layer.weight_quantizer
-            for role in ("output", "intermediate", "pre_activation"):
-                quantizer = getattr(layer, f"{role}_quantizer")
-                if quantizer is not None:
-                    yield layer, role, quantizer
-        elif isinstance(layer, ActivationFakeQuant):
-            yield layer, "activation", layer.quantizer
 
 
 def _plan_deployment(model, nonuniform, low_bit_weights="auto"):
@@ -66,7 +53,11 @@ def _plan_deployment(model, nonuniform, low_bit_weights="auto"):
     Weights of quantizers without a uniform deployment go onto an exact integer grid
     when their levels allow, else onto the nearest int8 grid if `nonuniform` says so.
     """
-    quantizers = list(_quantizers(model))
+    quantizers = []  # (layer, role, quantizer), a layer's kernels counted once
+    for slot in quantizer_slots(model):
+        entry = (slot.layer, "kernel" if slot.is_weight else slot.role, slot.quantizer)
+        if not any(e[0] is entry[0] and e[1] == entry[1] for e in quantizers):
+            quantizers.append(entry)
     if not quantizers:
         raise ExportError(
             f"Model {model.name!r} has no tfquant quantizers: call tfquant.quantize_model "
@@ -161,7 +152,7 @@ def _by_input_name(model, arrays):
 def _convert(model, arrays, input_type, output_type, integer_only):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    # Needed for per-channel Dense and Conv2DTranspose kernels (DESIGN.md, facts).
+    # Needed for per-channel Dense and Conv2DTranspose kernels (docs/ARCHITECTURE.md §4).
     converter._experimental_qdq_conversion_mode = "STATIC"
     if integer_only:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import deserialize_quantizer, is_exporting, serialize_quantizer
 from tfquant.quantizers.uniform import MovingAverageQuantizer
 
@@ -34,10 +35,10 @@ class ActivationFakeQuant(keras.layers.Layer):
         self.quantize_enabled = None
         quantizer = deserialize_quantizer(quantizer) or MovingAverageQuantizer()
         self.quantizer = quantizer
-        self._quantizer_vars = {}
+        self.quantizer_variables = {}
 
     def build(self, input_shape):
-        self._quantizer_vars = self.quantizer.build(input_shape, "activation", self)
+        self.quantizer_variables = self.quantizer.build(input_shape, "activation", self)
         if self.quantize_switch:
             self._make_switches()
         self.built = True
@@ -50,7 +51,7 @@ class ActivationFakeQuant(keras.layers.Layer):
         # Quantizer math in float32 under any dtype policy (tfquant.keras.compat).
         with float32_math():
             inputs32 = to_float32(inputs)
-            outputs = self.quantizer(inputs32, bool(training), self._quantizer_vars)
+            outputs = self.quantizer(inputs32, bool(training), self.quantizer_variables)
             outputs = apply_switch(self.quantize_enabled, outputs, inputs32)
         return to_compute_dtype(outputs, self)
 
@@ -68,6 +69,9 @@ class ActivationFakeQuant(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def quantizer_slots(self):
+        return [QuantizerSlot(self, "quantizer", "activation", self.quantizer_variables)]
 
     def get_config(self):
         config = super().get_config()

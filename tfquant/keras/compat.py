@@ -1,5 +1,5 @@
-"""What differs between the Keras flavors tfquant meets, in one place (DESIGN.md,
-decision 3).
+"""What differs between the Keras flavors tfquant meets, in one place (docs/ARCHITECTURE.md
+§3.3).
 
 tfquant's layers and `quantize_model` run on Keras 3. What they need from Keras beyond its
 public API, and what a tf_keras (Keras 2) model needs to reach them, lives here:

@@ -17,6 +17,7 @@ from keras import ops
 
 from tfquant.keras.activation_fake_quant import add_switches, apply_switch
 from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import (
     deserialize_quantizer,
     export_weight_grid,
@@ -51,6 +52,13 @@ def kernel_kind(layer):
     if isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D)):
         return "conv"
     return None
+
+
+def kernel_names(layer):
+    """The names of the kernel attributes of a Dense or convolution layer."""
+    if kernel_kind(layer) == "separable":
+        return ("depthwise_kernel", "pointwise_kernel")
+    return ("kernel",)
 
 
 def activation_name(layer):
@@ -182,39 +190,37 @@ class QuantizedConvolution(keras.layers.Wrapper):
         output_shape = self.layer.compute_output_shape(input_shape)
         if self.batch_norm is not None and not self.batch_norm.built:
             self.batch_norm.build(output_shape)
-        self._kernel_vars = {}
-        for name in self._kernel_names():
+        self.kernel_variables = {}
+        for name in self.kernel_names():
             shape = tuple(getattr(self.layer, name).shape)
             if name == "depthwise_kernel" or self.kind == "depthwise":
                 # The quantizer sees the kernel with [in, multiplier] flattened into one
                 # axis of output channels (see _quantize_kernel).
                 shape = shape[:-2] + (shape[-2] * shape[-1],)
-            self._kernel_vars[name] = self.weight_quantizer.build(shape, name, self)
+            self.kernel_variables[name] = self.weight_quantizer.build(shape, name, self)
         self._bn_frozen = None
         if self.batch_norm is not None:
             # 1.0 once FreezeBatchNorm (or freeze_batch_norm) has switched the layer to
             # moving statistics; a variable so it is saved and read inside tf.function.
             self._bn_frozen = self.add_weight(
                 name="batch_norm_frozen", shape=(), initializer="zeros", trainable=False)
-        self._intermediate_vars = {}
+        self.intermediate_variables = {}
         if self.intermediate_quantizer is not None:
-            self._intermediate_vars = self.intermediate_quantizer.build(
+            self.intermediate_variables = self.intermediate_quantizer.build(
                 output_shape, "intermediate", self)
-        self._pre_activation_vars = {}
+        self.pre_activation_variables = {}
         if self.pre_activation_quantizer is not None:
-            self._pre_activation_vars = self.pre_activation_quantizer.build(
+            self.pre_activation_variables = self.pre_activation_quantizer.build(
                 output_shape, "pre_activation", self)
-        self._output_vars = {}
+        self.output_variables = {}
         if self.output_quantizer is not None:
-            self._output_vars = self.output_quantizer.build(output_shape, "output", self)
+            self.output_variables = self.output_quantizer.build(output_shape, "output", self)
         if self.quantize_switch:  # last: the order a switch added after build has too
             self._make_switches()
         self.built = True
 
-    def _kernel_names(self):
-        if self.kind == "separable":
-            return ("depthwise_kernel", "pointwise_kernel")
-        return ("kernel",)
+    def kernel_names(self):
+        return kernel_names(self.layer)
 
     # -- the float math of each kind, on given kernels -------------------------------
 
@@ -240,32 +246,32 @@ class QuantizedConvolution(keras.layers.Wrapper):
         if quantized:
             depthwise = apply_switch(
                 self.activations_quantize_enabled,
-                self.intermediate_quantizer(depthwise, training, self._intermediate_vars),
+                self.intermediate_quantizer(depthwise, training, self.intermediate_variables),
                 depthwise)
         return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid",
                         data_format=layer.data_format)
 
     def _float_kernels(self):
-        return {name: getattr(self.layer, name) for name in self._kernel_names()}
+        return {name: getattr(self.layer, name) for name in self.kernel_names()}
 
     def _quantized_kernels(self, kernels, training):
         quantized = {}
         for name, kernel in kernels.items():
             grid = None if training else export_weight_grid(self.name, name)
-            values = _quantize_kernel(kernel, self.weight_quantizer, self._kernel_kind(name),
-                                      training, self._kernel_vars[name], grid)
+            values = _quantize_kernel(kernel, self.weight_quantizer, self.kernel_layout(name),
+                                      training, self.kernel_variables[name], grid)
             quantized[name] = apply_switch(self.weights_quantize_enabled, values, kernel)
         return quantized
 
-    def _kernel_kind(self, name):
+    def kernel_layout(self, name):
         if name == "pointwise_kernel":
             return "conv"
         return "depthwise" if name == "depthwise_kernel" else self.kind
 
-    def _folded_kernel_name(self):
+    def folded_kernel_name(self):
         return "pointwise_kernel" if self.kind == "separable" else "kernel"
 
-    def _layer_bias(self):
+    def layer_bias(self):
         if getattr(self.layer, "use_bias", False) and self.layer.bias is not None:
             return self.layer.bias
         return None
@@ -284,7 +290,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         if self.batch_norm is None:
             kernels = self._quantized_kernels(self._float_kernels(), training)
             outputs = self._convolve(inputs, kernels, training, quantized=True)
-            bias = self._layer_bias()
+            bias = self.layer_bias()
             if bias is not None:
                 outputs = outputs + bias
         elif training:
@@ -302,7 +308,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
             outputs = self._folded_moving_statistics(inputs, training)
         return self._activate_and_quantize(outputs, training)
 
-    def _bn_params(self):
+    def batch_norm_parameters(self):
         bn = self.batch_norm
         gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
         beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
@@ -310,34 +316,34 @@ class QuantizedConvolution(keras.layers.Wrapper):
 
     def _folded_kernels(self, gamma, sigma_mv):
         kernels = self._float_kernels()
-        name = self._folded_kernel_name()
+        name = self.folded_kernel_name()
         kind = "conv" if self.kind == "separable" else self.kind
         kernels[name] = _scale_output_channels(kernels[name], gamma / sigma_mv, kind)
         return kernels
 
     def _folded_moving_statistics(self, inputs, training):
         bn = self.batch_norm
-        gamma, beta = self._bn_params()
+        gamma, beta = self.batch_norm_parameters()
         mean = ops.convert_to_tensor(bn.moving_mean)
         sigma_mv = ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
         kernels = self._quantized_kernels(self._folded_kernels(gamma, sigma_mv), training)
         outputs = self._convolve(inputs, kernels, training, quantized=True)
-        bias = self._layer_bias()
+        bias = self.layer_bias()
         shift = mean if bias is None else mean - bias
         return outputs + (beta - gamma * shift / sigma_mv)
 
     def _batch_statistics(self, inputs, training):
         """Mean and variance of the float layer's output over the (global) batch."""
         raw = self._convolve(inputs, self._float_kernels(), training, quantized=False)
-        bias = self._layer_bias()
+        bias = self.layer_bias()
         if bias is not None:
             raw = raw + bias
         return _batch_moments(raw, list(range(len(raw.shape) - 1)))
 
     def _folded_batch_statistics(self, inputs, training, statistics=None):
         bn = self.batch_norm
-        gamma, beta = self._bn_params()
-        bias = self._layer_bias()
+        gamma, beta = self.batch_norm_parameters()
+        bias = self.layer_bias()
         batch_mean, batch_variance = statistics or self._batch_statistics(inputs, training)
         moving_variance = ops.convert_to_tensor(bn.moving_variance)
         sigma_mv = ops.sqrt(moving_variance + bn.epsilon)
@@ -354,12 +360,12 @@ class QuantizedConvolution(keras.layers.Wrapper):
         switch = self.activations_quantize_enabled
         if self.pre_activation_quantizer is not None:
             outputs = apply_switch(switch, self.pre_activation_quantizer(
-                outputs, training, self._pre_activation_vars), outputs)
+                outputs, training, self.pre_activation_variables), outputs)
         if self.activation != "linear":
             outputs = self.layer.activation(outputs)
         if self.output_quantizer is not None:
             outputs = apply_switch(switch, self.output_quantizer(
-                outputs, training, self._output_vars), outputs)
+                outputs, training, self.output_variables), outputs)
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -387,6 +393,16 @@ class QuantizedConvolution(keras.layers.Wrapper):
         return cls(**config)
 
     # -- used by callbacks and export ----------------------------------------------------
+
+    def quantizer_slots(self):
+        """The kernel quantizer once per kernel, then the activation quantizers."""
+        slots = [QuantizerSlot(self, "weight_quantizer", f"weights:{name}", variables)
+                 for name, variables in self.kernel_variables.items()]
+        for role in ("intermediate", "pre_activation", "output"):
+            if getattr(self, f"{role}_quantizer") is not None:
+                slots.append(QuantizerSlot(self, f"{role}_quantizer", role,
+                                           getattr(self, f"{role}_variables")))
+        return slots
 
     @property
     def batch_norm_frozen(self):
@@ -431,25 +447,25 @@ class QuantizedConvolution(keras.layers.Wrapper):
         if self.batch_norm is None:
             kernels = self._float_kernels()
         else:
-            gamma, _ = self._bn_params()
+            gamma, _ = self.batch_norm_parameters()
             sigma_mv = ops.sqrt(ops.convert_to_tensor(self.batch_norm.moving_variance)
                                 + self.batch_norm.epsilon)
             kernels = self._folded_kernels(gamma, sigma_mv)
         result = {}
         for name, kernel in kernels.items():
-            kind = self._kernel_kind(name)
+            kind = self.kernel_layout(name)
             flat = _flatten_depthwise(kernel) if kind == "depthwise" else kernel
-            values = self.weight_quantizer(flat, False, self._kernel_vars[name])
+            values = self.weight_quantizer(flat, False, self.kernel_variables[name])
             result[name] = (ops.convert_to_numpy(values), _output_axis(kind))
         return result
 
     def folded_kernels_and_bias(self):
         """The deployed float kernel(s) and bias, BN folded in (before quantization)."""
         kernels = self._float_kernels()
-        bias = self._layer_bias()
+        bias = self.layer_bias()
         if self.batch_norm is None:
             return kernels, bias
-        gamma, beta = self._bn_params()
+        gamma, beta = self.batch_norm_parameters()
         mean = ops.convert_to_tensor(self.batch_norm.moving_mean)
         sigma_mv = ops.sqrt(ops.convert_to_tensor(self.batch_norm.moving_variance)
                             + self.batch_norm.epsilon)

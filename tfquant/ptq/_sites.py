@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.quantized_convolution import QuantizedConvolution
+from tfquant.keras.slots import quantizer_slots
 
 # -- data ----------------------------------------------------------------------------------
 
@@ -114,17 +115,16 @@ def _producer(layer):
 
 
 def activation_sites(qmodel):
+    """A `Site` for every activation quantizer of `qmodel` (its quantizer slots)."""
     sites = []
-    for layer in qmodel.layers:
+    for slot in quantizer_slots(qmodel, weights=False):
+        layer = slot.layer
         if isinstance(layer, ActivationFakeQuant):
             owner = _producer(layer)
             names = (layer.name,) + ((owner.name,) if owner is not None else ())
-            sites.append(Site(layer, "quantizer", layer._quantizer_vars, owner, names))
-        elif isinstance(layer, QuantizedConvolution):
-            for role in ("output", "intermediate", "pre_activation"):
-                if getattr(layer, f"{role}_quantizer") is not None:
-                    sites.append(Site(layer, f"{role}_quantizer", getattr(layer, f"_{role}_vars"),
-                                      layer.layer, (layer.name,)))
+        else:
+            owner, names = getattr(layer, "layer", None), (layer.name,)
+        sites.append(Site(layer, slot.attr, slot.variables, owner, names))
     return sites
 
 
@@ -167,10 +167,6 @@ class _PassThrough:
         return getattr(self.original, name)
 
 
-_ALL_ROLES = ("weight_quantizer", "output_quantizer", "intermediate_quantizer",
-              "pre_activation_quantizer")
-
-
 @contextlib.contextmanager
 def bypassed(qmodel, record=None, weights=True):
     """Runs `qmodel` in float: every activation quantizer (and, with `weights`, every
@@ -178,18 +174,14 @@ def bypassed(qmodel, record=None, weights=True):
     record = record or {}
     saved = []
     try:
-        for layer in qmodel.layers:
-            attrs = []
-            if isinstance(layer, ActivationFakeQuant):
-                attrs = ["quantizer"]
-            elif isinstance(layer, QuantizedConvolution):
-                attrs = [a for a in _ALL_ROLES if getattr(layer, a) is not None
-                         and (weights or a != "weight_quantizer")]
-            for attr in attrs:
-                original = getattr(layer, attr)
-                saved.append((layer, attr, original))
-                object.__setattr__(layer, attr,
-                                   _PassThrough(original, record.get(f"{layer.name}/{attr}")))
+        for slot in quantizer_slots(qmodel, weights=weights):
+            layer, attr = slot.layer, slot.attr
+            if any(l is layer and a == attr for l, a, _ in saved):
+                continue  # a separable layer's two kernels share one quantizer
+            original = getattr(layer, attr)
+            saved.append((layer, attr, original))
+            object.__setattr__(layer, attr,
+                               _PassThrough(original, record.get(f"{layer.name}/{attr}")))
         yield
     finally:
         for layer, attr, original in reversed(saved):
@@ -206,10 +198,6 @@ def set_range(site, lo, hi):
 
 
 # -- kernels of a wrapper -----------------------------------------------------------------
-
-
-def kernel_kind_of(wrapper, name):
-    return wrapper._kernel_kind(name)
 
 
 def output_axis(kind):
@@ -245,7 +233,7 @@ def write_folded_kernel(wrapper, name, folded):
     their weights)."""
     folded = np.asarray(folded, np.float64)
     factor = fold_factor(wrapper)
-    target = wrapper._folded_kernel_name()
+    target = wrapper.folded_kernel_name()
     variable = getattr(wrapper.layer, name)
     if factor is not None and name == target:
         kind = "conv" if wrapper.kind == "separable" else wrapper.kind
@@ -275,7 +263,7 @@ def add_to_bias(wrapper, delta):
         return True
     if bn is not None:
         return False
-    bias = wrapper._layer_bias()
+    bias = wrapper.layer_bias()
     if bias is None:
         return False
     bias.assign((keras.ops.convert_to_numpy(bias) + delta).astype(np.float32))

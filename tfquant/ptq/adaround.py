@@ -125,7 +125,7 @@ def adaround_wrapper(wrapper, inputs, clip_method="minmax", target_inputs=None, 
     `target_inputs`: in the float model (default: `inputs`). Returns the
     `AdaRoundResult`."""
     quantizer = wrapper.weight_quantizer
-    kind = wrapper._kernel_kind("kernel")
+    kind = wrapper.kernel_layout("kernel")
     kernel = s.folded_kernels(wrapper)["kernel"]
     flat = s.flatten(kernel, kind)
     axis = s.output_axis(kind) % flat.ndim if quantizer.per_channel else None

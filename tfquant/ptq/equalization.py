@@ -15,7 +15,7 @@ import weakref
 import keras
 import numpy as np
 
-from tfquant.keras.quantized_convolution import activation_name, kernel_kind
+from tfquant.keras.quantized_convolution import activation_name, kernel_kind, kernel_names
 from tfquant.keras.layers.convolution import batch_norm_to_fold
 from tfquant.ptq import _graph as g
 
@@ -48,11 +48,6 @@ def _is_relu6(layer):
     return type(layer) is _L.Activation and activation_name(layer) == "relu6"
 
 
-def _kernel_names(layer):
-    return ("depthwise_kernel", "pointwise_kernel") if kernel_kind(layer) == "separable" \
-        else ("kernel",)
-
-
 def _scale_output(kernel, factor, kind):
     if kind == "depthwise":
         shape = kernel.shape
@@ -65,7 +60,7 @@ def _scale_output(kernel, factor, kind):
 def _fold_setter(layer, batch_norm):
     kind = kernel_kind(layer)
     kernels = {name: np.asarray(keras.ops.convert_to_numpy(getattr(layer, name)), np.float64)
-               for name in _kernel_names(layer)}
+               for name in kernel_names(layer)}
     bias = g.get_bias(layer)
     if batch_norm is not None:
         bn = {w.name: np.asarray(keras.ops.convert_to_numpy(w), np.float64)

@@ -81,7 +81,7 @@ def calibrate_weights(qmodel, weight_calibrator=None, config=None):
             continue
         quantizer = wrapper.weight_quantizer
         for name, kernel in s.folded_kernels(wrapper).items():
-            kind = wrapper._kernel_kind(name)
+            kind = wrapper.kernel_layout(name)
             flat = s.flatten(kernel, kind)
             axis = s.output_axis(kind) % flat.ndim if quantizer.per_channel else None
             clip = weight_clip(flat, quantizer.num_bits, method, axis)

@@ -11,15 +11,10 @@ import dataclasses
 import numpy as np
 
 from tfquant.keras.config import LayerRule
-from tfquant.keras.quantized_convolution import kernel_kind
+from tfquant.keras.quantized_convolution import kernel_kind, kernel_names
 from tfquant.ptq import _sites as s
 from tfquant.ptq.calibration import symmetric_quantize, weight_clip
 from tfquant.ptq.equalization import fold_batch_norm
-
-
-def _kernel_names(layer):
-    return ("depthwise_kernel", "pointwise_kernel") if kernel_kind(layer) == "separable" \
-        else ("kernel",)
 
 
 def _quantized(kernel, kind, bits, per_channel, method):
@@ -122,7 +117,7 @@ def layer_sensitivity(model, data, labels=None, bits=(8, 4, 2), per_channel=True
         kind = kernel_kind(layer)
         if kind is None:
             continue
-        names = _kernel_names(layer)
+        names = kernel_names(layer)
         saved = {n: np.asarray(getattr(layer, n).numpy()) for n in names}
         params = int(sum(v.size for v in saved.values()))
         for b in bits:

@@ -143,7 +143,7 @@ def add_rounding_noise(x, step, axis=None):
 
 def uniform_quantize(x, min_value, max_value, num_bits, narrow_range, axis, training,
                      range_gradient=None, activation=False):
-    """Decision 1: tfquant's op in training, TF's fake quant otherwise; same forward.
+    """docs/ARCHITECTURE.md §3.1: tfquant's op in training, TF's fake quant otherwise; same forward.
     `activation`: sub-8-bit grids are exported as exact 8-bit grids (see
     `export_activation_fake_quant`)."""
     if training:

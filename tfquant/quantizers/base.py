@@ -1,6 +1,6 @@
 """The quantizer interface and the registry that lets configs name quantizers.
 
-The interface is TFMOT's `Quantizer` (DESIGN.md, decision 2): `build(tensor_shape, name,
+The interface is TFMOT's `Quantizer` (docs/ARCHITECTURE.md §3.2): `build(tensor_shape, name,
 layer)` creates the quantizer's variables with `layer.add_weight` and returns them in a
 dict; `__call__(inputs, training, weights)` fake-quantizes `inputs` with them. So one
 quantizer object serves tfquant's Keras 3 wrappers and a tf_keras TFMOT
@@ -20,7 +20,7 @@ _EXPORTING = contextvars.ContextVar("tfquant_exporting", default=None)
 
 
 class Deployment(enum.Enum):
-    """How the numbers a quantizer produces reach a TFLite flatbuffer (decision 4)."""
+    """How the numbers a quantizer produces reach a TFLite flatbuffer (docs/ARCHITECTURE.md §3.4)."""
 
     INT8 = "int8"  # exact: 8-bit integer tensors
     INT4 = "int4"  # exact: packed 4-bit weights (also 2-bit grids, which INT4 holds exactly)

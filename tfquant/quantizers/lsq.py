@@ -3,7 +3,7 @@
 Both are uniform grids on `[min, max] = [β − Qn·s, β + Qp·s]` and go through tfquant's op
 with `range_gradient="learned"`, whose (min, max) gradients make TensorFlow's autodiff
 give exactly LSQ's `∂x̂/∂s` and LSQ+'s `∂x̂/∂β`. With `training=False` they emit TF's
-fake quant with the same range (DESIGN.md, decision 1): the same forward, bit for bit.
+fake quant with the same range (docs/ARCHITECTURE.md §3.1): the same forward, bit for bit.
 """
 
 import math

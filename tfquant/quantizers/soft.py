@@ -23,7 +23,7 @@ class SoftQuantizer(Quantizer):
 
     The temperature T is the non-trainable variable returned by `build` under the key
     `"temperature"` (the layer variable named `<name>_temperature`); a callback raises it
-    during training (DESIGN.md: `T = 20·(epoch + 1)`, capped at 2000). Default start 20,
+    during training (Yang et al. 2019: `T = 20·(epoch + 1)`, capped at 2000). Default start 20,
     that schedule's first value. Use `SoftQuantizer.set_temperature(weights, T)` or
     assign the variable. As T → ∞ the training forward tends to the inference one.
     Yang et al. 2019, "Quantization Networks" (CVPR).

@@ -1,6 +1,6 @@
 """Uniform min/max quantizers: per-channel weights and moving-average activations.
 
-Both follow DESIGN.md, decision 1: in training they call tfquant's C++ op
+Both follow docs/ARCHITECTURE.md §3.1: in training they call tfquant's C++ op
 (`tfquant.ops.fake_quant`); with `training=False` they emit TensorFlow's own
 `fake_quant_with_min_max_vars[_per_channel]`, which the TFLite converter turns into
 integer tensors. The two give bit-identical forward results.
@@ -133,7 +133,7 @@ def deployable_weight_grid(quantized, scale, num_bits, axis=None):
     """Makes a `num_bits` symmetric narrow-range weight grid exportable without change.
 
     The converter stores 4-bit grids as INT4 and 8-bit grids as int8, but re-spreads any
-    other grid over [-7, 7] or [-127, 127], rounding its values (DESIGN.md, facts). The
+    other grid over [-7, 7] or [-127, 127], rounding its values (docs/ARCHITECTURE.md §4). The
     values `k·scale`, |k| ≤ Q = 2^(b-1) − 1, also lie on the 4-bit (b < 4) or 8-bit
     (b > 4) grid of step `scale/n`, n = ⌊(2^(d-1) − 1)/Q⌋ (the finest step of which
     every level is a multiple: 2 bits n = 7, 3 bits n = 2, 5 bits n = 8, 6 bits n = 4,

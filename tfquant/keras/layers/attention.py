@@ -41,9 +41,12 @@ def _flat_output(values):
 
 class MultiHeadAttentionHandler(LayerHandler):
     def unsupported_reason(self, layer):
-        rank = len(layer._inbound_nodes[0].input_tensors[0].shape)
-        if rank != 3:
-            return f"a rank-{rank} query (tfquant quantizes [batch, sequence, features])"
+        shapes = [t.shape for t in layer._inbound_nodes[0].input_tensors]
+        if len(shapes[0]) != 3:
+            return (f"a rank-{len(shapes[0])} query (tfquant quantizes [batch, sequence, "
+                    "features])")
+        if any(shape[1] is None for shape in shapes):
+            return "a sequence of unknown length (give keras.Input a fixed sequence length)"
         if getattr(layer, "_use_gate", False):
             return "use_gate=True"
         if getattr(layer, "_sliding_window", None) is not None:

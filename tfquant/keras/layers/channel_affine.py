@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.layers.registry import QuantizedOutput, register_layer_handler
 from tfquant.quantizers.uniform import export_fake_quant
 
 _OPERATIONS = ("multiply", "add")
@@ -75,3 +76,7 @@ class ChannelAffine(keras.layers.Layer):
         config.update({"operation": self.operation, "shape": list(self.shape),
                        "trainable_values": self.trainable_values})
         return config
+
+
+# A model that already holds ChannelAffine layers (a quantized model quantized again).
+register_layer_handler(ChannelAffine, QuantizedOutput())

@@ -56,9 +56,15 @@ def dense_form(layer):
 
 class EinsumDenseHandler(LayerHandler):
     def unsupported_reason(self, layer):
-        if dense_form(layer) is None:
+        form = dense_form(layer)
+        if form is None:
             return (f"equation {layer.equation!r}, which is not a Dense over the input's last "
                     "axes (free+contracted, contracted+new -> free+new)")
+        shape = layer._inbound_nodes[0].input_tensors[0].shape
+        reshaped = len(form.contracted_shape) > 1 or len(form.new_shape) > 1
+        if reshaped and None in shape[1:]:
+            return (f"an input of shape {tuple(shape)} with unknown axes, which the Dense form "
+                    "must reshape (give keras.Input a fixed shape)")
         return None
 
     def output_activation(self, layer):

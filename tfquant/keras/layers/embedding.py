@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from tfquant.keras.compat import float32_math, to_compute_dtype
+from tfquant.keras.slots import QuantizerSlot
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
 from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
 from tfquant.quantizers.uniform import MinMaxWeightQuantizer
@@ -53,6 +54,10 @@ class QuantizedEmbedding(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def quantizer_slots(self):
+        return [QuantizerSlot(self, "weight_quantizer", "weights:embeddings",
+                              self.table_variables)]
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,51 @@
+"""The quantizer-slot protocol: every tfquant layer that holds quantizers lists them with
+`quantizer_slots()`, and everything that reads or changes quantizers (callbacks, PTQ,
+export, the report, the regularizers) goes through `quantizer_slots(model)`."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerSlot:
+    """One quantizer of a tfquant layer.
+
+    Attributes:
+      layer: the tfquant layer holding it (ActivationFakeQuant, QuantizedConvolution, ...).
+      attr: the attribute of `layer` that holds the quantizer (`getattr(layer, attr)`);
+        PTQ swaps it for a pass-through while it records float inputs.
+      role: "weights:<kernel name>" for a weight quantizer; "activation", "output",
+        "intermediate" or "pre_activation" for an activation quantizer.
+      variables: the quantizer's variables (its `build` result) for this tensor.
+    """
+
+    layer: object
+    attr: str
+    role: str
+    variables: dict
+
+    @property
+    def quantizer(self):
+        return getattr(self.layer, self.attr)
+
+    @property
+    def is_weight(self):
+        return self.role.startswith("weights")
+
+    @property
+    def key(self):
+        """A name unique in the model: `<layer>/<attr>` (`/<kernel>` for weights)."""
+        if self.is_weight:
+            return f"{self.layer.name}/{self.attr}/{self.role.split(':', 1)[1]}"
+        return f"{self.layer.name}/{self.attr}"
+
+
+def quantizer_slots(model, weights=True, activations=True):
+    """The `QuantizerSlot`s of every layer of `model` (weight and/or activation ones), in
+    layer order."""
+    slots = []
+    for layer in model.layers:
+        method = getattr(layer, "quantizer_slots", None)
+        if method is None:
+            continue
+        slots.extend(slot for slot in method() if (weights if slot.is_weight else activations))
+    return slots
