@@ -253,3 +253,57 @@ def test_convnext_blocks_go_to_full_integer_litert():
     for op in ("DEPTHWISE_CONV_2D", "GELU", "RSQRT", "FULLY_CONNECTED"):
         assert op in report.op_counts, op
     assert sum(isinstance(layer, ChannelAffine) for layer in qmodel.layers) >= 4
+
+
+class ResidualGate(layers.Layer):
+    """A user's layer whose call uses only supported sublayers and keras.ops."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = layers.Dense(units, name="inner")
+        self.outer = layers.Dense(units, name="outer")
+
+    def call(self, x, training=None):
+        h = self.inner(x)
+        return x + self.outer(h * ops.sigmoid(h))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class RawScale(layers.Layer):
+    """A user's layer that reads its own weight in keras.ops (no sublayer)."""
+
+    def build(self, input_shape):
+        self.gain = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.gain
+
+
+def test_user_layer_built_from_supported_parts_is_quantized_through(tmp_path):
+    inputs = keras.Input((8,))
+    x = ResidualGate(8, name="gate")(layers.Dense(8, name="first")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="last")(x))
+    x = np.random.randn(64, 8).astype(np.float32)
+    qmodel, report = ptq_export(model, x)
+    kernels = [layer for layer in qmodel.layers if isinstance(layer, tfquant.keras.QuantizedConvolution)]
+    assert len(kernels) == 4  # first, the gate's two sublayers, last
+    assert report.float_ops == [] and report.op_counts["FULLY_CONNECTED"] == 4
+    assert report.max_abs_diff_lsb <= 1.001
+    at16 = tfquant.ptq.quantize(model, x, config=tfquant.QuantConfig(activation_bits=16),
+                                verbose=0)
+    assert relative_error(model, at16, x) < 0.02
+    qmodel.save(tmp_path / "q.keras")
+    reloaded = keras.saving.load_model(tmp_path / "q.keras")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+
+
+def test_user_layer_that_cannot_be_traced_names_itself_and_the_cause():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, layers.Dense(2)(RawScale(name="raw")(inputs)))
+    with pytest.raises(ValueError, match=r"'raw' \(RawScale\) reads its weight .* directly"):
+        tfquant.quantize_model(model)
+    kept = tfquant.quantize_model(model, tfquant.QuantConfig(float_layers=["raw"]))
+    assert type(kept.get_layer("raw")) is RawScale

@@ -196,7 +196,9 @@ def test_unsupported_layers_are_listed_with_the_fix():
     with pytest.raises(ValueError) as info:
         tfquant.quantize_model(model)
     message = str(info.value)
-    assert "'norm' (UnitNormalization)" in message and "'jitter' (Jitter)" in message
+    assert "'norm' (UnitNormalization)" in message
+    # A user layer is traced through its call: the error names it and the operation.
+    assert "'jitter' (Jitter): its call uses 'sin' (the operation keras.ops.Sin)" in message
     assert "conv1d" not in message and "float_layers=['norm', 'jitter']" in message
     assert "register_layer_handler" in message
     qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(float_layers=["norm", "jitter"]))

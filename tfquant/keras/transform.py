@@ -24,7 +24,10 @@ Subclassed models — at the top or nested — have no graph to rebuild: they ar
 with the class name and the workaround.
 """
 
+import inspect
+
 import keras
+from keras import KerasTensor
 from keras.src.models.functional import Functional
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
@@ -62,18 +65,69 @@ def _inlinable(layer, config):
             and _functional_view_or_none(layer) is not None)
 
 
+def _traceable(layer, config):
+    """A user's own layer (not Keras's or tfquant's, not a model) that no handler knows:
+    quantized through its `call`, as if its body had been written in the model."""
+    return (isinstance(layer, keras.Layer) and not isinstance(layer, keras.Model)
+            and handler_for(layer) is None and not config.is_float(layer)
+            and not type(layer).__module__.startswith(("keras.", "tf_keras.", "tfquant.")))
+
+
+def _traced_call(layer, args, kwargs, origins):
+    """`layer.call` on symbolic tensors: its sublayers and `keras.ops` calls become nodes
+    of the graph being built. `origins` records which layer each new operation came from.
+    A weight the call reads outside a sublayer (`x * self.gamma`) would be a constant
+    of the quantized model, neither trained nor saved: refused."""
+    accepted = inspect.signature(layer.call).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    kwargs = {k: v for k, v in kwargs.items() if takes_any or k in accepted}
+    inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, KerasTensor)]
+    try:
+        outputs = layer.call(*args, **kwargs)
+    except Exception as error:  # any failure of user code on symbolic tensors
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has no tfquant handler and its "
+            f"call could not be traced on symbolic tensors ({type(error).__name__}: "
+            f"{error}). Register one with tfquant.register_layer_handler, or keep it in "
+            f"float with QuantConfig(float_layers=[{layer.name!r}]).") from None
+    stops = {id(t) for t in inputs}
+    pending = [t for t in keras.tree.flatten(outputs) if isinstance(t, KerasTensor)]
+    seen = set()
+    while pending:
+        tensor = pending.pop()
+        if id(tensor) in stops or id(tensor) in seen or not hasattr(tensor, "_keras_history"):
+            continue
+        seen.add(id(tensor))
+        operation, node_index, _ = tensor._keras_history
+        node = operation._inbound_nodes[node_index]
+        origins.setdefault(id(operation), layer)
+        for value in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)):
+            if isinstance(value, keras.Variable):
+                raise ValueError(
+                    f"Layer {layer.name!r} ({type(layer).__name__}) reads its weight "
+                    f"{value.path!r} directly in {type(operation).__name__} (not through a "
+                    "sublayer), which a traced quantized model cannot carry. Register a "
+                    "handler with tfquant.register_layer_handler, or keep the layer in "
+                    f"float with QuantConfig(float_layers=[{layer.name!r}]).")
+        pending.extend(node.input_tensors)
+    return outputs
+
+
 def _functional_view_or_none(model):
     if isinstance(model, keras.Sequential):
         return getattr(model, "_functional", None)
     return model
 
 
-def _inline_nested_models(model, config):
-    """`model` itself when no Functional/Sequential model is one of its layers; else a
-    flat Functional copy in which every nested model is replaced by its own layers
-    (recursively), with the weights copied. Layers of the copy are clones, so `model`
-    is untouched; a nested model used twice contributes its layers once, shared."""
-    if not any(_inlinable(layer, config) for layer in model.layers):
+def _inline_nested_models(model, config, origins):
+    """`model` itself when no Functional/Sequential model and no traceable user layer is
+    one of its layers; else a flat Functional copy in which every nested model is
+    replaced by its own layers (recursively), with the weights copied, and every user
+    layer by the sublayers and operations of its call (`_traced_call`; `origins` gets
+    {id(operation): the user layer}). Layers of the copy are clones, so `model` is
+    untouched; a nested model used twice contributes its layers once, shared."""
+    if not any(_inlinable(layer, config) or _traceable(layer, config)
+               for layer in model.layers):
         return model
     names = {layer.name for layer in model.layers if not _inlinable(layer, config)}
     clones = {}  # id(original layer) → clone
@@ -100,6 +154,8 @@ def _inline_nested_models(model, config):
                 return lambda *args, **kwargs: inner._run_through_graph(
                     args[0] if args else kwargs["inputs"],
                     operation_fn=operation_for(layer.name))
+            if _traceable(layer, config):
+                return lambda *args, **kwargs: _traced_call(layer, args, kwargs, origins)
             return clone_of(layer, prefix)
         return operation
 
@@ -148,12 +204,13 @@ def quantize_model(model, config=None):
     model, config = keras3_model_and_config(model, config)
     if not isinstance(model, keras.Model):
         raise ValueError(f"quantize_model takes a keras.Model, got {type(model).__name__}.")
-    graph = ModelGraph(_inline_nested_models(functional_view(model), config))
-    _check_supported(graph, config)
+    origins = {}  # id(operation) → the user layer whose call it was traced from
+    graph = ModelGraph(_inline_nested_models(functional_view(model), config, origins))
+    _check_supported(graph, config, origins)
     return RebuildContext(graph, config).run(model.name)
 
 
-def _check_supported(graph, config):
+def _check_supported(graph, config, origins):
     problems, names = [], []
     for node in graph.nodes:
         layer = node.operation
@@ -166,7 +223,17 @@ def _check_supported(graph, config):
         if reason is not None:
             what = (type(layer).__name__ if isinstance(layer, keras.Layer)
                     else f"the operation keras.ops.{type(layer).__name__}")
-            entry = f"  {layer.name!r} ({what}): {reason}"
+            owner = origins.get(id(layer))
+            if owner is not None:
+                # A traced user layer: name it, and the first operation of its call that
+                # has no quantized form (float_layers takes the user layer's name).
+                if owner.name in names:
+                    continue
+                entry = (f"  {owner.name!r} ({type(owner).__name__}): its call uses "
+                         f"{layer.name!r} ({what}): {reason}")
+                layer = owner
+            else:
+                entry = f"  {layer.name!r} ({what}): {reason}"
             if entry not in problems:
                 problems.append(entry)
                 names.append(layer.name)
