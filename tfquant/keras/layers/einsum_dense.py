@@ -11,8 +11,8 @@ import keras
 import numpy as np
 from keras.src.ops import numpy as _np
 
-from tfquant.keras.layers.convolution import quantized_convolution
-from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
+from tfquant.keras.layers.convolution import KernelHandler, quantized_convolution
+from tfquant.keras.layers.registry import register_layer_handler
 from tfquant.keras.quantized_convolution import activation_name
 
 
@@ -54,7 +54,9 @@ def dense_form(layer):
     return DenseForm(shape[:len(contracted)], shape[len(contracted):])
 
 
-class EinsumDenseHandler(LayerHandler):
+class EinsumDenseHandler(KernelHandler):
+    """An EinsumDense in Dense form (`dense_form`), without BN folding."""
+
     def unsupported_reason(self, layer):
         form = dense_form(layer)
         if form is None:
@@ -66,15 +68,6 @@ class EinsumDenseHandler(LayerHandler):
             return (f"an input of shape {tuple(shape)} with unknown axes, which the Dense form "
                     "must reshape (give keras.Input a fixed shape)")
         return None
-
-    def output_activation(self, layer):
-        return activation_name(layer)
-
-    def has_kernel(self, layer):
-        return True
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         layer = node.operation

@@ -64,13 +64,6 @@ class QuantizedEmbedding(keras.layers.Wrapper):
         config["weight_quantizer"] = serialize_quantizer(self.weight_quantizer)
         return config
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(
-            config["layer"], custom_objects=custom_objects)
-        return cls(**config)
-
 
 class EmbeddingHandler(LayerHandler):
     def unsupported_reason(self, layer):
