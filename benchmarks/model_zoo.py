@@ -206,6 +206,7 @@ def run_model(name, args):
     model, train_seconds = train_float(name, builder, x_train, y_train, args.epochs,
                                        args.batch, not args.quick)
     row = {"model": name, "params": model.count_params(), "train_s": train_seconds,
+           "recipe": f"{len(x_train)}×{args.epochs}, test {len(x_test)}",
            "float": accuracy(model.predict(x_test, batch_size=256, verbose=0), y_test)}
     variants = {
         "PTQ W8A8": lambda: tfquant.ptq.quantize(model, x_cal, verbose=0),
@@ -225,11 +226,13 @@ def run_model(name, args):
 
 
 def table(rows):
-    lines = ["| model | params | float | variant | Keras quantized | LiteRT | agreement | "
-             "float ops | size KiB | export s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | params | train images × epochs, test images | float | variant | "
+             "Keras quantized | LiteRT | agreement | float ops | size KiB | export s |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         for variant, v in row["variants"].items():
-            head = f"| {row['model']} | {row['params'] / 1e6:.2f} M | {row['float']:.4f} "
+            head = (f"| {row['model']} | {row['params'] / 1e6:.2f} M | "
+                    f"{row.get('recipe', '20000×4, test 2000')} | {row['float']:.4f} ")
             if "error" in v:
                 lines.append(head + f"| {variant} | {v['error']} | | | | | |")
                 continue
@@ -271,10 +274,11 @@ def main():
     rows = [results[n] for n in MODELS if n in results]
     print(table(rows))
     if not args.quick:
-        body = (f"Float training: {args.train} training images, {args.epochs} epochs (Adam "
-                f"1e-3, cosine), batch {args.batch}; QAT: {args.qat_epochs} epoch(s) at "
-                "1e-4 from the float weights, BN frozen halfway; PTQ: min-max on 256 "
-                f"images. Accuracies on the first {args.test} test images.\n\n" + table(rows))
+        body = ("Float training from scratch (Adam 1e-3, cosine decay), batch "
+                f"{args.batch}, on the first training images; QAT: {args.qat_epochs} "
+                "epoch(s) at 1e-4 from the float weights, BN frozen halfway; PTQ: min-max on "
+                "256 training images. Accuracies on the first test images (the recipe "
+                "column).\n\n" + table(rows))
         write_section("Model zoo", "python benchmarks/model_zoo.py", body)
 
 

@@ -12,6 +12,8 @@ if __name__ == "__main__":
     # bench_*.py, and the PTQ evidence runs ptq_*.py (ptq_common.py is their helper).
     scripts = sorted(glob.glob(os.path.join(HERE, "bench_*.py"))) + sorted(
         s for s in glob.glob(os.path.join(HERE, "ptq_*.py")) if not s.endswith("_common.py"))
+    # The model zoo and keras.applications coverage (the longest runs, last).
+    scripts += [os.path.join(HERE, "applications_coverage.py"), os.path.join(HERE, "model_zoo.py")]
     for script in scripts:
         print(f"== {os.path.basename(script)}", flush=True)
         if subprocess.call([sys.executable, script]) != 0:
