@@ -65,12 +65,20 @@ def _inlinable(layer, config):
             and _functional_view_or_none(layer) is not None)
 
 
+# Modules whose layers are never traced: Keras's own layers are quantized by handlers or
+# listed as unsupported (their calls use backend internals), and so are tfquant's.
+_UNTRACED_MODULES = ("keras.src.layers.", "keras.layers.", "keras.src.models.", "tf_keras.",
+                     "tfquant.")
+
+
 def _traceable(layer, config):
-    """A user's own layer (not Keras's or tfquant's, not a model) that no handler knows:
-    quantized through its `call`, as if its body had been written in the model."""
+    """A layer that no handler knows, not a model and not one of Keras's own layer
+    classes (a user's layer, or a keras.applications helper such as Inception-ResNet's
+    CustomScaleLayer): quantized through its `call`, as if its body had been written in
+    the model."""
     return (isinstance(layer, keras.Layer) and not isinstance(layer, keras.Model)
             and handler_for(layer) is None and not config.is_float(layer)
-            and not type(layer).__module__.startswith(("keras.", "tf_keras.", "tfquant.")))
+            and not type(layer).__module__.startswith(_UNTRACED_MODULES))
 
 
 def _traced_call(layer, args, kwargs, origins):
