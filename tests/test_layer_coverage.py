@@ -307,3 +307,18 @@ def test_user_layer_that_cannot_be_traced_names_itself_and_the_cause():
         tfquant.quantize_model(model)
     kept = tfquant.quantize_model(model, tfquant.QuantConfig(float_layers=["raw"]))
     assert type(kept.get_layer("raw")) is RawScale
+
+
+@pytest.mark.parametrize("name, size", [("InceptionV3", 75), ("MobileNet", 32),
+                                        ("ResNet50", 32), ("DenseNet121", 32),
+                                        ("MobileNetV3Large", 32), ("EfficientNetV2B0", 32)])
+def test_keras_applications_quantize_without_internal_errors(name, size):
+    model = getattr(keras.applications, name)(input_shape=(size, size, 3), weights=None,
+                                              classes=10)
+    qmodel = tfquant.quantize_model(model)
+    x = np.random.rand(2, size, size, 3).astype(np.float32) * 255
+    assert qmodel(x, training=False).shape == (2, 10)
+    kernels = sum(isinstance(layer, tfquant.keras.QuantizedConvolution)
+                  for layer in qmodel.layers)
+    assert kernels == sum(isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D,
+                                             layers.Dense)) for layer in model.layers)
