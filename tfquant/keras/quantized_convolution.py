@@ -101,7 +101,7 @@ def _replicas_in_sync():
     return 1 if context is None else context.num_replicas_in_sync
 
 
-def _batch_moments(x, axes):
+def batch_moments(x, axes):
     """Mean and variance of `x` over `axes` — over the global batch under tf.distribute
     (the sums of all replicas are added up), so every replica folds the same batch
     statistics and keeps the same moving statistics (synchronized BN)."""
@@ -338,7 +338,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         bias = self.layer_bias()
         if bias is not None:
             raw = raw + bias
-        return _batch_moments(raw, list(range(len(raw.shape) - 1)))
+        return batch_moments(raw, list(range(len(raw.shape) - 1)))
 
     def _folded_batch_statistics(self, inputs, training, statistics=None):
         bn = self.batch_norm

@@ -1,8 +1,8 @@
 """Normalization layers.
 
 A BatchNormalization right after a Dense or convolution is folded into it
-(`tfquant.keras.layers.convolution`); elsewhere it is a per-channel affine map (MUL and
-ADD in TFLite) with a quantized output.
+(`tfquant.keras.layers.convolution`); elsewhere it is a per-channel affine map, MUL and
+ADD in TFLite, with a quantizer after each (`QuantizedBatchNormalization`).
 
 LayerNormalization and RMSNormalization are rebuilt from `keras.ops` with a quantizer
 after every op, so the flatbuffer has only integer ops and every int8 (or int16, with
@@ -20,11 +20,41 @@ import keras
 from keras.src.ops import math as _math
 from keras.src.ops import numpy as _np
 
+from tfquant.keras.layers.batch_normalization import QuantizedBatchNormalization
 from tfquant.keras.layers.channel_affine import ChannelAffine
-from tfquant.keras.layers.registry import LayerHandler, QuantizedOutput, register_layer_handler
+from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
 
-register_layer_handler(keras.layers.BatchNormalization,
-                       QuantizedOutput(applies_activation=True))
+class BatchNormalizationHandler(LayerHandler):
+    """A BatchNormalization that no layer before it absorbs: `QuantizedBatchNormalization`
+    (MUL, quantizer, ADD), its output quantized."""
+
+    def unsupported_reason(self, layer):
+        axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
+        rank = len(layer._inbound_nodes[0].input_tensors[0].shape)
+        if axis % rank != rank - 1:
+            return f"normalization over axis {layer.axis!r} (the last axis is supported)"
+        return None
+
+    def applies_activation(self, layer):
+        return True
+
+    def keeps_layer(self, layer):
+        return False
+
+    def rebuild(self, context, node, args, kwargs):
+        def make(layer):
+            spec = context.config.layer_spec(layer)
+            wrapper = QuantizedBatchNormalization(
+                layer.__class__.from_config(layer.get_config()),
+                spec.activation_quantizer_for())
+            context.copy_weights(wrapper.layer, layer)
+            return wrapper
+
+        outputs = context.replacement(node.operation, make)(*args, **kwargs)
+        return context.quantize_output(node, outputs)
+
+
+register_layer_handler(keras.layers.BatchNormalization, BatchNormalizationHandler())
 
 
 def _axes(layer):
