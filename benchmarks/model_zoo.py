@@ -10,7 +10,8 @@ accuracy on the first `--test` test images, argmax agreement LiteRT vs the Keras
 quantized model, float compute ops left in the flatbuffer, its size, export seconds.
 
 Run: `make bench`, or `.venv/bin/python benchmarks/model_zoo.py [--models A,B] [--train N]
-[--epochs E] [--test N]`; `--quick` trains on 2000 images for one epoch (a smoke run; it
+[--epochs E] [--test N]`; `--report-only` rewrites the BENCHMARKS.md section from the rows
+kept so far (runs can be split up); `--quick` trains on 2000 images for one epoch (a smoke run; it
 neither reads nor writes the cache and does not write BENCHMARKS.md).
 """
 
@@ -253,6 +254,8 @@ def main():
     parser.add_argument("--results", default=os.path.join(CACHE, "results.json"),
                         help="rows are kept here per model, so runs can be split up")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the BENCHMARKS.md section from --results, run nothing")
     args = parser.parse_args()
     if args.quick:
         args.train, args.epochs, args.test = 2000, 1, 500
@@ -264,7 +267,7 @@ def main():
     if not args.quick and os.path.exists(args.results):
         with open(args.results) as handle:
             results = json.load(handle)
-    for name in names:
+    for name in [] if args.report_only else names:
         results[name] = run_model(name, args)
         if not args.quick:
             os.makedirs(os.path.dirname(args.results), exist_ok=True)
