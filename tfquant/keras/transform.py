@@ -226,7 +226,8 @@ def _check_supported(graph, config, origins):
             continue
         handler = handler_for(layer)
         reason = _unsupported_reason(layer, handler)
-        if reason is None and len(node.outputs) != 1 and not handler.passes_through(layer):
+        if reason is None and len(node.outputs) != 1 and not (
+                handler.passes_through(layer) or handler.quantizes_several_outputs(layer)):
             reason = "more than one output"
         if reason is not None:
             what = (type(layer).__name__ if isinstance(layer, keras.Layer)
@@ -339,6 +340,16 @@ class RebuildContext:
                 new_layer = make(layer)
             self.layers[id(layer)] = new_layer
         return self.layers[id(layer)]
+
+    def wrapped(self, layer, wrap):
+        """The replacement of `layer` that `wrap(clone)` makes around a clone of it (a
+        tfquant wrapper; the clone gets `layer`'s weights), made once."""
+        def make(layer):
+            clone = _clone(layer)
+            self.copy_weights(clone, layer)
+            return wrap(clone)
+
+        return self.replacement(layer, make)
 
     def copy_weights(self, target, source, transform=None):
         """Copies `source`'s weights into `target` once the quantized model is built,

@@ -20,6 +20,7 @@ from tfquant.quantizers.soft import SoftQuantizer
 from tfquant.quantizers.ternary import TernaryQuantizer, TTQQuantizer
 from tfquant.quantizers.tqt import TQTQuantizer
 from tfquant.quantizers.uniform import (
+    CappedRangeQuantizer,
     FixedRangeQuantizer,
     MinMaxWeightQuantizer,
     MovingAverageQuantizer,
@@ -27,6 +28,7 @@ from tfquant.quantizers.uniform import (
 
 __all__ = [
     "BinaryQuantizer",
+    "CappedRangeQuantizer",
     "DoReFaActivationQuantizer",
     "DoReFaWeightQuantizer",
     "LQNetsQuantizer",

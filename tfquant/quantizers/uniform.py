@@ -324,6 +324,43 @@ class MovingAverageQuantizer(Quantizer):
 
 
 @register_quantizer
+class CappedRangeQuantizer(MovingAverageQuantizer):
+    """A `MovingAverageQuantizer` whose range never exceeds `[-limit, limit]`: the
+    calibrated or moving-average range is clipped there where it is used (the range
+    variables keep what calibration or training wrote). Used for an LSTM's cell state,
+    which the next op reads through a saturating tanh
+    (`tfquant.keras.layers.recurrent.CELL_STATE_LIMIT`).
+
+    Args:
+      limit: the bound, > 0.
+      num_bits, symmetric, narrow_range, ema_decay: as for `MovingAverageQuantizer`.
+    """
+
+    def __init__(self, limit, num_bits=8, symmetric=False,
+                 narrow_range=False, ema_decay=0.99):
+        super().__init__(num_bits, symmetric, narrow_range, ema_decay)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise ValueError(f"CappedRangeQuantizer: limit must be a number > 0; got "
+                             f"{limit!r}.")
+        self.limit = float(limit)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if training:
+            return super().__call__(inputs, training, weights, **kwargs)
+        capped = dict(weights)
+        capped["min"] = tf.maximum(tf.convert_to_tensor(weights["min"]), -self.limit)
+        capped["max"] = tf.minimum(tf.convert_to_tensor(weights["max"]), self.limit)
+        return super().__call__(inputs, training, capped, **kwargs)
+
+    def _observe(self, inputs, weights):
+        range_min, range_max = super()._observe(inputs, weights)
+        return tf.maximum(range_min, -self.limit), tf.minimum(range_max, self.limit)
+
+    def get_config(self):
+        return {"limit": self.limit, **super().get_config()}
+
+
+@register_quantizer
 class FixedRangeQuantizer(Quantizer):
     """Uniform quantizer with a constant range, for outputs whose range a kernel fixes.
 

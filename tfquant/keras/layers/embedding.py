@@ -71,9 +71,6 @@ class EmbeddingHandler(LayerHandler):
             return "mask_zero=True (tfquant quantizes embeddings without masks)"
         return None
 
-    def passes_through(self, layer):
-        return False
-
     def has_kernel(self, layer):
         return True
 
@@ -81,15 +78,10 @@ class EmbeddingHandler(LayerHandler):
         return False
 
     def rebuild(self, context, node, args, kwargs):
-        def make(layer):
-            spec = context.config.layer_spec(layer)
-            wrapper = QuantizedEmbedding(
-                layer.__class__.from_config(layer.get_config()),
-                MinMaxWeightQuantizer(max(8, spec.weight_bits), per_channel=False))
-            context.copy_weights(wrapper.layer, layer)
-            return wrapper
-
-        return context.replacement(node.operation, make)(*args, **kwargs)
+        bits = max(8, context.config.layer_spec(node.operation).weight_bits)
+        wrapper = context.wrapped(node.operation, lambda clone: QuantizedEmbedding(
+            clone, MinMaxWeightQuantizer(bits, per_channel=False)))
+        return wrapper(*args, **kwargs)
 
 
 register_layer_handler(keras.layers.Embedding, EmbeddingHandler())

@@ -42,16 +42,10 @@ class BatchNormalizationHandler(LayerHandler):
         return False
 
     def rebuild(self, context, node, args, kwargs):
-        def make(layer):
-            spec = context.config.layer_spec(layer)
-            wrapper = QuantizedBatchNormalization(
-                layer.__class__.from_config(layer.get_config()),
-                spec.activation_quantizer_for())
-            context.copy_weights(wrapper.layer, layer)
-            return wrapper
-
-        outputs = context.replacement(node.operation, make)(*args, **kwargs)
-        return context.quantize_output(node, outputs)
+        quantizer = context.config.layer_spec(node.operation).activation_quantizer_for()
+        wrapper = context.wrapped(node.operation,
+                                  lambda clone: QuantizedBatchNormalization(clone, quantizer))
+        return context.quantize_output(node, wrapper(*args, **kwargs))
 
 
 register_layer_handler(keras.layers.BatchNormalization, BatchNormalizationHandler())

@@ -55,6 +55,12 @@ class LayerHandler:
         """True for layers whose weights are quantized (Dense, convolutions)."""
         return False
 
+    def quantizes_several_outputs(self, layer):
+        """True when `rebuild` quantizes each output of a layer that has several (an LSTM
+        with `return_state=True`); other layers with several outputs are refused unless
+        they pass values through."""
+        return False
+
     def keeps_layer(self, layer):
         """True when the quantized model holds a clone of the layer itself, which the
         export computes in integer between quantizers; False when `rebuild` replaces it
