@@ -7,7 +7,8 @@ For each cell: a float `Input((28, 28)) → LSTM/GRU(units) → Dense(10)` class
 `--qat-epochs` epochs (Adam 1e-4) from the PTQ model. Reports the Keras and LiteRT test
 accuracy, the LiteRT/Keras agreement, the largest output difference in LSB, the
 flatbuffer size against the float model converted as Keras has it (`unroll=False`: a
-WHILE loop), the op count and the minutes. Prints a table; writes nothing.
+WHILE loop), the op count and the minutes; writes its BENCHMARKS.md section (not with
+--quick).
 
     python benchmarks/bench_recurrent.py              # full run
     python benchmarks/bench_recurrent.py --quick      # smoke run on a subset
@@ -33,6 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfquant  # noqa: E402
+from benchmark_report import write_section  # noqa: E402
 from tfquant.export.litert_runner import run_litert  # noqa: E402
 
 CELLS = {"LSTM": keras.layers.LSTM, "GRU": keras.layers.GRU}
@@ -170,15 +172,19 @@ def main():
         rows.append(exported_row(f"QAT W8A8 ({epochs}, from PTQ)", cell,
                                  qat_model, x_test, y_test, float_size, start))
         print(" | ".join(rows[-1]), flush=True)
-    print()
-    print(f"Fashion-MNIST rows as sequences, {cells} ({args.units} units) → Dense(10); "
-          f"test set {len(x_test)} images; PTQ calibration on {len(calibration)} training "
-          "images; agreement: LiteRT vs Keras predictions on the test set; max diff over "
-          "500 test images; size ratio against the float unroll=False flatbuffer; "
-          "minutes: training (float: none when cached in out/), conversion and evaluation.")
-    print(markdown_table(("cell", "model", "Keras acc %", "LiteRT acc %", "agree %",
-                          "max diff (LSB)", "float ops", "KiB", "size × float", "ops",
-                          "minutes"), rows))
+    body = (f"Fashion-MNIST rows as sequences, {cells} ({args.units} units) → Dense(10); "
+            f"test set {len(x_test)} images; PTQ calibration on {len(calibration)} training "
+            "images; agreement: LiteRT vs Keras predictions on the test set; max diff over "
+            "500 test images; size ratio against the float unroll=False flatbuffer; "
+            "minutes: training (float: none when cached in out/), conversion and "
+            "evaluation.\n\n"
+            + markdown_table(("cell", "model", "Keras acc %", "LiteRT acc %", "agree %",
+                              "max diff (LSB)", "float ops", "KiB", "size × float", "ops",
+                              "minutes"), rows))
+    print(body)
+    if not args.quick:
+        write_section("LSTM and GRU to full-integer LiteRT", "python benchmarks/bench_recurrent.py",
+                      body)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,20 @@ def test_embedding_with_mask_zero_is_refused():
     model = keras.Model(tokens, layers.Dense(2)(layers.GlobalAveragePooling1D()(x)))
     with pytest.raises(ValueError, match="'embedding' \\(Embedding\\): mask_zero=True"):
         tfquant.quantize_model(model)
+
+
+def test_a_reloaded_model_quantizes_although_new_operations_reuse_its_names(tmp_path):
+    """A model loaded from a file names its layers without advancing Keras's name
+    counter: its "reshape" layer and the attention's new keras.ops.reshape clash."""
+    inputs = keras.Input((4, 4, 8))
+    x = layers.Reshape((16, 8), name="reshape")(inputs)
+    x = layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    model = keras.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling1D()(x)))
+    model.save(tmp_path / "float.keras")
+    keras.utils.clear_session()  # a new process: the name counters start again
+    reloaded = keras.saving.load_model(tmp_path / "float.keras")
+    qmodel = tfquant.quantize_model(reloaded)
+    names = [op.name for op in qmodel.operations]
+    assert len(names) == len(set(names))
+    x = np.random.randn(4, 4, 4, 8).astype(np.float32)
+    assert qmodel(x).shape == (4, 2)

@@ -289,12 +289,44 @@ class RebuildContext:
         for node in self.graph.nodes:
             self._rebuild(node)
         outputs = [self.tensors[id(t)] for t in model.outputs]
+        self._rename_clashing_operations(outputs)
         outputs = outputs[0] if len(outputs) == 1 and not isinstance(model.output, list) else outputs
         quantized = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
         for new_layer, old_layer, transform in self.weight_sources:
             values = old_layer.get_weights()
             new_layer.set_weights(transform(values) if transform is not None else values)
         return quantized
+
+    def _rename_clashing_operations(self, outputs):
+        """Gives a fresh name to every `keras.ops` operation a handler made whose
+        automatic name another operation of the new graph already has. Keras names new
+        operations from a per-process counter, which a model loaded from a file did not
+        advance: its layer "reshape" and a new `keras.ops.reshape` are both "reshape",
+        and a Functional model refuses two operations with one name."""
+        operations, seen, pending = [], set(), list(outputs)
+        while pending:
+            tensor = pending.pop()
+            operation, node_index, _ = tensor._keras_history
+            if id(operation) in seen:
+                continue
+            seen.add(id(operation))
+            operations.append(operation)
+            pending.extend(operation._inbound_nodes[node_index].input_tensors)
+        by_name = {}
+        for operation in operations:
+            by_name.setdefault(operation.name, []).append(operation)
+        self.names.update(by_name)
+        replacements = {id(layer) for layer in self.layers.values()}
+        for group in by_name.values():
+            if len(group) < 2:
+                continue
+            # Layers and the operations that replace the original graph's keep their names.
+            keepers = [op for op in group
+                       if isinstance(op, keras.Layer) or id(op) in replacements]
+            keeper = keepers[0] if keepers else group[0]
+            for operation in group:
+                if operation is not keeper and not isinstance(operation, keras.Layer):
+                    operation.name = self.unique_name(operation.name)
 
     def _quantize_input(self, tensor, new_input):
         if "float" not in str(tensor.dtype):
