@@ -6,7 +6,7 @@ from tfquant.keras.layers import (  # noqa: F401  (each module registers its han
     attention,
     channel_affine,
     convolution,
-    einsum_dense,
+    dense_forms,
     embedding,
     merging,
     normalization,

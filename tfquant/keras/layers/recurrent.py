@@ -58,21 +58,16 @@ unrolled steps have no masked-step logic), `stateful=True`, unknown sequence len
 apply them (QAT fine-tunes without them).
 
 TimeDistributed(Dense) is a Dense on the last axis — the same function — and is
-quantized as one.
+quantized as one (`tfquant.keras.layers.dense_forms`).
 """
 
 import keras
-import tensorflow as tf
 from keras.src.backend.common.masking import get_keras_mask
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
-from tfquant.keras.layers.activations import NON_NEGATIVE_ACTIVATIONS, SINGLE_OP
+from tfquant.keras.layers.activations import SINGLE_OP
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
-from tfquant.keras.quantized_convolution import (
-    FUSABLE_ACTIVATIONS,
-    QuantizedConvolution,
-    activation_name,
-)
+from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.quantizers.uniform import (
     INT8_FIXED_OUTPUT_RANGES,
     CappedRangeQuantizer,
@@ -495,67 +490,6 @@ class BidirectionalHandler(LayerHandler):
         return context.quantize_output(node, ops.multiply(total, 0.5))
 
 
-class TimeDistributedHandler(LayerHandler):
-    """TimeDistributed(Dense): a Dense on the last axis, which is the same function,
-    quantized as one. With static inner dimensions it runs on the steps merged into the
-    batch — RESHAPE, FULLY_CONNECTED, RESHAPE — rather than as a Dense on the whole
-    sequence, for which the converter adds the shape arithmetic of a dynamic batch
-    (SHAPE, GATHER, REDUCE_PROD, PACK, CONCATENATION); a ReLU/ReLU6 that follows then
-    keeps its own quantizer (TFLite fuses none across a RESHAPE)."""
-
-    def unsupported_reason(self, layer):
-        if not isinstance(layer.layer, _L.Dense):
-            return (f"TimeDistributed over {type(layer.layer).__name__}; tfquant quantizes "
-                    "TimeDistributed(Dense) (apply other layers to the merged batch and "
-                    "time axes with Reshape, or keep this layer in float)")
-        return None
-
-    def output_activation(self, layer):
-        return activation_name(layer.layer)
-
-    def non_negative(self, layer, inputs_non_negative):
-        return activation_name(layer.layer) in NON_NEGATIVE_ACTIVATIONS
-
-    def has_kernel(self, layer):
-        return True
-
-    def keeps_layer(self, layer):
-        return False
-
-    def rebuild(self, context, node, args, kwargs):
-        layer = node.operation
-        inputs = args[0] if args else kwargs["inputs"]
-        inner_shape = tuple(inputs.shape[1:-1])
-        merge_steps = all(d is not None for d in inputs.shape[1:])
-        own_activation = activation_name(layer.layer)
-        fuse_next = (not merge_steps and own_activation == "linear"
-                     and context.next_is_fused(node))
-
-        def make(layer):
-            config = layer.layer.get_config()
-            config["name"] = layer.name
-            dense = _L.Dense.from_config(config)
-            spec = context.config.layer_spec(
-                layer, first_or_last_weights=context.graph.is_first_or_last(node))
-            wrapper = QuantizedConvolution(
-                dense, weight_quantizer=spec.weight_quantizer_for(-1),
-                output_quantizer=(None if fuse_next
-                                  else context.output_quantizer(node, own_activation)),
-                pre_activation_quantizer=(spec.activation_quantizer_for()
-                                          if own_activation not in FUSABLE_ACTIVATIONS
-                                          else None),
-                name=layer.name)
-            context.copy_weights(wrapper.layer, layer.layer)
-            return wrapper
-
-        dense = context.replacement(layer, make)
-        if not merge_steps:
-            return dense(inputs)
-        outputs = dense(ops.reshape(inputs, (-1, int(inputs.shape[-1]))))
-        return ops.reshape(outputs, (-1,) + inner_shape + (int(outputs.shape[-1]),))
-
-
 for _cls in (_L.RNN, _L.LSTM, _L.GRU):
     register_layer_handler(_cls, RecurrentHandler())
 register_layer_handler(_L.Bidirectional, BidirectionalHandler())
-register_layer_handler(_L.TimeDistributed, TimeDistributedHandler())

@@ -1,16 +1,21 @@
-"""`EinsumDense` whose equation is a Dense over the input's last axes (the projections of
-attention and transformer MLPs: `abc,cd->abd`, `abc,cde->abde`, `abcd,cde->abe`): it is
-quantized as that Dense, with the contracted axes flattened before it and the new axes
-unflattened after it, so TFLite gets a FULLY_CONNECTED with per-channel int8 weights
-and RESHAPEs around it."""
+"""Layers that are a Dense under another name, quantized as that Dense (a FULLY_CONNECTED
+with per-channel int8 weights and RESHAPEs around it):
+
+- `EinsumDense` whose equation is a Dense over the input's last axes (the projections of
+  attention and transformer MLPs: `abc,cd->abd`, `abc,cde->abde`, `abcd,cde->abe`), with
+  the contracted axes flattened before it and the new axes unflattened after it;
+- `TimeDistributed(Dense)`, a Dense on the last axis.
+"""
 
 import dataclasses
 import math
 
 import keras
 import numpy as np
+from keras import ops
 from keras.src.ops import numpy as _np
 
+from tfquant.keras.layers.activations import NON_NEGATIVE_ACTIVATIONS
 from tfquant.keras.layers.convolution import KernelHandler, quantized_convolution
 from tfquant.keras.layers.registry import register_layer_handler
 from tfquant.keras.quantized_convolution import activation_name
@@ -95,4 +100,52 @@ class EinsumDenseHandler(KernelHandler):
         return outputs
 
 
+class TimeDistributedHandler(KernelHandler):
+    """TimeDistributed(Dense): a Dense on the last axis, which is the same function,
+    quantized as one. With static inner dimensions it runs on the steps merged into the
+    batch — RESHAPE, FULLY_CONNECTED, RESHAPE — rather than as a Dense on the whole
+    sequence, for which the converter adds the shape arithmetic of a dynamic batch
+    (SHAPE, GATHER, REDUCE_PROD, PACK, CONCATENATION); a ReLU/ReLU6 that follows then
+    keeps its own quantizer (TFLite fuses none across a RESHAPE)."""
+
+    def unsupported_reason(self, layer):
+        if not isinstance(layer.layer, keras.layers.Dense):
+            return (f"TimeDistributed over {type(layer.layer).__name__}; tfquant quantizes "
+                    "TimeDistributed(Dense) (apply other layers to the merged batch and "
+                    "time axes with Reshape, or keep this layer in float)")
+        return None
+
+    def output_activation(self, layer):
+        return activation_name(layer.layer)
+
+    def non_negative(self, layer, inputs_non_negative):
+        return activation_name(layer.layer) in NON_NEGATIVE_ACTIVATIONS
+
+    def rebuild(self, context, node, args, kwargs):
+        layer = node.operation
+        inputs = args[0] if args else kwargs["inputs"]
+        inner_shape = tuple(inputs.shape[1:-1])
+        merge_steps = all(d is not None for d in inputs.shape[1:])
+        own_activation = activation_name(layer.layer)
+        fuse_next = (not merge_steps and own_activation == "linear"
+                     and context.next_is_fused(node))
+
+        def make(layer):
+            config = layer.layer.get_config()
+            config["name"] = layer.name
+            wrapper = quantized_convolution(
+                context, node, keras.layers.Dense.from_config(config),
+                output_quantizer=(None if fuse_next
+                                  else context.output_quantizer(node, own_activation)))
+            context.copy_weights(wrapper.layer, layer.layer)
+            return wrapper
+
+        dense = context.replacement(layer, make)
+        if not merge_steps:
+            return dense(inputs)
+        outputs = dense(ops.reshape(inputs, (-1, int(inputs.shape[-1]))))
+        return ops.reshape(outputs, (-1,) + inner_shape + (int(outputs.shape[-1]),))
+
+
 register_layer_handler(keras.layers.EinsumDense, EinsumDenseHandler())
+register_layer_handler(keras.layers.TimeDistributed, TimeDistributedHandler())
