@@ -353,3 +353,16 @@ def test_standalone_batch_norm_is_mul_quantizer_add(tmp_path):
     qmodel.save(tmp_path / "q.keras")
     reloaded = keras.saving.load_model(tmp_path / "q.keras")
     np.testing.assert_array_equal(reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("activation", ["silu", "hard_sigmoid", "elu"])
+def test_convolution_with_a_several_op_activation_quantizes_each_op(activation):
+    """EfficientNet's squeeze-excite convolutions carry activation="swish"."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(6, 3, activation=activation, name="conv")(inputs)
+    model = keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+    x = np.random.randn(64, 8, 8, 3).astype(np.float32)
+    qmodel, report = ptq_export(model, x)
+    assert qmodel.get_layer("conv").activation == "linear"
+    assert report.float_ops == [] and ACTIVATIONS[activation] <= set(report.op_counts)
+    assert report.max_abs_diff_lsb <= 1.001

@@ -4,7 +4,11 @@ fused (one output quantizer, after it)."""
 
 import keras
 
-from tfquant.keras.layers.activations import NON_NEGATIVE_ACTIVATIONS
+from tfquant.keras.layers.activations import (
+    DECOMPOSED,
+    NON_NEGATIVE_ACTIVATIONS,
+    rebuild_decomposed,
+)
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
 from tfquant.keras.quantized_convolution import (
     FUSABLE_ACTIVATIONS,
@@ -124,16 +128,21 @@ class KernelHandler(LayerHandler):
         last_node = bn_node or node
         own_activation = activation_name(layer)
         fuse_next = own_activation == "linear" and context.next_is_fused(last_node)
+        # A several-op activation (silu in EfficientNet's squeeze-excite convolutions):
+        # the layer without it, then the activation op by op, a quantizer after each.
+        decomposed = own_activation in DECOMPOSED
 
         def make(layer):
             if _is_depthwise_grouped(layer):
                 float_layer, transform = _as_depthwise(layer)
             else:
                 float_layer, transform = _clone(layer), None
+            if decomposed:
+                float_layer.activation = keras.activations.get("linear")
             wrapper = quantized_convolution(
                 context, node, float_layer,
-                output_quantizer=(None if fuse_next else
-                                  context.output_quantizer(last_node, own_activation)),
+                output_quantizer=(None if fuse_next else context.output_quantizer(
+                    last_node, "linear" if decomposed else own_activation)),
                 batch_norm=_clone(bn_node.operation) if bn_node is not None else None)
             context.copy_weights(wrapper.layer, layer, transform)
             if bn_node is not None:
@@ -141,7 +150,10 @@ class KernelHandler(LayerHandler):
                 context.fold(bn_node, into=node)
             return wrapper
 
-        return context.replacement(layer, make)(*args, **kwargs)
+        outputs = context.replacement(layer, make)(*args, **kwargs)
+        if decomposed:
+            return rebuild_decomposed(context, node, outputs, own_activation)
+        return outputs
 
 
 for _cls in (_L.Dense, _L.Conv1D, _L.Conv2D, _L.Conv3D, _L.DepthwiseConv1D,
