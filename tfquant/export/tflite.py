@@ -15,8 +15,8 @@ from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
 from tfquant.export.report import ExportReport
 from tfquant.keras.compat import as_keras3, float32_copy, is_tfmot_quantized
-from tfquant.keras.slots import quantizer_slots
 from tfquant.keras.layers import handler_for
+from tfquant.keras.slots import quantizer_slots
 from tfquant.quantizers.base import Deployment, exporting
 
 _IO_TYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}

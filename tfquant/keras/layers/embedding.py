@@ -7,8 +7,8 @@ import keras
 from keras import ops
 
 from tfquant.keras.compat import float32_math, to_compute_dtype
-from tfquant.keras.slots import QuantizerSlot
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
+from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
 from tfquant.quantizers.uniform import MinMaxWeightQuantizer
 
