@@ -237,7 +237,7 @@ def table(rows):
     for row in rows:
         for variant, v in row["variants"].items():
             head = (f"| {row['model']} | {row['params'] / 1e6:.2f} M | "
-                    f"{row.get('recipe', '20000×4, test 2000')} | {row['float']:.4f} ")
+                    f"{row['recipe']} | {row['float']:.4f} ")
             if "error" in v:
                 lines.append(head + f"| {variant} | {v['error']} | | | | | |")
                 continue
