@@ -63,6 +63,10 @@ def test_unknown_several_op_activation_is_refused_with_the_supported_list():
     model = dense_model(layers.Activation("selu", name="act"))
     with pytest.raises(ValueError, match=r"'act' \(Activation\): activation 'selu'.*gelu"):
         tfquant.quantize_model(model)
+    model = dense_model(layers.ELU(alpha=0.5, name="elu"))
+    with pytest.raises(ValueError, match=r"'elu' \(ELU\): ELU\(alpha=0.5\)"):
+        tfquant.quantize_model(model)
+    tfquant.quantize_model(dense_model(layers.ELU(name="elu")))  # alpha=1: op by op
 
 
 def test_prelu_exports_prelu():

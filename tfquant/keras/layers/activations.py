@@ -68,6 +68,9 @@ class ActivationHandler(LayerHandler):
     """`keras.layers.Activation` and the activation layers (ReLU, Softmax, ...)."""
 
     def unsupported_reason(self, layer):
+        if isinstance(layer, _L.ELU) and layer.alpha != 1.0:
+            return (f"ELU(alpha={layer.alpha}): TFLite's int8 ELU stays float, and tfquant "
+                    "rebuilds alpha=1 only")
         name = self.output_activation(layer)
         if name is None or name in SINGLE_OP or name in DECOMPOSED:
             return None
