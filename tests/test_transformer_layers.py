@@ -159,3 +159,12 @@ def test_a_reloaded_model_quantizes_although_new_operations_reuse_its_names(tmp_
     assert len(names) == len(set(names))
     x = np.random.randn(4, 4, 4, 8).astype(np.float32)
     assert qmodel(x).shape == (4, 2)
+
+
+@pytest.mark.parametrize("options", [{"data_free": True}, {"bias_correction": "empirical"},
+                                     {"rounding": "adaround", "adaround_iterations": 20}])
+def test_ptq_transformations_take_transformer_models(options):
+    model = token_transformer()
+    x = np.random.randint(0, 50, (64, 12)).astype(np.int32)
+    qmodel = tfquant.ptq.quantize(model, x, verbose=0, **options)
+    assert relative_error(model, qmodel, x) < 0.1
