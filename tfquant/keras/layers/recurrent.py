@@ -426,7 +426,7 @@ class RecurrentHandler(LayerHandler):
         return [output] + list(state) if layer.return_state else output
 
 
-class BidirectionalHandler(LayerHandler):
+class BidirectionalHandler(RecurrentHandler):
     """Bidirectional over an LSTM or GRU: both directions unrolled, the backward one in
     reverse order, its sequence stacked back in time order as Keras does; the merged
     output is quantized (CONCATENATION, ADD, MUL)."""
@@ -437,15 +437,6 @@ class BidirectionalHandler(LayerHandler):
                     + ", ".join(map(repr, MERGE_MODES)))
         return (_cell_reason(layer.forward_layer) or _cell_reason(layer.backward_layer)
                 or _nodes_reason(layer))
-
-    def quantizes_several_outputs(self, layer):
-        return True  # merge_mode=None or return_state=True
-
-    def has_kernel(self, layer):
-        return True
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         layer = node.operation
