@@ -7,7 +7,7 @@ from keras import layers
 
 import tfquant
 from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
-from tfquant.keras.compat import float32_copy
+from tfquant.keras.dtypes import float32_copy
 
 
 def small_cnn():

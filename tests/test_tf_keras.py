@@ -18,7 +18,7 @@ import pytest
 import tf_keras
 
 import tfquant
-from tfquant.keras.compat import as_keras3
+from tfquant.keras.tf_keras_models import as_keras3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L = tf_keras.layers

@@ -14,7 +14,8 @@ from tfquant.export.int2 import to_int2_fully_connected
 from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
 from tfquant.export.report import ExportReport
-from tfquant.keras.compat import as_keras3, float32_copy, is_tfmot_quantized
+from tfquant.keras.dtypes import float32_copy
+from tfquant.keras.tf_keras_models import as_keras3, is_tfmot_quantized
 from tfquant.keras.layers import handler_for
 from tfquant.keras.slots import quantizer_slots
 from tfquant.quantizers.base import Deployment, exporting

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import deserialize_quantizer, is_exporting, serialize_quantizer
 from tfquant.quantizers.uniform import MovingAverageQuantizer
@@ -48,7 +48,7 @@ class ActivationFakeQuant(keras.layers.Layer):
             name="quantize_enabled", shape=(), initializer="ones", trainable=False)
 
     def call(self, inputs, training=None):
-        # Quantizer math in float32 under any dtype policy (tfquant.keras.compat).
+        # Quantizer math in float32 under any dtype policy (tfquant.keras.dtypes).
         with float32_math():
             inputs32 = to_float32(inputs)
             outputs = self.quantizer(inputs32, bool(training), self.quantizer_variables)

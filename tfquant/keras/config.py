@@ -13,6 +13,7 @@ import re
 import keras
 
 from tfquant.quantizers.base import Quantizer, deserialize_quantizer, get_quantizer_class
+from tfquant.quantizers.calibration import check_weight_calibrator, make_calibrator
 from tfquant.quantizers.uniform import INT8_FIXED_OUTPUT_RANGES, FixedRangeQuantizer
 
 WEIGHT_BITS = tuple(range(2, 9))
@@ -49,9 +50,6 @@ def _check_calibrator(spec, role, where):
     weight calibrators: a registered name."""
     if spec is None:
         return
-    # Imported here: tfquant.ptq imports this module.
-    from tfquant.ptq.calibration import check_weight_calibrator, make_calibrator
-
     try:
         if role == "activation":
             make_calibrator(spec)

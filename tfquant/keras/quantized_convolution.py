@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfquant.keras.activation_fake_quant import add_switches, apply_switch
-from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import (
     deserialize_quantizer,

@@ -31,7 +31,7 @@ from keras import KerasTensor
 from keras.src.models.functional import Functional
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
-from tfquant.keras.compat import keras3_model_and_config
+from tfquant.keras.tf_keras_models import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.graph import ModelGraph, functional_view
 from tfquant.keras.layers import handler_for
@@ -188,7 +188,7 @@ def quantize_model(model, config=None):
     and loads as `.keras` once `tfquant` is imported.
 
     A tf_keras (Keras 2) Sequential or Functional model is rebuilt as Keras 3 first
-    (`tfquant.keras.compat.as_keras3`: same layers, names, graph and weights), so the
+    (`tfquant.keras.tf_keras_models.as_keras3`: same layers, names, graph and weights), so the
     result is a Keras 3 model in either case: compile and fit it with Keras 3 (`keras`
     optimizers, losses and callbacks, `tfquant.callbacks`). TFMOT annotations are
     honoured as TFMOT does: when some layers are annotated

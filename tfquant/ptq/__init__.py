@@ -15,7 +15,7 @@ from tfquant.ptq.bias_correction import (
     empirical_bias_correction,
     float_output_means,
 )
-from tfquant.ptq.calibration import (
+from tfquant.quantizers.calibration import (
     ACTIVATION_CALIBRATORS,
     WEIGHT_CALIBRATORS,
     Calibrator,

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.ptq import _sites as s
-from tfquant.ptq.calibration import weight_clip
+from tfquant.quantizers.calibration import weight_clip
 
 
 def _rectified_sigmoid(v):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tfquant.keras.batch_norm import freeze_batch_norm
-from tfquant.keras.compat import keras3_model_and_config
+from tfquant.keras.tf_keras_models import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.transform import quantize_model
 from tfquant.ptq import _sites as s
@@ -16,7 +16,7 @@ from tfquant.ptq.bias_correction import (
     empirical_bias_correction,
     float_output_means,
 )
-from tfquant.ptq.calibration import make_calibrator, symmetric_quantize, weight_clip
+from tfquant.quantizers.calibration import make_calibrator, symmetric_quantize, weight_clip
 from tfquant.ptq.equalization import dfq, fold_batch_norm
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from tfquant.keras.config import LayerRule
 from tfquant.keras.quantized_convolution import kernel_kind, kernel_names
 from tfquant.ptq import _sites as s
-from tfquant.ptq.calibration import symmetric_quantize, weight_clip
+from tfquant.quantizers.calibration import symmetric_quantize, weight_clip
 from tfquant.ptq.equalization import fold_batch_norm
 
 

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.quantized_convolution import batch_moments
 from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfquant.keras.compat import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.layers.registry import QuantizedOutput, register_layer_handler
 from tfquant.quantizers.uniform import export_fake_quant
 

@@ -6,7 +6,7 @@ table, whose output has the table's scale, so the lookup needs no quantizer of i
 import keras
 from keras import ops
 
-from tfquant.keras.compat import float32_math, to_compute_dtype
+from tfquant.keras.dtypes import float32_math, to_compute_dtype
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
 from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer

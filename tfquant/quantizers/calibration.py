@@ -6,6 +6,9 @@ calibrators are functions of the whole weight tensor (`weight_clip`). References
 al. 2020, "Integer Quantization for Deep Learning Inference: Principles and Empirical
 Evaluation"; Migacz 2017, "8-bit Inference with TensorRT"; Banner et al. 2019 (optimal
 clipping); Choi et al. 2019 (SAWB).
+
+They live below `tfquant.keras` (its config checks calibrator names); `tfquant.ptq`
+re-exports them.
 """
 
 import copy
