@@ -12,22 +12,20 @@ import re
 
 import keras
 
+from tfquant.ops.arguments import check_bits
 from tfquant.quantizers.base import Quantizer, deserialize_quantizer, get_quantizer_class
 from tfquant.quantizers.calibration import check_weight_calibrator, make_calibrator
-from tfquant.quantizers.uniform import INT8_FIXED_OUTPUT_RANGES, FixedRangeQuantizer
-
-WEIGHT_BITS = tuple(range(2, 9))
-ACTIVATION_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+from tfquant.quantizers.uniform import (
+    ACTIVATION_BITS,
+    INT8_FIXED_OUTPUT_RANGES,
+    WEIGHT_BITS,
+    FixedRangeQuantizer,
+)
 
 
 def _check_bits(value, allowed, what, where):
-    if value is None:
-        return
-    if isinstance(value, bool) or value not in allowed:
-        raise ValueError(
-            f"{where}: {what}={value!r} is not supported; allowed: "
-            f"{', '.join(map(str, allowed))}."
-        )
+    if value is not None:
+        check_bits(where, value, allowed, arg=what)
 
 
 def _check_match(entry, where):

@@ -23,7 +23,8 @@ from tfquant.quantizers.base import (
     export_weight_grid,
     serialize_quantizer,
 )
-from tfquant.quantizers.uniform import MinMaxWeightQuantizer, export_fake_quant
+from tfquant.quantizers.export_graph import export_fake_quant
+from tfquant.quantizers.uniform import MinMaxWeightQuantizer
 
 # Activations that TFLite fuses into CONV_2D/FULLY_CONNECTED/..., so that no
 # quantizer is needed between the layer and the activation.

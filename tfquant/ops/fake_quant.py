@@ -12,21 +12,13 @@ import numbers
 import tensorflow as tf
 
 from tfquant.ops import _library
+from tfquant.ops.arguments import check_bits, check_choice
 
 _ops = _library.load_op_library()
 
 MIN_NUM_BITS = 2
 MAX_NUM_BITS = 16
 RANGE_GRADIENTS = ("clipped", "learned")
-
-
-def _check_num_bits(num_bits):
-    if (isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral)
-            or not MIN_NUM_BITS <= num_bits <= MAX_NUM_BITS):
-        raise ValueError(
-            f"num_bits={num_bits!r} is not supported; allowed values are "
-            f"integers {MIN_NUM_BITS}..{MAX_NUM_BITS}")
-    return int(num_bits)
 
 
 def _check_axis(axis, x, min, max):
@@ -88,11 +80,8 @@ def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None,
     Returns a tensor like x. Gradients flow to x (inside the range) and to
     min/max as chosen by `range_gradient`, summed per channel in double.
     """
-    num_bits = _check_num_bits(num_bits)
-    if range_gradient not in RANGE_GRADIENTS:
-        raise ValueError(
-            f"range_gradient={range_gradient!r} is not supported; allowed values are "
-            f"{', '.join(repr(m) for m in RANGE_GRADIENTS)}")
+    num_bits = check_bits("fake_quant", num_bits, range(MIN_NUM_BITS, MAX_NUM_BITS + 1))
+    check_choice("fake_quant", "range_gradient", range_gradient, RANGE_GRADIENTS)
     with tf.name_scope(name or "fake_quant"):
         x = tf.convert_to_tensor(x)
         out_dtype = x.dtype

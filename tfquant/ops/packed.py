@@ -13,12 +13,12 @@ with the same weights is the activation rounding: per output
 `|err| ≤ 0.5 · s_row · Σ_k |w[k, n]|` (`s_row = max|x_row| / 127`).
 """
 
-import numbers
 
 import numpy as np
 import tensorflow as tf
 
 from tfquant.ops import _library
+from tfquant.ops.arguments import check_bits
 
 _ops = _library.load_op_library()
 
@@ -28,9 +28,7 @@ GROUP_SIZES = (0, 32, 64, 128)
 
 def check_packed_bits(bits):
     """bits as an int if it is a packed width (2 or 4), else ValueError."""
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in PACKED_BITS:
-        raise ValueError(f"bits={bits!r} is not supported; allowed: 2, 4")
-    return int(bits)
+    return check_bits(None, bits, PACKED_BITS, arg="bits")
 
 
 def packed_size(k, n, bits):

@@ -7,33 +7,16 @@ import weakref
 import tensorflow as tf
 
 from tfquant.ops import fake_quant
-from tfquant.quantizers.uniform import (
+# The families reach these through this module (`c.check_bits`, `c.weight_deployment`).
+from tfquant.ops.arguments import check_bits, check_choice  # noqa: F401
+from tfquant.quantizers.export_graph import (
     export_activation_fake_quant,
     export_fake_quant,
     per_channel,
-    weight_deployment,
+    weight_deployment,  # noqa: F401
 )
 
 KINDS = ("weights", "activations")
-
-
-def check_bits(owner, num_bits, allowed):
-    """Raises ValueError naming `owner` unless `num_bits` is one of `allowed`."""
-    allowed = tuple(allowed)
-    if (isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral)
-            or int(num_bits) not in allowed):
-        raise ValueError(
-            f"{owner}: num_bits={num_bits!r} is not supported; allowed: "
-            f"{', '.join(str(b) for b in allowed)}.")
-    return int(num_bits)
-
-
-def check_choice(owner, arg, value, allowed):
-    if value not in allowed:
-        raise ValueError(
-            f"{owner}: {arg}={value!r} is not supported; allowed: "
-            f"{', '.join(repr(a) for a in allowed)}.")
-    return value
 
 
 def check_axis(owner, axis):

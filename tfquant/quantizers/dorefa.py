@@ -8,7 +8,7 @@ from tfquant.quantizers.base import (
     Quantizer,
     register_quantizer,
 )
-from tfquant.quantizers.uniform import activation_deployment
+from tfquant.quantizers.export_graph import activation_deployment
 
 _TINY = 1e-12
 

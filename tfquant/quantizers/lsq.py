@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import Quantizer, register_quantizer
-from tfquant.quantizers.uniform import (
+from tfquant.quantizers.export_graph import (
     activation_deployment,
     deployable_weight_grid,
     export_activation_fake_quant,

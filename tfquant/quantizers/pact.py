@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import Quantizer, register_quantizer
-from tfquant.quantizers.uniform import activation_deployment
+from tfquant.quantizers.export_graph import activation_deployment
 
 
 @register_quantizer

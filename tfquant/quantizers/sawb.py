@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.base import Quantizer, register_quantizer
-from tfquant.quantizers.uniform import deployable_weight_grid
+from tfquant.quantizers.export_graph import deployable_weight_grid
 
 _MIN_CLIP = 1e-8
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.layers.registry import QuantizedOutput, register_layer_handler
-from tfquant.quantizers.uniform import export_fake_quant
+from tfquant.quantizers.export_graph import export_fake_quant
 
 _OPERATIONS = ("multiply", "add")
 
