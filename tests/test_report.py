@@ -11,7 +11,7 @@ import numpy as np
 from keras import layers
 
 import tfquant
-from tfquant import cli
+from tfquant import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ def test_report_numbers():
     qmodel = tfquant.quantize_model(small_model(), tfquant.QuantConfig(weight_bits=4))
     tfquant.freeze_batch_norm(qmodel)
     qmodel(x, training=True)
-    weights = {row["layer"]: row for row in cli.weight_rows(qmodel)}
+    weights = {row["layer"]: row for row in report.weight_rows(qmodel)}
     assert sorted(weights) == ["conv", "head", "middle"]
     assert weights["middle"]["bits"] == 4 and weights["conv"]["bits"] == 8  # first/last 8
     # ≈ 6 dB per bit: the 4-bit kernel is far noisier than the 8-bit ones.
@@ -39,7 +39,7 @@ def test_report_numbers():
                                np.abs(middle["values"]).max(axis=(0, 1, 2)) / 7, rtol=1e-5)
     on_grid = middle["quantized"] / middle["steps"]
     np.testing.assert_allclose(on_grid, np.round(on_grid), atol=1e-3)
-    activations = {row["layer"]: row for row in cli.activation_rows(qmodel, x)}
+    activations = {row["layer"]: row for row in report.activation_rows(qmodel, x)}
     relu = qmodel.get_layer("relu_quant").quantizer_variables
     assert activations["relu_quant"]["range"] == (float(relu["min"].numpy()),
                                                   float(relu["max"].numpy()))

@@ -20,7 +20,9 @@ from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.batch_norm import freeze_batch_norm
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
+from tfquant.quantizers.metrics import sqnr_db
 from tfquant.quantizers.soft import SoftQuantizer
+from tfquant.report.tensorboard import write_histogram, write_scalar
 from tfquant.quantizers.uniform import FixedRangeQuantizer
 
 
@@ -287,38 +289,13 @@ class ProxQuantSchedule(_Scheduled):
             self.hook.prox_step()
 
 
-def _metadata(plugin):
-    from tensorflow.core.framework import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = plugin
-    return metadata
-
-
-def _write_scalar(tag, value, step):
-    """A TensorBoard scalar through the core `tf.summary.write` (no tensorboard package
-    needed to write; TensorBoard reads it as a scalars-plugin summary)."""
-    tf.summary.write(tag, tf.constant(value, tf.float32), step=step,
-                     metadata=_metadata("scalars"))
-
-
-def _write_histogram(tag, values, step, bins=30):
-    """A TensorBoard histogram: the histograms plugin's [bins, 3] (left, right, count)."""
-    values = np.asarray(values, np.float64).ravel()
-    counts, edges = np.histogram(values, bins=bins)
-    buckets = np.stack([edges[:-1], edges[1:], counts], axis=1).astype(np.float64)
-    tf.summary.write(tag, tf.constant(buckets), step=step, metadata=_metadata("histograms"))
-
-
 def _tensor_stats(x, q, step):
     """(clipped fraction, SQNR dB) of `x` quantized to `q` with grid step `step`."""
     x = np.asarray(x, np.float64)
     q = np.asarray(q, np.float64)
     error = x - q
     clipped = float(np.mean(np.abs(error) > 0.5 * np.asarray(step) * (1 + 1e-3) + 1e-12))
-    noise = float(np.sum(error ** 2))
-    sqnr = 10.0 * np.log10(float(np.sum(x ** 2)) / noise) if noise > 0 else 200.0
-    return clipped, sqnr
+    return clipped, sqnr_db(x, q)
 
 
 class QuantizerStats(keras.callbacks.Callback):
@@ -393,10 +370,10 @@ class QuantizerStats(keras.callbacks.Callback):
             for tag, value in values.items():
                 value = np.asarray(value, np.float32)
                 if value.size == 1:
-                    _write_scalar(tag, float(value.reshape(())), step)
+                    write_scalar(tag, float(value.reshape(())), step)
                     self.last[tag] = float(value.reshape(()))
                 else:
-                    _write_histogram(tag, value, step)
+                    write_histogram(tag, value, step)
         self.writer.flush()
 
     def on_train_end(self, logs=None):

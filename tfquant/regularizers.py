@@ -21,14 +21,15 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfquant.keras.quantized_convolution import (
-    QuantizedConvolution,
-    _flatten_depthwise,
-    _output_axis,
-    _scale_output_channels,
+from tfquant.keras.kernel_layout import (
+    flat_kernel,
     kernel_kind,
+    kernel_layout,
     kernel_names,
+    output_axis,
+    scale_output_channels,
 )
+from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.train_step import TrainStepHook
 from tfquant.quantizers import _common as c
 from tfquant.quantizers.uniform import MinMaxWeightQuantizer
@@ -49,32 +50,24 @@ class KernelView:
         self.layer, self.name, self.variable = layer, name, variable
         self.kind, self.quantizer, self.quantizer_vars = kind, quantizer, quantizer_vars
         self.folded = folded
-        self.axis = _output_axis(kind)
+        self.axis = output_axis(kind)
 
     def _factor(self):
-        if not self.folded:
-            return None
-        gamma, _ = self.layer.batch_norm_parameters()
-        bn = self.layer.batch_norm
-        sigma = ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
-        return tf.stop_gradient(gamma / sigma)
-
-    def _fold_kind(self):
-        return "conv" if self.layer.kind == "separable" else self.kind
+        return tf.stop_gradient(self.layer.fold_factor()) if self.folded else None
 
     def seen(self):
         kernel = ops.convert_to_tensor(self.variable)
         factor = self._factor()
         if factor is not None:
-            kernel = _scale_output_channels(kernel, factor, self._fold_kind())
-        return _flatten_depthwise(kernel) if self.kind == "depthwise" else kernel
+            kernel = scale_output_channels(kernel, factor, self.kind)
+        return flat_kernel(kernel, self.kind)
 
     def to_variable(self, tensor):
         if self.kind == "depthwise":
             tensor = ops.reshape(tensor, self.variable.shape)
         factor = self._factor()
         if factor is not None:
-            tensor = _scale_output_channels(tensor, 1.0 / factor, self._fold_kind())
+            tensor = scale_output_channels(tensor, 1.0 / factor, self.kind)
         return tensor
 
     def quantize(self, tensor):
@@ -86,11 +79,9 @@ class KernelView:
         if "step" in self.quantizer_vars:
             step = tf.convert_to_tensor(self.quantizer_vars["step"])
             return c.per_channel(step, tensor, self.axis if q.per_channel else None)
-        rank = tensor.shape.rank
         per_channel = getattr(q, "per_channel", True)
         axes = c.reduce_axes(tensor, self.axis if per_channel else None)
         limit = tf.reduce_max(tf.abs(tensor), axis=axes, keepdims=True)
-        del rank
         return tf.maximum(limit, _MIN_RANGE) / float(2 ** (bits - 1) - 1)
 
 
@@ -111,9 +102,9 @@ def kernel_views(model, num_bits=8):
         if kind is None:
             continue
         for name in kernel_names(layer):
-            sub_kind = {"depthwise_kernel": "depthwise", "pointwise_kernel": "conv"}.get(name, kind)
+            sub_kind = kernel_layout(kind, name)
             quantizer = MinMaxWeightQuantizer(num_bits, per_channel=True,
-                                              axis=_output_axis(sub_kind))
+                                              axis=output_axis(sub_kind))
             views.append(KernelView(layer, name, getattr(layer, name), sub_kind, quantizer,
                                     {}, False))
     return views

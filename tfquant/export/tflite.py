@@ -2,13 +2,12 @@
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from tfquant.export.files import atomic_write
 from tfquant.export.flatbuffer import inspect_flatbuffer
 from tfquant.export.int2 import to_int2_fully_connected
 from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
@@ -298,12 +297,7 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         agreement = comparisons[0]["argmax_agreement"]
         num_samples = len(arrays[0])
     if path is not None:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        # Write then rename, so a failed write never leaves half a flatbuffer at `path`.
-        with tempfile.NamedTemporaryFile(dir=directory, delete=False) as handle:
-            handle.write(flatbuffer)
-        os.replace(handle.name, path)
+        atomic_write(path, flatbuffer)  # a failed write never leaves half a flatbuffer
     return ExportReport(
         flatbuffer=flatbuffer, path=path, size_bytes=len(flatbuffer),
         op_counts=summary.op_counts(),

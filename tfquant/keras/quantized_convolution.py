@@ -16,6 +16,14 @@ import tensorflow as tf
 from keras import ops
 
 from tfquant.keras.activation_fake_quant import add_switches, apply_switch
+from tfquant.keras.kernel_layout import (
+    flat_kernel,
+    kernel_kind,
+    kernel_layout,
+    kernel_names,
+    output_axis,
+    scale_output_channels,
+)
 from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import (
@@ -31,37 +39,6 @@ from tfquant.quantizers.uniform import MinMaxWeightQuantizer
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
 
 
-def kernel_kind(layer):
-    """The kernel layout of a layer tfquant can quantize, or None.
-
-    "dense" and "conv": kernel `[..., in, out]`; "depthwise": `[..., in, multiplier]`
-    with output channel `in·multiplier + m`; "transpose": `[..., out, in]`;
-    "separable": a depthwise kernel and a pointwise `[1, 1, in·m, out]` kernel.
-    """
-    layers = keras.layers
-    if isinstance(layer, layers.Dense):
-        return "dense"
-    # Order matters: the depthwise, separable and transposed bases are not BaseConv
-    # subclasses in Keras 3, but check them first anyway to be independent of that.
-    if isinstance(layer, (layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
-        return "depthwise"
-    if isinstance(layer, (layers.SeparableConv1D, layers.SeparableConv2D)):
-        return "separable"
-    if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose,
-                          layers.Conv3DTranspose)):
-        return "transpose"
-    if isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D)):
-        return "conv"
-    return None
-
-
-def kernel_names(layer):
-    """The names of the kernel attributes of a Dense or convolution layer."""
-    if kernel_kind(layer) == "separable":
-        return ("depthwise_kernel", "pointwise_kernel")
-    return ("kernel",)
-
-
 def activation_name(layer):
     """The name of a layer's `activation` attribute ("linear" when it has none)."""
     activation = getattr(layer, "activation", None)
@@ -70,30 +47,15 @@ def activation_name(layer):
     return keras.activations.serialize(activation) if not isinstance(activation, str) else activation
 
 
-def _flatten_depthwise(kernel):
-    """`[..., in, m]` → `[..., in·m]`: one axis of output channels."""
-    shape = ops.shape(kernel)
-    return ops.reshape(kernel, tuple(shape[:-2]) + (shape[-2] * shape[-1],))
-
-
-def _scale_output_channels(kernel, factor, kind):
-    """Multiplies every output channel of `kernel` by the matching `factor`."""
-    if kind == "depthwise":
-        return ops.reshape(_flatten_depthwise(kernel) * factor, ops.shape(kernel))
-    if kind == "transpose":
-        return kernel * ops.expand_dims(factor, -1)
-    return kernel * factor
-
-
 def _quantize_kernel(kernel, quantizer, kind, training, weights, grid=None):
     """Quantizes `kernel` (depthwise: with its channels flattened); `grid`: the integer
     grid the export stores it on (see tfquant.export.integer_grid)."""
-    flat = _flatten_depthwise(kernel) if kind == "depthwise" else kernel
+    flat = flat_kernel(kernel, kind)
     quantized = quantizer(flat, training, weights)
     if grid is not None:
         limit = grid.scales * float(2 ** (grid.num_bits - 1) - 1)
         quantized = export_fake_quant(quantized, -limit, limit, grid.num_bits, True,
-                                      _output_axis(kind))
+                                      output_axis(kind))
     return ops.reshape(quantized, ops.shape(kernel)) if kind == "depthwise" else quantized
 
 
@@ -115,11 +77,6 @@ def batch_moments(x, axes):
         [tf.reduce_sum(x, axis=axes), tf.reduce_sum(tf.square(x), axis=axes), count])
     mean = total / count
     return mean, tf.maximum(squares / count - tf.square(mean), 0.0)
-
-
-def _output_axis(kind):
-    """The output-channel axis of a kernel (of a depthwise one: after flattening)."""
-    return -2 if kind == "transpose" else -1
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
@@ -169,7 +126,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         self.kind = kind
         self.batch_norm = batch_norm
         self.weight_quantizer = deserialize_quantizer(weight_quantizer) or MinMaxWeightQuantizer(
-            8, per_channel=True, axis=_output_axis(kind))
+            8, per_channel=True, axis=output_axis(kind))
         self.output_quantizer = deserialize_quantizer(output_quantizer)
         self.intermediate_quantizer = deserialize_quantizer(intermediate_quantizer)
         self.pre_activation_quantizer = deserialize_quantizer(pre_activation_quantizer)
@@ -265,9 +222,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         return quantized
 
     def kernel_layout(self, name):
-        if name == "pointwise_kernel":
-            return "conv"
-        return "depthwise" if name == "depthwise_kernel" else self.kind
+        return kernel_layout(self.kind, name)
 
     def folded_kernel_name(self):
         return "pointwise_kernel" if self.kind == "separable" else "kernel"
@@ -315,18 +270,30 @@ class QuantizedConvolution(keras.layers.Wrapper):
         beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
         return gamma, beta
 
+    def fold_factor(self):
+        """γ/σ_mv per output channel of the folded BN (what the deployed kernel of
+        `folded_kernel_name()` is multiplied by), or None without one."""
+        if self.batch_norm is None:
+            return None
+        gamma, _ = self.batch_norm_parameters()
+        return gamma / self._moving_sigma()
+
+    def _moving_sigma(self):
+        bn = self.batch_norm
+        return ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+
     def _folded_kernels(self, gamma, sigma_mv):
         kernels = self._float_kernels()
         name = self.folded_kernel_name()
-        kind = "conv" if self.kind == "separable" else self.kind
-        kernels[name] = _scale_output_channels(kernels[name], gamma / sigma_mv, kind)
+        kernels[name] = scale_output_channels(kernels[name], gamma / sigma_mv,
+                                              self.kernel_layout(name))
         return kernels
 
     def _folded_moving_statistics(self, inputs, training):
         bn = self.batch_norm
         gamma, beta = self.batch_norm_parameters()
         mean = ops.convert_to_tensor(bn.moving_mean)
-        sigma_mv = ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+        sigma_mv = self._moving_sigma()
         kernels = self._quantized_kernels(self._folded_kernels(gamma, sigma_mv), training)
         outputs = self._convolve(inputs, kernels, training, quantized=True)
         bias = self.layer_bias()
@@ -449,15 +416,13 @@ class QuantizedConvolution(keras.layers.Wrapper):
             kernels = self._float_kernels()
         else:
             gamma, _ = self.batch_norm_parameters()
-            sigma_mv = ops.sqrt(ops.convert_to_tensor(self.batch_norm.moving_variance)
-                                + self.batch_norm.epsilon)
-            kernels = self._folded_kernels(gamma, sigma_mv)
+            kernels = self._folded_kernels(gamma, self._moving_sigma())
         result = {}
         for name, kernel in kernels.items():
             kind = self.kernel_layout(name)
-            flat = _flatten_depthwise(kernel) if kind == "depthwise" else kernel
+            flat = flat_kernel(kernel, kind)
             values = self.weight_quantizer(flat, False, self.kernel_variables[name])
-            result[name] = (ops.convert_to_numpy(values), _output_axis(kind))
+            result[name] = (ops.convert_to_numpy(values), output_axis(kind))
         return result
 
     def folded_kernels_and_bias(self):
@@ -468,7 +433,6 @@ class QuantizedConvolution(keras.layers.Wrapper):
             return kernels, bias
         gamma, beta = self.batch_norm_parameters()
         mean = ops.convert_to_tensor(self.batch_norm.moving_mean)
-        sigma_mv = ops.sqrt(ops.convert_to_tensor(self.batch_norm.moving_variance)
-                            + self.batch_norm.epsilon)
+        sigma_mv = self._moving_sigma()
         shift = mean if bias is None else mean - bias
         return self._folded_kernels(gamma, sigma_mv), beta - gamma * shift / sigma_mv

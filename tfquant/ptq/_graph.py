@@ -7,8 +7,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfquant.keras.quantized_convolution import activation_name, kernel_kind
 from tfquant.keras.graph import ModelGraph, functional_view
+from tfquant.keras.kernel_layout import kernel_kind
+from tfquant.keras.quantized_convolution import activation_name
 
 _L = keras.layers
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.kernel_layout import scale_output_channels
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
 
@@ -200,16 +201,6 @@ def set_range(site, lo, hi):
 # -- kernels of a wrapper -----------------------------------------------------------------
 
 
-def output_axis(kind):
-    return -2 if kind == "transpose" else -1
-
-
-def flatten(kernel, kind):
-    if kind == "depthwise":
-        return kernel.reshape(kernel.shape[:-2] + (kernel.shape[-2] * kernel.shape[-1],))
-    return kernel
-
-
 def folded_kernels(wrapper):
     """{name: folded float kernel as numpy (BN folded in, layout of the layer)}."""
     kernels, _ = wrapper.folded_kernels_and_bias()
@@ -218,13 +209,8 @@ def folded_kernels(wrapper):
 
 def fold_factor(wrapper):
     """γ/σ of the folded BN per output channel, or None."""
-    bn = wrapper.batch_norm
-    if bn is None:
-        return None
-    variance = keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64)
-    gamma = (keras.ops.convert_to_numpy(bn.gamma).astype(np.float64) if bn.scale
-             else np.ones_like(variance))
-    return gamma / np.sqrt(variance + bn.epsilon)
+    factor = wrapper.fold_factor()
+    return None if factor is None else keras.ops.convert_to_numpy(factor).astype(np.float64)
 
 
 def write_folded_kernel(wrapper, name, folded):
@@ -236,20 +222,12 @@ def write_folded_kernel(wrapper, name, folded):
     target = wrapper.folded_kernel_name()
     variable = getattr(wrapper.layer, name)
     if factor is not None and name == target:
-        kind = "conv" if wrapper.kind == "separable" else wrapper.kind
+        kind = wrapper.kernel_layout(name)
         current = np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
-        safe = np.where(factor != 0, factor, 1.0)
-        if kind == "depthwise":
-            shape = folded.shape
-            raw = (flatten(folded, kind) / safe).reshape(shape)
-            keep = np.broadcast_to(factor == 0, flatten(folded, kind).shape).reshape(shape)
-        elif kind == "transpose":
-            raw = folded / safe[:, None]
-            keep = np.broadcast_to((factor == 0)[:, None], folded.shape)
-        else:
-            raw = folded / safe
-            keep = np.broadcast_to(factor == 0, folded.shape)
-        folded = np.where(keep, current, raw)
+        raw = scale_output_channels(folded, 1.0 / np.where(factor != 0, factor, 1.0), kind)
+        keep = scale_output_channels(np.ones_like(folded), (factor == 0).astype(np.float64),
+                                     kind)
+        folded = np.where(np.asarray(keep) > 0, current, np.asarray(raw))
     variable.assign(folded.astype(np.float32))
 
 

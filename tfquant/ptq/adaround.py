@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfquant.keras.kernel_layout import flat_kernel_and_axis
 from tfquant.ptq import _sites as s
 from tfquant.quantizers.calibration import weight_clip
 
@@ -127,8 +128,7 @@ def adaround_wrapper(wrapper, inputs, clip_method="minmax", target_inputs=None, 
     quantizer = wrapper.weight_quantizer
     kind = wrapper.kernel_layout("kernel")
     kernel = s.folded_kernels(wrapper)["kernel"]
-    flat = s.flatten(kernel, kind)
-    axis = s.output_axis(kind) % flat.ndim if quantizer.per_channel else None
+    flat, axis = flat_kernel_and_axis(kernel, kind, quantizer.per_channel)
     bits = quantizer.num_bits
     qmax = float(2 ** (bits - 1) - 1)
     clip = weight_clip(flat, bits, clip_method, axis)

@@ -15,7 +15,8 @@ import weakref
 import keras
 import numpy as np
 
-from tfquant.keras.quantized_convolution import activation_name, kernel_kind, kernel_names
+from tfquant.keras.kernel_layout import kernel_kind, kernel_names
+from tfquant.keras.quantized_convolution import activation_name
 from tfquant.keras.layers.convolution import batch_norm_to_fold
 from tfquant.ptq import _graph as g
 

@@ -9,6 +9,7 @@ from tfquant.keras.batch_norm import freeze_batch_norm
 from tfquant.keras.tf_keras_models import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.transform import quantize_model
+from tfquant.keras.kernel_layout import flat_kernel_and_axis
 from tfquant.ptq import _sites as s
 from tfquant.ptq.adaround import adaround_wrapper
 from tfquant.ptq.bias_correction import (
@@ -82,8 +83,7 @@ def calibrate_weights(qmodel, weight_calibrator=None, config=None):
         quantizer = wrapper.weight_quantizer
         for name, kernel in s.folded_kernels(wrapper).items():
             kind = wrapper.kernel_layout(name)
-            flat = s.flatten(kernel, kind)
-            axis = s.output_axis(kind) % flat.ndim if quantizer.per_channel else None
+            flat, axis = flat_kernel_and_axis(kernel, kind, quantizer.per_channel)
             clip = weight_clip(flat, quantizer.num_bits, method, axis)
             grid = symmetric_quantize(flat, clip, quantizer.num_bits, axis)
             s.write_folded_kernel(wrapper, name, grid.reshape(kernel.shape))

@@ -11,15 +11,14 @@ import dataclasses
 import numpy as np
 
 from tfquant.keras.config import LayerRule
-from tfquant.keras.quantized_convolution import kernel_kind, kernel_names
-from tfquant.ptq import _sites as s
+from tfquant.keras.kernel_layout import flat_kernel_and_axis, kernel_kind, kernel_names
 from tfquant.quantizers.calibration import symmetric_quantize, weight_clip
+from tfquant.quantizers.metrics import sqnr_db
 from tfquant.ptq.equalization import fold_batch_norm
 
 
 def _quantized(kernel, kind, bits, per_channel, method):
-    flat = s.flatten(kernel, kind)
-    axis = s.output_axis(kind) % flat.ndim if per_channel else None
+    flat, axis = flat_kernel_and_axis(kernel, kind, per_channel)
     clip = weight_clip(flat, bits, method, axis)
     return symmetric_quantize(flat, clip, bits, axis).reshape(kernel.shape)
 
@@ -93,12 +92,6 @@ class SensitivityReport:
         return path
 
 
-def _sqnr(reference, value):
-    noise = float(np.sum((value - reference) ** 2))
-    signal = float(np.sum(reference ** 2))
-    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
-
-
 def _accuracy(outputs, labels):
     labels = np.asarray(labels).reshape(-1)
     return float(np.mean(np.argmax(outputs, axis=-1).reshape(-1) == labels))
@@ -129,7 +122,7 @@ def layer_sensitivity(model, data, labels=None, bits=(8, 4, 2), per_channel=True
                                                     weight_calibrator).astype(np.float32))
             outputs = np.asarray(folded.predict(data, batch_size=batch_size, verbose=0))
             rows.append({"layer": layer.name, "bits": b, "params": params,
-                         "sqnr_db": _sqnr(reference, outputs),
+                         "sqnr_db": sqnr_db(reference, outputs),
                          "accuracy_delta": None if labels is None
                          else _accuracy(outputs, labels) - float_accuracy})
         for n in names:

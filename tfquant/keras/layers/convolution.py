@@ -10,11 +10,11 @@ from tfquant.keras.layers.activations import (
     rebuild_decomposed,
 )
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
+from tfquant.keras.kernel_layout import kernel_kind
 from tfquant.keras.quantized_convolution import (
     FUSABLE_ACTIVATIONS,
     QuantizedConvolution,
     activation_name,
-    kernel_kind,
 )
 
 _L = keras.layers

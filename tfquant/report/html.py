@@ -1,0 +1,77 @@
+"""`write_report`: the HTML page of `tfquant report`, with its plots beside it."""
+
+import html
+import os
+
+import keras
+
+from tfquant.export.files import atomic_write
+from tfquant.report.plots import plot_activation_ranges, plot_sqnr, plot_weight_histogram
+from tfquant.report.rows import activation_rows, weight_rows
+
+
+def write_report(qmodel, samples, directory, calibrated_here=False):
+    """Writes `directory`/index.html and its PNG plots; returns the index path."""
+    os.makedirs(directory, exist_ok=True)
+    weights = weight_rows(qmodel)
+    print(f"{len(weights)} quantized kernels; plotting")
+    progress = keras.utils.Progbar(len(weights) + 2, unit_name="plot")
+    for i, row in enumerate(weights):
+        row["png"] = f"weights_{i:03d}_{row['layer']}_{row['kernel']}.png"
+        plot_weight_histogram(row, os.path.join(directory, row["png"]))
+        progress.update(i + 1)
+    if weights:
+        plot_sqnr(weights, os.path.join(directory, "weight_sqnr.png"))
+    progress.update(len(weights) + 1)
+    print("measuring activations")
+    activations = activation_rows(qmodel, samples)
+    if activations:
+        plot_activation_ranges(activations, os.path.join(directory, "activation_ranges.png"))
+    progress.update(len(weights) + 2)
+
+    def fmt(pair):
+        return "—" if pair is None else f"[{pair[0]:.4g}, {pair[1]:.4g}]"
+
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>tfquant report: {e(qmodel.name)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>",
+        "</head><body>", f"<h1>tfquant report: {e(qmodel.name)}</h1>",
+        f"<p>{len(samples)} samples. "
+        + ("The model had no quantizers: it was quantized and calibrated for this report."
+           if calibrated_here else "") + "</p>",
+        "<h2>Weights</h2>",
+    ]
+    if weights:
+        parts.append("<img src='weight_sqnr.png' alt='weight SQNR per layer'>")
+        parts.append("<table><tr><th>layer</th><th>kernel</th><th>quantizer</th><th>bits</th>"
+                     "<th>params</th><th>SQNR (dB)</th></tr>")
+        for row in weights:
+            parts.append(f"<tr><td>{e(row['layer'])}</td><td>{e(row['kernel'])}</td>"
+                         f"<td>{e(row['quantizer'])}</td><td>{row['bits']}</td>"
+                         f"<td>{row['params']}</td><td>{row['sqnr_db']:.1f}</td></tr>")
+        parts.append("</table>")
+        for row in weights:
+            parts.append(f"<h3>{e(row['layer'])}.{e(row['kernel'])}</h3>"
+                         f"<img src='{e(row['png'])}' alt='histogram of {e(row['layer'])}'>")
+    else:
+        parts.append("<p>No quantized kernels.</p>")
+    parts.append("<h2>Activations</h2>")
+    if activations:
+        parts.append("<img src='activation_ranges.png' alt='activation ranges'>")
+        parts.append("<table><tr><th>layer</th><th>quantizer</th><th>bits</th>"
+                     "<th>range</th><th>output min/max on the data</th></tr>")
+        for row in activations:
+            parts.append(f"<tr><td>{e(row['layer'])}</td><td>{e(row['quantizer'])}</td>"
+                         f"<td>{row['bits']}</td><td>{fmt(row['range'])}</td>"
+                         f"<td>{fmt(row['observed'])}</td></tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p>No activation quantizers.</p>")
+    parts.append("</body></html>")
+    index = os.path.join(directory, "index.html")
+    atomic_write(index, "\n".join(parts))
+    return index
