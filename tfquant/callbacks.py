@@ -10,7 +10,6 @@ model variables, saved with the model, and Python settings (bit widths) are in t
 saved quantizer configs.
 """
 
-import re
 
 import keras
 import numpy as np
@@ -18,6 +17,7 @@ import tensorflow as tf
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.batch_norm import freeze_batch_norm
+from tfquant.keras.config import layer_matches
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
 from tfquant.quantizers.metrics import sqnr_db
@@ -131,10 +131,6 @@ class FreezeQuantizerRanges(_Scheduled):
                 slot.variables["frozen"].assign(value)
 
 
-def _matches(patterns, name):
-    return any(name == p or re.fullmatch(p, name) for p in patterns)
-
-
 class BitWidthSchedule(_Scheduled):
     """Progressive bit reduction (Zhuang et al. 2018): `schedule` {epoch: bits} (e.g.
     `{0: 8, 3: 4, 6: 2}`), from that epoch on; step-based with `per="step"` (keys are
@@ -174,7 +170,7 @@ class BitWidthSchedule(_Scheduled):
         targets = []
         for slot in quantizer_slots(self.model, self.weights, self.activations):
             quantizer = slot.quantizer
-            if _matches(self.exclude, slot.layer.name) or isinstance(quantizer,
+            if any(layer_matches(p, slot.layer) for p in self.exclude) or isinstance(quantizer,
                                                                     FixedRangeQuantizer):
                 continue
             if slot.is_weight or quantizer.num_bits < 16:
@@ -199,23 +195,11 @@ class BitWidthSchedule(_Scheduled):
 def set_num_bits(quantizer, variables, bits, reinitialize="data"):
     """Changes `quantizer`'s bit width in place (its Python state is rebuilt from its
     config, its per-build bookkeeping kept) and re-initializes its learned scale."""
-    from tfquant.quantizers.lqnets import LQNetsQuantizer
-
-    if isinstance(quantizer, (SoftQuantizer, LQNetsQuantizer)):
-        raise ValueError(f"BitWidthSchedule: {type(quantizer).__name__}'s variables depend "
-                         "on its bit width; it cannot change bits during training.")
     old = quantizer.num_bits
-    config = dict(quantizer.get_config(), num_bits=bits)
     try:
-        fresh = type(quantizer).from_config(config)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"BitWidthSchedule: {type(quantizer).__name__} cannot take "
-                         f"{bits} bits ({error}).") from None
-    if fresh.num_bits != old:
-        # Only the bit-derived state: its per-build records (keyed by variables) stay.
-        for key, value in vars(fresh).items():
-            if key != "_builds":
-                setattr(quantizer, key, value)
+        quantizer.set_num_bits(bits)
+    except ValueError as error:
+        raise ValueError(f"BitWidthSchedule: {error}") from None
     if "step" in variables and "initialized" in variables:
         if reinitialize == "data":
             variables["initialized"].assign(0.0)

@@ -61,10 +61,17 @@ def _calibrator_to_config(spec):
     return spec if spec is None or isinstance(spec, str) else type(spec).__name__
 
 
-def _matches(entry, layer):
+def layer_matches(entry, layer, names=None):
+    """True when `entry` — a layer name, a regular expression matched against the whole
+    name, or a layer class — matches `layer` (by any of `names`, default its own name).
+    The one matcher of configs, PTQ's per-layer dicts and the callbacks' `exclude`."""
+    names = (layer.name,) if names is None else names
     if isinstance(entry, str):
-        return layer.name == entry or re.fullmatch(entry, layer.name) is not None
-    return isinstance(layer, entry)
+        return any(name == entry or re.fullmatch(entry, name) is not None for name in names)
+    if isinstance(entry, type):
+        return layer is not None and isinstance(layer, entry)
+    raise ValueError(f"per-layer keys must be layer names, regular expressions or layer "
+                     f"classes; got {entry!r}.")
 
 
 @dataclasses.dataclass
@@ -322,11 +329,11 @@ class QuantConfig:
 
     def is_float(self, layer):
         """True when `layer` is to stay in float."""
-        if any(_matches(entry, layer) for entry in self.float_layers):
+        if any(layer_matches(entry, layer) for entry in self.float_layers):
             return True
         result = False
         for rule in self.rules:
-            if _matches(rule.match, layer):
+            if layer_matches(rule.match, layer):
                 result = rule.float
         return result
 
@@ -360,7 +367,7 @@ class QuantConfig:
         if layer is None:
             return spec
         for rule in self.rules:
-            if not _matches(rule.match, layer):
+            if not layer_matches(rule.match, layer):
                 continue
             for field in ("weight_quantizer", "activation_quantizer", "weight_bits",
                           "activation_bits", "per_channel", "symmetric_activations",

@@ -4,13 +4,13 @@ recording their inputs, writing ranges and grid-exact weights."""
 
 import contextlib
 import dataclasses
-import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
+from tfquant.keras.config import layer_matches
 from tfquant.keras.kernel_layout import scale_output_channels
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
@@ -133,21 +133,12 @@ def wrappers(qmodel):
     return [layer for layer in qmodel.layers if isinstance(layer, QuantizedConvolution)]
 
 
-def matches(entry, names, owner):
-    if isinstance(entry, str):
-        return any(name == entry or re.fullmatch(entry, name) for name in names)
-    if isinstance(entry, type):
-        return owner is not None and isinstance(owner, entry)
-    raise ValueError(f"per-layer keys must be layer names, regular expressions or layer "
-                     f"classes; got {entry!r}.")
-
-
 def choose(spec, names, owner, default):
     """`spec` itself, or for a dict the value of the first key matching the layer."""
     if not isinstance(spec, dict):
         return spec
     for entry, value in spec.items():
-        if matches(entry, names, owner):
+        if layer_matches(entry, owner, names):
             return value
     return default
 

@@ -70,6 +70,12 @@ class Quantizer:
     name.
     """
 
+    # False where the variables' shapes or meaning follow the bit width: `set_num_bits`
+    # cannot change it after the build.
+    bits_changeable = True
+    # Attributes that record the builds (kept across `set_num_bits`).
+    _BUILD_RECORDS = ("_builds",)
+
     def build(self, tensor_shape, name, layer):
         """Creates the quantizer's variables on `layer`; returns them by name."""
         return {}
@@ -84,6 +90,23 @@ class Quantizer:
     def deployment(self):
         """The `Deployment` of this quantizer's output in an exported flatbuffer."""
         return Deployment.SIMULATION
+
+    def set_num_bits(self, num_bits):
+        """Changes the bit width in place: the Python state is made anew from the config
+        with `num_bits` (so every bit-derived setting follows), the records of its builds
+        kept; the variables are the caller's to re-initialize. ValueError when this
+        quantizer cannot take `num_bits` or cannot change width at all."""
+        name = type(self).__name__
+        if not self.bits_changeable:
+            raise ValueError(f"{name}'s variables depend on its bit width; it cannot "
+                             "change bits after it is built.")
+        try:
+            fresh = type(self).from_config(dict(self.get_config(), num_bits=num_bits))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} cannot take {num_bits} bits ({error}).") from None
+        for key, value in vars(fresh).items():
+            if key not in self._BUILD_RECORDS:
+                setattr(self, key, value)
 
     def get_config(self):
         return {}

@@ -46,6 +46,8 @@ class LQNetsQuantizer(Quantizer):
     Deployment: SIMULATION (non-uniform levels).
     """
 
+    bits_changeable = False  # the variables' shapes follow the bit width
+
     applies_to = ("weights", "activations")
 
     def __init__(self, num_bits=2, signed=True, per_channel=True, axis=-1, ema_decay=0.9,

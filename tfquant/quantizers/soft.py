@@ -40,6 +40,8 @@ class SoftQuantizer(Quantizer):
     levels are not one uniform fake-quant grid).
     """
 
+    bits_changeable = False  # the variables' shapes follow the bit width
+
     applies_to = ("weights", "activations")
     TEMPERATURE = "temperature"
 
