@@ -21,14 +21,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfquant.keras.kernel_layout import (
-    flat_kernel,
-    kernel_kind,
-    kernel_layout,
-    kernel_names,
-    output_axis,
-    scale_output_channels,
-)
+from tfquant.keras import kernel_layout as layout
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.train_step import TrainStepHook
 from tfquant.quantizers import _common as c
@@ -50,7 +43,7 @@ class KernelView:
         self.layer, self.name, self.variable = layer, name, variable
         self.kind, self.quantizer, self.quantizer_vars = kind, quantizer, quantizer_vars
         self.folded = folded
-        self.axis = output_axis(kind)
+        self.axis = layout.output_axis(kind)
 
     def _factor(self):
         return tf.stop_gradient(self.layer.fold_factor()) if self.folded else None
@@ -59,15 +52,15 @@ class KernelView:
         kernel = ops.convert_to_tensor(self.variable)
         factor = self._factor()
         if factor is not None:
-            kernel = scale_output_channels(kernel, factor, self.kind)
-        return flat_kernel(kernel, self.kind)
+            kernel = layout.scale_output_channels(kernel, factor, self.kind)
+        return layout.flat_kernel(kernel, self.kind)
 
     def to_variable(self, tensor):
         if self.kind == "depthwise":
             tensor = ops.reshape(tensor, self.variable.shape)
         factor = self._factor()
         if factor is not None:
-            tensor = scale_output_channels(tensor, 1.0 / factor, self.kind)
+            tensor = layout.scale_output_channels(tensor, 1.0 / factor, self.kind)
         return tensor
 
     def quantize(self, tensor):
@@ -98,13 +91,13 @@ def kernel_views(model, num_bits=8):
                     layer.weight_quantizer, layer.kernel_variables[name],
                     layer.batch_norm is not None and name == folded_name))
             continue
-        kind = kernel_kind(layer)
+        kind = layout.kernel_kind(layer)
         if kind is None:
             continue
-        for name in kernel_names(layer):
-            sub_kind = kernel_layout(kind, name)
+        for name in layout.kernel_names(layer):
+            sub_kind = layout.kernel_layout(kind, name)
             quantizer = MinMaxWeightQuantizer(num_bits, per_channel=True,
-                                              axis=output_axis(sub_kind))
+                                              axis=layout.output_axis(sub_kind))
             views.append(KernelView(layer, name, getattr(layer, name), sub_kind, quantizer,
                                     {}, False))
     return views

@@ -10,6 +10,14 @@ from tfquant.report.plots import plot_activation_ranges, plot_sqnr, plot_weight_
 from tfquant.report.rows import activation_rows, weight_rows
 
 
+def _table(headers, rows):
+    """An HTML table; every cell escaped."""
+    def cells(tag, values):
+        return "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values)
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table><tr>{cells('th', headers)}</tr>{body}</table>"
+
+
 def write_report(qmodel, samples, directory, calibrated_here=False):
     """Writes `directory`/index.html and its PNG plots; returns the index path."""
     os.makedirs(directory, exist_ok=True)
@@ -47,13 +55,10 @@ def write_report(qmodel, samples, directory, calibrated_here=False):
     ]
     if weights:
         parts.append("<img src='weight_sqnr.png' alt='weight SQNR per layer'>")
-        parts.append("<table><tr><th>layer</th><th>kernel</th><th>quantizer</th><th>bits</th>"
-                     "<th>params</th><th>SQNR (dB)</th></tr>")
-        for row in weights:
-            parts.append(f"<tr><td>{e(row['layer'])}</td><td>{e(row['kernel'])}</td>"
-                         f"<td>{e(row['quantizer'])}</td><td>{row['bits']}</td>"
-                         f"<td>{row['params']}</td><td>{row['sqnr_db']:.1f}</td></tr>")
-        parts.append("</table>")
+        parts.append(_table(
+            ("layer", "kernel", "quantizer", "bits", "params", "SQNR (dB)"),
+            [(row["layer"], row["kernel"], row["quantizer"], row["bits"], row["params"],
+              f"{row['sqnr_db']:.1f}") for row in weights]))
         for row in weights:
             parts.append(f"<h3>{e(row['layer'])}.{e(row['kernel'])}</h3>"
                          f"<img src='{e(row['png'])}' alt='histogram of {e(row['layer'])}'>")
@@ -62,13 +67,10 @@ def write_report(qmodel, samples, directory, calibrated_here=False):
     parts.append("<h2>Activations</h2>")
     if activations:
         parts.append("<img src='activation_ranges.png' alt='activation ranges'>")
-        parts.append("<table><tr><th>layer</th><th>quantizer</th><th>bits</th>"
-                     "<th>range</th><th>output min/max on the data</th></tr>")
-        for row in activations:
-            parts.append(f"<tr><td>{e(row['layer'])}</td><td>{e(row['quantizer'])}</td>"
-                         f"<td>{row['bits']}</td><td>{fmt(row['range'])}</td>"
-                         f"<td>{fmt(row['observed'])}</td></tr>")
-        parts.append("</table>")
+        parts.append(_table(
+            ("layer", "quantizer", "bits", "range", "output min/max on the data"),
+            [(row["layer"], row["quantizer"], row["bits"], fmt(row["range"]),
+              fmt(row["observed"])) for row in activations]))
     else:
         parts.append("<p>No activation quantizers.</p>")
     parts.append("</body></html>")

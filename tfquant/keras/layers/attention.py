@@ -40,6 +40,8 @@ def _flat_output(values):
 
 
 class MultiHeadAttentionHandler(LayerHandler):
+    replaces_layer = True
+
     def unsupported_reason(self, layer):
         shapes = [t.shape for t in layer._inbound_nodes[0].input_tensors]
         if len(shapes[0]) != 3:
@@ -54,9 +56,6 @@ class MultiHeadAttentionHandler(LayerHandler):
         if len(layer.output_dense.kernel.shape) != 3:
             return f"output_shape={layer._output_shape!r} (one output axis is supported)"
         return None
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         layer = node.operation

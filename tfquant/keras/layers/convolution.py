@@ -102,6 +102,9 @@ class KernelHandler(LayerHandler):
     """Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the transposed
     convolutions (`channels_last`, no groups)."""
 
+    quantizes_weights = True
+    replaces_layer = True
+
     def unsupported_reason(self, layer):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             return "data_format='channels_first'"
@@ -115,12 +118,6 @@ class KernelHandler(LayerHandler):
 
     def non_negative(self, layer, inputs_non_negative):
         return activation_name(layer) in NON_NEGATIVE_ACTIVATIONS
-
-    def has_kernel(self, layer):
-        return True
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         layer = node.operation

@@ -66,16 +66,13 @@ class QuantizedEmbedding(keras.layers.Wrapper):
 
 
 class EmbeddingHandler(LayerHandler):
+    quantizes_weights = True
+    replaces_layer = True
+
     def unsupported_reason(self, layer):
         if layer.mask_zero:
             return "mask_zero=True (tfquant quantizes embeddings without masks)"
         return None
-
-    def has_kernel(self, layer):
-        return True
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         bits = max(8, context.config.layer_spec(node.operation).weight_bits)

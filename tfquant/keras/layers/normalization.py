@@ -28,6 +28,8 @@ class BatchNormalizationHandler(LayerHandler):
     """A BatchNormalization that no layer before it absorbs: `QuantizedBatchNormalization`
     (MUL, quantizer, ADD), its output quantized."""
 
+    replaces_layer = True
+
     def unsupported_reason(self, layer):
         axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
         rank = len(layer._inbound_nodes[0].input_tensors[0].shape)
@@ -37,9 +39,6 @@ class BatchNormalizationHandler(LayerHandler):
 
     def applies_activation(self, layer):
         return True
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         quantizer = context.config.layer_spec(node.operation).activation_quantizer_for()
@@ -59,15 +58,14 @@ def _axes(layer):
 class LayerNormalizationHandler(LayerHandler):
     """LayerNormalization and RMSNormalization over the last axis."""
 
+    replaces_layer = True
+
     def unsupported_reason(self, layer):
         rank = len(layer._inbound_nodes[0].input_tensors[0].shape)
         if [a % rank for a in _axes(layer)] != [rank - 1]:
             return (f"normalization over axis {layer.axis!r}; tfquant quantizes it over the "
                     "last axis only")
         return None
-
-    def keeps_layer(self, layer):
-        return False
 
     def rebuild(self, context, node, args, kwargs):
         layer = node.operation

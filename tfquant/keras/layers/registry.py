@@ -14,8 +14,13 @@ class LayerHandler:
     """How `quantize_model` quantizes one class of layers (or `keras.ops` operations).
 
     The defaults describe a layer that computes new values and whose output gets an
-    activation quantizer; subclasses override what differs.
+    activation quantizer; subclasses override what differs. Two answers that hold for
+    every layer of a handler are class attributes: `quantizes_weights` (the answer of
+    `has_kernel`) and `replaces_layer` (the opposite of `keeps_layer`).
     """
+
+    quantizes_weights = False
+    replaces_layer = False
 
     def unsupported_reason(self, layer):
         """Why this `layer` cannot be quantized (a short phrase), or None."""
@@ -53,7 +58,7 @@ class LayerHandler:
 
     def has_kernel(self, layer):
         """True for layers whose weights are quantized (Dense, convolutions)."""
-        return False
+        return self.quantizes_weights
 
     def quantizes_several_outputs(self, layer):
         """True when `rebuild` quantizes each output of a layer that has several (an LSTM
@@ -66,7 +71,7 @@ class LayerHandler:
         export computes in integer between quantizers; False when `rebuild` replaces it
         with a tfquant layer (a clone left in a quantized model is then a float layer
         that the config kept)."""
-        return True
+        return not self.replaces_layer
 
     def rebuild(self, context, node, args, kwargs):
         """Calls the layer's replacement in the quantized model on the new `args`;

@@ -30,13 +30,12 @@ def _is_zero(value):
 class AffineHandler(LayerHandler):
     """`Rescaling` (`x·scale + offset`) and `Normalization` (`(x − mean)/σ`)."""
 
+    replaces_layer = True
+
     def unsupported_reason(self, layer):
         if isinstance(layer, keras.layers.Normalization) and layer.invert:
             return "Normalization(invert=True)"
         return None
-
-    def keeps_layer(self, layer):
-        return False
 
     def scale_and_offset(self, layer):
         if isinstance(layer, keras.layers.Rescaling):
@@ -73,8 +72,7 @@ def _operand_op(context, layer, operation, value):
 class LayerScaleHandler(LayerHandler):
     """ConvNeXt's `x·γ`: a trainable per-channel `ChannelAffine`."""
 
-    def keeps_layer(self, layer):
-        return False
+    replaces_layer = True
 
     def applies_activation(self, layer):
         return True
