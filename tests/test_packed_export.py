@@ -108,6 +108,21 @@ def test_to_packed_keras_agrees_with_the_qat_model(bits):
     assert_within_documented_tolerance(packed, qmodel, x)
 
 
+def test_a_packed_model_saves_and_loads_with_its_activations_and_quantizers(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(128, 64)).astype(np.float32)
+    packed = to_packed_keras(qat(mlp(), 4, x))
+    hidden = packed.get_layer("d1")
+    assert hidden.output_quantizer is not None and hidden.activation is keras.activations.relu
+    path = str(tmp_path / "packed.keras")
+    packed.save(path)
+    loaded = keras.models.load_model(path)
+    reloaded = loaded.get_layer("d1")
+    assert reloaded.activation is keras.activations.relu
+    assert type(reloaded.output_quantizer) is type(hidden.output_quantizer)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(packed(x)))
+
+
 def test_to_packed_keras_leaves_8_bit_layers_alone():
     x = np.random.default_rng(4).normal(size=(64, 64)).astype(np.float32)
     qmodel = qat(mlp(batch_norm=False), 8, x)

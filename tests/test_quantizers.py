@@ -460,7 +460,7 @@ def test_deployments():
     assert LSQQuantizer(2).deployment() is d.INT4
     assert LSQQuantizer(3).deployment() is d.INT4  # exact 3-bit values in INT4
     assert LSQQuantizer(6).deployment() is d.INT8
-    assert LSQQuantizer(4).deployment("activations") is d.INT8_WIDENED
+    assert LSQQuantizer(4, kind="activations").deployment() is d.INT8_WIDENED
     assert LSQQuantizer(8, signed=False).deployment() is d.INT8
     assert SAWBQuantizer(2).deployment() is d.INT4
     assert SAWBQuantizer(5).deployment() is d.INT8

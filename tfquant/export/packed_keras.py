@@ -15,37 +15,41 @@ absorbs most of that error or moves an output by one of its steps. Tested tolera
 (tests/test_packed_export.py, 3-layer MLP, 2 and 4 bits): max |Δ| ≤ 5 % and mean |Δ|
 ≤ 1 % of max |output|, argmax agreement ≥ 95 %.
 
-The inference model is for running in this process (its packed layers keep a reference
-to the QAT layer's output quantizer); save the QAT model, not this one.
+A packed layer carries the QAT layer's pre-activation and output quantizers (their
+configs and their ranges), so the inference model saves and loads as `.keras` like any
+other and computes the same after loading.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
+
 from tfquant.ops.packed import GROUP_SIZES, check_packed_bits, pack_weights, packed_matmul
 
 
 class PackedMatmulLayer(keras.layers.Layer):
     """What `PackedDense` and `PackedConv2D` share: the non-trainable `packed`, `scales`
-    and `bias` weights of a K×`units` packed matmul, and `y = post(rows @ (q · scales) +
-    bias)`, where `post` is the layer's activation, or the QAT layer's activation and
-    output quantizer when `to_packed_keras` built it.
+    and `bias` weights of a K×`units` packed matmul, and
+    `y = out_q(activation(pre_q(rows @ (q · scales) + bias)))`, where `pre_q` and `out_q`
+    are the optional pre-activation and output quantizers (inference mode).
 
     q: int weights [K, N] (any shape with N last; optional: else `set_weights` later),
     scales: [groups, N], bias: [N] or None.
     """
 
     def __init__(self, units, bits, group_size, q, scales, bias, use_bias, activation,
-                 **kwargs):
+                 pre_activation_quantizer=None, output_quantizer=None, **kwargs):
         super().__init__(**kwargs)
+        self.pre_activation_quantizer = deserialize_quantizer(pre_activation_quantizer)
+        self.output_quantizer = deserialize_quantizer(output_quantizer)
         self.units = int(units)
         self.bits = check_packed_bits(bits)
         self.group_size = int(group_size)
         self.use_bias = bool(use_bias) if bias is None else True
         self.activation = keras.activations.get(activation)
         self._init_values = (q, scales, bias)
-        self.post = None  # set by to_packed_keras: the QAT layer's activation + quantizer
 
     def build_packed(self, k):
         """Adds the weights for K = k input features (called by the subclass's build)."""
@@ -74,20 +78,31 @@ class PackedMatmulLayer(keras.layers.Layer):
                 self.bias.assign(np.asarray(bias, np.float32))
         self._init_values = (None, None, None)
         self.k = k
+        self.pre_activation_variables, self.output_variables = {}, {}
+        if self.pre_activation_quantizer is not None:
+            self.pre_activation_variables = self.pre_activation_quantizer.build(
+                (None, n), "pre_activation", self)
+        if self.output_quantizer is not None:
+            self.output_variables = self.output_quantizer.build((None, n), "output", self)
 
     def matmul_and_activate(self, rows):
         y = packed_matmul(rows, tf.convert_to_tensor(self.packed),
                           tf.convert_to_tensor(self.scales),
                           None if self.bias is None else tf.convert_to_tensor(self.bias),
                           bits=self.bits, n=self.units, group_size=self.group_size)
-        if self.post is not None:
-            return self.post(y)
-        return self.activation(y)
+        if self.pre_activation_quantizer is not None:
+            y = self.pre_activation_quantizer(y, False, self.pre_activation_variables)
+        y = self.activation(y)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, False, self.output_variables)
+        return y
 
     def get_config(self):
         config = super().get_config()
         config.update(bits=self.bits, group_size=self.group_size, use_bias=self.use_bias,
-                      activation=keras.activations.serialize(self.activation))
+                      activation=keras.activations.serialize(self.activation),
+                      pre_activation_quantizer=serialize_quantizer(self.pre_activation_quantizer),
+                      output_quantizer=serialize_quantizer(self.output_quantizer))
         return config
 
 
@@ -219,14 +234,6 @@ def integer_grid(values, bits, axis=-1):
     return None
 
 
-def _weight_bits(quantizer):
-    for name in ("num_bits", "_num_bits"):
-        value = getattr(quantizer, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def packed_layer_for(layer):
     """A `PackedDense` or `PackedConv2D` equal to a QAT Dense or Conv2D wrapper
     (`QuantizedConvolution`), or None when it is another layer or its weights are not a
@@ -238,8 +245,8 @@ def packed_layer_for(layer):
     conv2d = layer.kind == "conv" and isinstance(layer.layer, keras.layers.Conv2D)
     if layer.kind != "dense" and not conv2d:
         return None
-    bits = _weight_bits(layer.weight_quantizer)
-    if bits is None or bits > 4:
+    bits = getattr(layer.weight_quantizer, "num_bits", None)
+    if not isinstance(bits, int) or bits > 4:
         return None
     (values, axis), = layer.deployed_kernels().values()
     if axis != -1 or np.ndim(values) != (4 if conv2d else 2):
@@ -252,7 +259,9 @@ def packed_layer_for(layer):
     _, bias = layer.folded_kernels_and_bias()
     bias = None if bias is None else keras.ops.convert_to_numpy(bias).astype(np.float32)
     common = dict(bits=2 if bits == 2 else 4, q=q, scales=scales, bias=bias,
-                  use_bias=bias is not None, name=layer.name)
+                  use_bias=bias is not None, name=layer.name, activation=layer.activation,
+                  pre_activation_quantizer=serialize_quantizer(layer.pre_activation_quantizer),
+                  output_quantizer=serialize_quantizer(layer.output_quantizer))
     if conv2d:
         inner = layer.layer
         packed = PackedConv2D(q.shape[1], inner.kernel_size, strides=inner.strides,
@@ -262,7 +271,11 @@ def packed_layer_for(layer):
     else:
         packed = PackedDense(q.shape[1], **common)
         packed.build((None, q.shape[0]))
-    packed.post = lambda y, layer=layer: layer._activate_and_quantize(y, False)
+    for packed_vars, qat_vars in ((packed.pre_activation_variables,
+                                   layer.pre_activation_variables),
+                                  (packed.output_variables, layer.output_variables)):
+        for key, variable in packed_vars.items():
+            variable.assign(qat_vars[key])
     return packed
 
 

@@ -64,6 +64,28 @@ class ModelGraph:
             self.node_count[id(node.operation)] = self.node_count.get(id(node.operation), 0) + 1
         self._non_negative = None  # id(node) → bool, made on first use
 
+    def replay(self, rebuild_node, tensors, new_input=None):
+        """Replays the graph on new tensors: `keras.Input`s like the model's (each passed
+        through `new_input(original, input)` when given), then `rebuild_node(node)` for
+        every node in order, which reads its inputs from and writes its outputs to
+        `tensors` ({id(original tensor): new tensor}). Returns (new inputs, new outputs);
+        `as_model` makes them a model. The one replay of quantize_model and PTQ."""
+        inputs = []
+        for tensor in self.model.inputs:
+            made = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name)
+            inputs.append(made)
+            tensors[id(tensor)] = made if new_input is None else new_input(tensor, made)
+        for node in self.nodes:
+            rebuild_node(node)
+        return inputs, [tensors[id(t)] for t in self.model.outputs]
+
+    def as_model(self, inputs, outputs, name):
+        """A Functional model over `inputs` and `outputs` with this model's structure: a
+        single input or output unwrapped, unless the model's output is a list."""
+        if len(outputs) == 1 and not isinstance(self.model.output, list):
+            outputs = outputs[0]
+        return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
+
     def sole_consumer(self, node):
         """The only node that reads `node`'s single output, or None."""
         if len(node.outputs) != 1 or id(node.outputs[0]) in self.output_ids:

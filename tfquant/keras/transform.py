@@ -279,19 +279,9 @@ class RebuildContext:
         return name
 
     def run(self, name):
-        model = self.graph.model
-        inputs = []
-        for tensor in model.inputs:
-            new_input = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
-                                    name=tensor.name)
-            inputs.append(new_input)
-            self.tensors[id(tensor)] = self._quantize_input(tensor, new_input)
-        for node in self.graph.nodes:
-            self._rebuild(node)
-        outputs = [self.tensors[id(t)] for t in model.outputs]
+        inputs, outputs = self.graph.replay(self._rebuild, self.tensors, self._quantize_input)
         self._rename_clashing_operations(outputs)
-        outputs = outputs[0] if len(outputs) == 1 and not isinstance(model.output, list) else outputs
-        quantized = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
+        quantized = self.graph.as_model(inputs, outputs, name)
         for new_layer, old_layer, transform in self.weight_sources:
             values = old_layer.get_weights()
             new_layer.set_weights(transform(values) if transform is not None else values)

@@ -34,18 +34,13 @@ def rebuild(model, replace=None, skip=(), name=None):
     """
     replace = replace or {}
     graph = graph_of(model)
-    functional = graph.model
-    tensors, inputs = {}, []
-    for tensor in functional.inputs:
-        new_input = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name)
-        inputs.append(new_input)
-        tensors[id(tensor)] = new_input
-    made, jobs = {}, []
-    for node in graph.nodes:
+    tensors, made, jobs = {}, {}, []
+
+    def rebuild_node(node):
         layer = node.operation
         if id(layer) in skip:
             tensors[id(node.outputs[0])] = tensors[id(node.input_tensors[0])]
-            continue
+            return
         if id(layer) not in made:
             if id(layer) in replace:
                 new_layer, setter = replace[id(layer)]
@@ -59,10 +54,9 @@ def rebuild(model, replace=None, skip=(), name=None):
         flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for old, new in zip(node.outputs, flat):
             tensors[id(old)] = new
-    outputs = [tensors[id(t)] for t in functional.outputs]
-    result = keras.Model(inputs[0] if len(inputs) == 1 else inputs,
-                         outputs[0] if len(outputs) == 1 else outputs,
-                         name=name or model.name)
+
+    inputs, outputs = graph.replay(rebuild_node, tensors)
+    result = graph.as_model(inputs, outputs, name or model.name)
     for new_layer, old_layer, setter in jobs:
         if setter is not None:
             setter(new_layer)

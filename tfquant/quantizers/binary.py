@@ -57,7 +57,7 @@ class BinaryQuantizer(Quantizer):
         alpha = tf.reduce_mean(tf.abs(x), axis=c.reduce_axes(x, axis), keepdims=True)
         return alpha * signs
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return Deployment.SIMULATION
 
     def get_config(self):

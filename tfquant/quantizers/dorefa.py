@@ -64,7 +64,7 @@ class DoReFaWeightQuantizer(Quantizer):
         q = c.uniform_quantize(u + 0.5, 0.0, 1.0, self._num_bits, False, None, training)
         return scale * (2.0 * q - 1.0)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return Deployment.SIMULATION
 
     def get_config(self):
@@ -103,7 +103,7 @@ class DoReFaActivationQuantizer(Quantizer):
         return c.uniform_quantize(x, 0.0, 1.0, self._num_bits, False, None, False,
                                   activation=True)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return activation_deployment(self._num_bits)
 
     def get_config(self):

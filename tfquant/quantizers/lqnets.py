@@ -160,7 +160,7 @@ class LQNetsQuantizer(Quantizer):
         updated = self.ema_decay * basis + (1.0 - self.ema_decay) * solved
         return tf.where(tf.reduce_all(tf.math.is_finite(updated)), updated, basis)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return Deployment.SIMULATION
 
     def get_config(self):

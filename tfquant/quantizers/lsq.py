@@ -164,11 +164,11 @@ class LearnedRangeQuantizer(Quantizer):
     def _range(self, x, weights, kind, axis, training):
         raise TypeError(f"{type(self).__name__} does not implement this method")
 
-    def deployment(self, kind=None):
+    def deployment(self):
         """INT8 at 8 bits; weights: INT4 at 4 and 2 bits (symmetric narrow grids),
-        SIMULATION at 3, 5–7; activations below 8 bits: INT8_WIDENED. `kind` defaults to
-        the constructor's, else weights when `signed`, activations when not."""
-        kind = kind or self.kind or ("weights" if self.signed else "activations")
+        SIMULATION at 3, 5–7; activations below 8 bits: INT8_WIDENED. The constructor's
+        `kind`, else weights when `signed`, activations when not."""
+        kind = self.kind or ("weights" if self.signed else "activations")
         if kind == "weights":
             return c.weight_deployment(self._num_bits)
         return activation_deployment(self._num_bits)

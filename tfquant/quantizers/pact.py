@@ -89,7 +89,7 @@ class PACTQuantizer(Quantizer):
         return c.uniform_quantize(x, tf.zeros_like(alpha), alpha, self._num_bits, False, axis,
                                   training, activation=True)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return activation_deployment(self._num_bits)
 
     def get_config(self):

@@ -76,7 +76,7 @@ class SAWBQuantizer(Quantizer):
         return deployable_weight_grid(quantized, alpha / float(2 ** (self._num_bits - 1) - 1),
                                       self._num_bits, axis)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return c.weight_deployment(self._num_bits)
 
     def get_config(self):

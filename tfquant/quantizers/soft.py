@@ -113,7 +113,7 @@ class SoftQuantizer(Quantizer):
             units = tf.cast(shifted >= 0.0, x.dtype)
         return alpha * (tf.reduce_sum(steps * units, axis=-1) - self._offset)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return Deployment.SIMULATION
 
     def get_config(self):

@@ -70,7 +70,7 @@ class TernaryQuantizer(Quantizer):
             return c.straight_through(x, ternarize)
         return deployable_weight_grid(ternarize(x), alpha, 2, axis)
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return Deployment.INT4
 
     def get_config(self):
@@ -143,7 +143,7 @@ class TTQQuantizer(Quantizer):
         straight = latent_scale * x
         return value + (straight - tf.stop_gradient(straight))
 
-    def deployment(self, kind=None):
+    def deployment(self):
         return Deployment.SIMULATION
 
     def get_config(self):
