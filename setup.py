@@ -41,7 +41,7 @@ COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-std
 
 # One translation unit per ISA (cc_ops/kernels/*_avx2.cc, ...): only that file
 # gets the ISA flags, so no wide-vector code leaks into shared functions.
-# The dispatch (cc_ops/kernels/fake_quant_dispatch.cc) runs a file's code only
+# The dispatch (cc_ops/kernels/isa_dispatch.cc) runs a file's code only
 # when the CPU and OS support every flag given here; keep the two in step.
 # VNNI code goes in *_avx512vnni.cc, so the plain AVX-512 kernels also run on
 # AVX-512 CPUs without VNNI.
@@ -69,7 +69,7 @@ def c_string(text):
 
 KERNEL_SOURCES = sources("cc_ops/kernels/*.cc")
 PACKED_KERNEL_SOURCES = sources("cc_ops/kernels/packed*.cc", "cc_ops/kernels/cpu_features.cc",
-                                "cc_ops/kernels/task_pool.cc")
+                                "cc_ops/kernels/isa_dispatch.cc", "cc_ops/kernels/task_pool.cc")
 BUILD_FLAGS = " ".join(COMMON_FLAGS + TF_COMPILE_FLAGS + TF_LINK_FLAGS)
 INFO_MACROS = [
     ("TFQUANT_TF_VERSION", c_string(TF_VERSION)),

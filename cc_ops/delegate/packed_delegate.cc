@@ -300,7 +300,7 @@ TfLiteStatus DelegatePrepare(TfLiteContext* context, TfLiteDelegate* base) {
 
 std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegate* self) {
   self->num_threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  self->kernels = &k::SelectPackedKernels();
+  self->kernels = &k::PackedFamily().selected();
   for (size_t i = 0; i < count; ++i) {
     const std::string key = keys[i] ? keys[i] : "", value = values[i] ? values[i] : "";
     if (key == "num_threads") {
@@ -312,10 +312,12 @@ std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegat
       self->num_threads = static_cast<int>(v);
     } else if (key == "kernels") {
       if (value == "auto") continue;
-      self->kernels = k::PackedKernelsNamed(value);
+      self->kernels = k::PackedFamily().named(value);
       if (self->kernels == nullptr) {
         std::string allowed = "auto";
-        for (const std::string& name : k::SupportedPackedKernels()) allowed += ", " + name;
+        for (const std::string& name : k::PackedFamily().names()) {
+          allowed += ", " + name;
+        }
         return "kernels='" + value + "' cannot run here; allowed: " + allowed;
       }
     } else {
@@ -391,7 +393,7 @@ __attribute__((visibility("default"))) int64_t tfquant_delegate_invocations(
 __attribute__((visibility("default"))) const char* tfquant_delegate_kernels(
     TfLiteDelegate* delegate) {
   PackedDelegate* self = AsPackedDelegate(delegate);
-  return self != nullptr ? self->kernels->isa : "";
+  return self != nullptr ? tfquant::kernels::IsaName(self->kernels->isa) : "";
 }
 
 }  // extern "C"

@@ -1,6 +1,7 @@
 // CPU feature detection: what the processor supports AND the OS has enabled
 // (for AVX/AVX-512 the register state must be saved by the OS, see XCR0).
 // Plain C++, no TensorFlow headers. On non-x86 every x86 flag is false.
+// Which kernels run is decided from these in isa_dispatch.h.
 
 #ifndef TFQUANT_CC_OPS_KERNELS_CPU_FEATURES_H_
 #define TFQUANT_CC_OPS_KERNELS_CPU_FEATURES_H_
@@ -12,17 +13,9 @@ namespace tfquant {
 namespace kernels {
 
 struct CpuFeatures {
-  bool sse4_1 = false;
-  bool avx = false;
-  bool avx2 = false;
-  bool fma = false;
-  bool f16c = false;
-  bool avx512f = false;
-  bool avx512bw = false;
-  bool avx512vl = false;
-  bool avx512dq = false;
-  bool avx512_vnni = false;
-  bool avx_vnni = false;
+  bool sse4_1 = false, avx = false, avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512_vnni = false, avx_vnni = false;
   bool neon = false;
 };
 

@@ -2,7 +2,8 @@
 //
 // No TensorFlow or Eigen header may be included here or in any kernels/ file:
 // each ISA gets its own translation unit and a dispatch table picks one at
-// load time, so no ISA-specific code may leak into shared inline functions.
+// load time (isa_dispatch.h), so no ISA-specific code may leak into shared
+// inline functions.
 //
 // Every kernel variant (scalar, avx2, avx512, neon) gives the same y and dx
 // bits, NaN/Inf cases included; dmin/dmax are sums of the same float terms in
@@ -69,6 +70,8 @@
 
 #include <cstdint>
 
+#include "isa_dispatch.h"
+
 namespace tfquant {
 namespace kernels {
 
@@ -125,7 +128,7 @@ using FakeQuantGradStridedFn = void (*)(const float* dy, const float* x,
 
 // One implementation of every kernel, for one instruction set.
 struct FakeQuantKernelTable {
-  const char* isa;
+  IsaLevel isa;
   FakeQuantRowFn forward_row_div_scale;  // per tensor
   FakeQuantRowFn forward_row_mul_inv_scale;  // per channel, inner > 1
   FakeQuantStridedFn forward_strided_mul_inv_scale;  // per channel, inner == 1
@@ -172,14 +175,14 @@ void FakeQuantGradLearnedStridedScalar(const float* dy, const float* x,
 const FakeQuantKernelTable& ScalarFakeQuantKernels();
 
 // The ISA tables (fake_quant_avx2.cc, fake_quant_avx512.cc,
-// fake_quant_neon.cc); nullptr where this build has no such code. Whether the
-// CPU can run them is decided in fake_quant_dispatch.cc.
+// fake_quant_neon.cc); nullptr where this build has no such code.
 const FakeQuantKernelTable* Avx2FakeQuantKernels();
 const FakeQuantKernelTable* Avx512FakeQuantKernels();
 const FakeQuantKernelTable* NeonFakeQuantKernels();
 
-// The table for this CPU, chosen once (fake_quant_dispatch.h).
-const FakeQuantKernelTable& SelectFakeQuantKernels();
+// The tables above and the one the ops use (fake_quant_dispatch.cc): its
+// selected(), names() of the runnable ones ("scalar", "avx2", ...), named().
+const KernelFamily<FakeQuantKernelTable>& FakeQuantFamily();
 
 }  // namespace kernels
 }  // namespace tfquant

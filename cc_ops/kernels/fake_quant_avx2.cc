@@ -18,7 +18,7 @@ namespace kernels {
 #if defined(__AVX2__)
 namespace {
 
-constexpr const char* kIsaName = "avx2";
+constexpr IsaLevel kIsa = IsaLevel::kAvx2;
 
 // The vector interface fake_quant_simd_body.h is written against.
 struct V {

@@ -19,7 +19,7 @@ namespace kernels {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 namespace {
 
-constexpr const char* kIsaName = "avx512";
+constexpr IsaLevel kIsa = IsaLevel::kAvx512;
 
 // The vector interface fake_quant_simd_body.h is written against.
 struct V {

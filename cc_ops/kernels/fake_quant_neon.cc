@@ -20,7 +20,7 @@ namespace kernels {
 #if defined(__aarch64__)
 namespace {
 
-constexpr const char* kIsaName = "neon";
+constexpr IsaLevel kIsa = IsaLevel::kNeon;
 
 // The vector interface fake_quant_simd_body.h is written against.
 struct V {

@@ -22,17 +22,15 @@
 namespace tfquant {
 namespace kernels {
 
-constexpr int kMinNumBits = 2;
-constexpr int kMaxNumBits = 16;
-
 // The input viewed as [outer, channels, inner].
 struct FakeQuantShape {
-  int64_t outer = 1;
-  int64_t channels = 1;
-  int64_t inner = 0;
+  int64_t outer = 1, channels = 1, inner = 0;
   bool per_channel = false;
   int64_t num_elements() const { return outer * channels * inner; }
 };
+
+constexpr int kMinNumBits = 2;
+constexpr int kMaxNumBits = 16;
 
 // The checks below return "" when the arguments are valid, otherwise a
 // message that names the offending value and what is allowed.

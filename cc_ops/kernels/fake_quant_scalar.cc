@@ -62,14 +62,17 @@ inline float ClampToRange(float x, const NudgedRange& r) {
   return c;
 }
 
-inline float QuantizeDivScale(float x, const NudgedRange& r) {
+// u = (clamp(x) - nudged_min) / scale (TF's per tensor formula) or
+// * inv_scale (its per channel one).
+template <bool kDivide>
+inline float Steps(float x, const NudgedRange& r) {
   const float shifted = ClampToRange(x, r) - r.nudged_min;
-  return FloorExact(shifted / r.scale - r.quant_zero + 0.5f) * r.scale;
+  return kDivide ? shifted / r.scale : shifted * r.inv_scale;
 }
 
-inline float QuantizeMulInvScale(float x, const NudgedRange& r) {
-  const float shifted = ClampToRange(x, r) - r.nudged_min;
-  return FloorExact(shifted * r.inv_scale - r.quant_zero + 0.5f) * r.scale;
+template <bool kDivide>
+inline float Quantize(float x, const NudgedRange& r) {
+  return FloorExact(Steps<kDivide>(x, r) - r.quant_zero + 0.5f) * r.scale;
 }
 
 // Multiplying by 1.0f/0.0f instead of selecting keeps TF's propagation of
@@ -93,9 +96,7 @@ inline void AccumulateLearnedGrad(float g, float x, const NudgedRange& r,
   const bool in = x >= r.nudged_min && x <= r.nudged_max;
   const float below = (x < r.nudged_min) ? 1.0f : 0.0f;
   const float above = (x > r.nudged_max) ? 1.0f : 0.0f;
-  const float shifted = ClampToRange(x, r) - r.nudged_min;
-  const float u = kDivide ? shifted / r.scale : shifted * r.inv_scale;
-  const float t = u - r.quant_zero;
+  const float t = Steps<kDivide>(x, r) - r.quant_zero;
   const float e = FloorExact(t + 0.5f) - t;
   // A select, not a product: e is NaN for a NaN x, which must not count.
   const float w = in ? e * r.inv_levels : 0.0f;
@@ -104,41 +105,71 @@ inline void AccumulateLearnedGrad(float g, float x, const NudgedRange& r,
   *sum_max += static_cast<double>(g * (above + w));
 }
 
+template <bool kLearned, bool kDivide>
+inline void Accumulate(float g, float x, const NudgedRange& r, float* dx,
+                       double* sum_min, double* sum_max) {
+  if constexpr (kLearned) {
+    AccumulateLearnedGrad<kDivide>(g, x, r, dx, sum_min, sum_max);
+  } else {
+    AccumulateGrad(g, x, r, dx, sum_min, sum_max);
+  }
+}
+
 template <bool kDivide>
-void GradLearnedRow(const float* dy, const float* x, int64_t n,
-                    const NudgedRange& range, float* dx, double* dmin,
-                    double* dmax) {
+void ForwardRow(const float* x, int64_t n, const NudgedRange& range,
+                float* y) {
+  if (range.zero_range) {
+    for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) y[i] = Quantize<kDivide>(x[i], range);
+}
+
+template <bool kLearned, bool kDivide>
+void GradRow(const float* dy, const float* x, int64_t n,
+             const NudgedRange& range, float* dx, double* dmin, double* dmax) {
   if (range.zero_range) {
     for (int64_t i = 0; i < n; ++i) dx[i] = dy[i];
     return;
   }
   double sum_min = 0.0, sum_max = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    AccumulateLearnedGrad<kDivide>(dy[i], x[i], range, &dx[i], &sum_min,
-                                   &sum_max);
+    Accumulate<kLearned, kDivide>(dy[i], x[i], range, &dx[i], &sum_min,
+                                  &sum_max);
   }
   *dmin += sum_min;
   *dmax += sum_max;
+}
+
+// Strided blocks are per channel: u multiplies by inv_scale.
+template <bool kLearned>
+void GradStrided(const float* dy, const float* x, int64_t rows,
+                 int64_t channels, int64_t row_stride,
+                 const NudgedRange* ranges, float* dx, double* dmin,
+                 double* dmax) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = r * row_stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      if (ranges[c].zero_range) {
+        dx[off + c] = dy[off + c];
+      } else {
+        Accumulate<kLearned, false>(dy[off + c], x[off + c], ranges[c],
+                                    &dx[off + c], &dmin[c], &dmax[c]);
+      }
+    }
+  }
 }
 
 }  // namespace
 
 void FakeQuantRowDivScaleScalar(const float* x, int64_t n,
                                 const NudgedRange& range, float* y) {
-  if (range.zero_range) {
-    for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) y[i] = QuantizeDivScale(x[i], range);
+  ForwardRow<true>(x, n, range, y);
 }
 
 void FakeQuantRowMulInvScaleScalar(const float* x, int64_t n,
                                    const NudgedRange& range, float* y) {
-  if (range.zero_range) {
-    for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) y[i] = QuantizeMulInvScale(x[i], range);
+  ForwardRow<false>(x, n, range, y);
 }
 
 void FakeQuantStridedMulInvScaleScalar(const float* x, int64_t rows,
@@ -148,8 +179,7 @@ void FakeQuantStridedMulInvScaleScalar(const float* x, int64_t rows,
     const float* xr = x + r * row_stride;
     float* yr = y + r * row_stride;
     for (int64_t c = 0; c < channels; ++c) {
-      yr[c] = ranges[c].zero_range ? 0.0f
-                                   : QuantizeMulInvScale(xr[c], ranges[c]);
+      yr[c] = ranges[c].zero_range ? 0.0f : Quantize<false>(xr[c], ranges[c]);
     }
   }
 }
@@ -157,40 +187,21 @@ void FakeQuantStridedMulInvScaleScalar(const float* x, int64_t rows,
 void FakeQuantGradRowScalar(const float* dy, const float* x, int64_t n,
                             const NudgedRange& range, float* dx, double* dmin,
                             double* dmax) {
-  if (range.zero_range) {
-    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i];
-    return;
-  }
-  double sum_min = 0.0, sum_max = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    AccumulateGrad(dy[i], x[i], range, &dx[i], &sum_min, &sum_max);
-  }
-  *dmin += sum_min;
-  *dmax += sum_max;
+  GradRow<false, false>(dy, x, n, range, dx, dmin, dmax);
 }
 
 void FakeQuantGradStridedScalar(const float* dy, const float* x, int64_t rows,
                                 int64_t channels, int64_t row_stride,
                                 const NudgedRange* ranges, float* dx,
                                 double* dmin, double* dmax) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t off = r * row_stride;
-    for (int64_t c = 0; c < channels; ++c) {
-      if (ranges[c].zero_range) {
-        dx[off + c] = dy[off + c];
-      } else {
-        AccumulateGrad(dy[off + c], x[off + c], ranges[c], &dx[off + c],
-                       &dmin[c], &dmax[c]);
-      }
-    }
-  }
+  GradStrided<false>(dy, x, rows, channels, row_stride, ranges, dx, dmin, dmax);
 }
 
 void FakeQuantGradLearnedRowDivScaleScalar(const float* dy, const float* x,
                                            int64_t n, const NudgedRange& range,
                                            float* dx, double* dmin,
                                            double* dmax) {
-  GradLearnedRow<true>(dy, x, n, range, dx, dmin, dmax);
+  GradRow<true, true>(dy, x, n, range, dx, dmin, dmax);
 }
 
 void FakeQuantGradLearnedRowMulInvScaleScalar(const float* dy, const float* x,
@@ -198,7 +209,7 @@ void FakeQuantGradLearnedRowMulInvScaleScalar(const float* dy, const float* x,
                                               const NudgedRange& range,
                                               float* dx, double* dmin,
                                               double* dmax) {
-  GradLearnedRow<false>(dy, x, n, range, dx, dmin, dmax);
+  GradRow<true, false>(dy, x, n, range, dx, dmin, dmax);
 }
 
 void FakeQuantGradLearnedStridedScalar(const float* dy, const float* x,
@@ -206,22 +217,12 @@ void FakeQuantGradLearnedStridedScalar(const float* dy, const float* x,
                                        int64_t row_stride,
                                        const NudgedRange* ranges, float* dx,
                                        double* dmin, double* dmax) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t off = r * row_stride;
-    for (int64_t c = 0; c < channels; ++c) {
-      if (ranges[c].zero_range) {
-        dx[off + c] = dy[off + c];
-      } else {
-        AccumulateLearnedGrad<false>(dy[off + c], x[off + c], ranges[c],
-                                     &dx[off + c], &dmin[c], &dmax[c]);
-      }
-    }
-  }
+  GradStrided<true>(dy, x, rows, channels, row_stride, ranges, dx, dmin, dmax);
 }
 
 const FakeQuantKernelTable& ScalarFakeQuantKernels() {
   static const FakeQuantKernelTable table = {
-      "scalar",
+      IsaLevel::kScalar,
       &FakeQuantRowDivScaleScalar,
       &FakeQuantRowMulInvScaleScalar,
       &FakeQuantStridedMulInvScaleScalar,

@@ -258,7 +258,7 @@ void GradStrided(const float* dy, const float* x, int64_t rows,
 
 // The table of this ISA.
 const FakeQuantKernelTable kTable = {
-    kIsaName,
+    kIsa,
     &ForwardRow<true>,
     &ForwardRow<false>,
     &ForwardStrided,

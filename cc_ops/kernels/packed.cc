@@ -3,11 +3,7 @@
 
 #include "packed.h"
 
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-
-#include "cpu_features.h"
 
 namespace tfquant {
 namespace kernels {
@@ -100,7 +96,7 @@ void UnpackWeights(const uint8_t* packed, int64_t k, int64_t n, int bits,
 void QuantizeRows(const float* x, int64_t k, int64_t kpad, int64_t group_k,
                   int64_t num_groups, int64_t m0, int64_t m1, int8_t* xq,
                   float* xs, int32_t* xsum) {
-  SelectPackedKernels().quantize_rows(x, k, kpad, group_k, num_groups, m0, m1,
+  PackedFamily().selected().quantize_rows(x, k, kpad, group_k, num_groups, m0, m1,
                                       xq, xs, xsum);
 }
 
@@ -155,60 +151,11 @@ PackedMatmulArgs MakePackedMatmulArgs(int64_t m, int64_t k, int64_t n,
   return a;
 }
 
-// ---------------------------------------------------------------- dispatch
-
-namespace {
-
-bool Runnable(const std::string& name, const CpuFeatures& f) {
-  if (name == "scalar") return true;
-  if (name == "avx2") {
-    return Avx2PackedKernels() != nullptr && f.avx2 && f.fma && f.f16c;
-  }
-  if (name == "avx512vnni") {
-    return Avx512VnniPackedKernels() != nullptr && f.avx512f && f.avx512bw &&
-           f.avx512vl && f.avx512dq && f.avx512_vnni && f.fma && f.f16c;
-  }
-  return false;
-}
-
-const PackedKernelTable* TableOf(const std::string& name) {
-  if (name == "scalar") return &ScalarPackedKernels();
-  if (name == "avx2") return Avx2PackedKernels();
-  if (name == "avx512vnni") return Avx512VnniPackedKernels();
-  return nullptr;
-}
-
-const PackedKernelTable& Choose() {
-  const std::vector<std::string> supported = SupportedPackedKernels();
-  const char* env = std::getenv("TFQUANT_PACKED_KERNELS");
-  if (env != nullptr && *env != '\0') {
-    if (const PackedKernelTable* t = PackedKernelsNamed(env)) return *t;
-    std::fprintf(stderr,
-                 "tfquant: warning: TFQUANT_PACKED_KERNELS=%s cannot run here; "
-                 "using %s\n",
-                 env, supported.back().c_str());
-  }
-  return *TableOf(supported.back());
-}
-
-}  // namespace
-
-std::vector<std::string> SupportedPackedKernels() {
-  const CpuFeatures& f = GetCpuFeatures();
-  std::vector<std::string> out;
-  for (const char* name : {"scalar", "avx2", "avx512vnni"}) {
-    if (Runnable(name, f)) out.push_back(name);
-  }
-  return out;
-}
-
-const PackedKernelTable* PackedKernelsNamed(const std::string& name) {
-  return Runnable(name, GetCpuFeatures()) ? TableOf(name) : nullptr;
-}
-
-const PackedKernelTable& SelectPackedKernels() {
-  static const PackedKernelTable& table = Choose();
-  return table;
+const KernelFamily<PackedKernelTable>& PackedFamily() {
+  static const KernelFamily<PackedKernelTable> family(
+      {&ScalarPackedKernels(), Avx2PackedKernels(), Avx512VnniPackedKernels()},
+      PackedIsaSelection().level);
+  return family;
 }
 
 }  // namespace kernels

@@ -49,6 +49,8 @@
 #include <string>
 #include <vector>
 
+#include "isa_dispatch.h"
+
 namespace tfquant {
 namespace kernels {
 
@@ -83,8 +85,8 @@ void UnpackWeights(const uint8_t* packed, int64_t k, int64_t n, int bits,
 
 // Dynamic int8 quantization of rows [m0, m1) of x [M, K] into xq [M, kpad]
 // (zero padded), xs [M] and xsum [M, num_groups] (sum of xq per group of
-// group_k elements). Runs the quantize_rows of SelectPackedKernels(); every
-// variant gives the same bits as the scalar one.
+// group_k elements). Runs the quantize_rows of PackedFamily().selected();
+// every variant gives the same bits as the scalar one.
 void QuantizeRows(const float* x, int64_t k, int64_t kpad, int64_t group_k,
                   int64_t num_groups, int64_t m0, int64_t m1, int8_t* xq,
                   float* xs, int32_t* xsum);
@@ -124,7 +126,7 @@ using PackedMatmulFn = void (*)(const PackedMatmulArgs& a, int64_t m0,
                                 int64_t m1, int64_t nb0, int64_t nb1);
 
 struct PackedKernelTable {
-  const char* isa;
+  IsaLevel isa;
   PackedMatmulFn matmul;
   QuantizeRowsFn quantize_rows;
 };
@@ -133,12 +135,10 @@ const PackedKernelTable& ScalarPackedKernels();
 const PackedKernelTable* Avx2PackedKernels();        // nullptr if not built
 const PackedKernelTable* Avx512VnniPackedKernels();  // nullptr if not built
 
-// Runnable variants, worst first ("scalar", "avx2", "avx512vnni").
-std::vector<std::string> SupportedPackedKernels();
-// nullptr if `name` cannot run here.
-const PackedKernelTable* PackedKernelsNamed(const std::string& name);
-// The best runnable one (TFQUANT_PACKED_KERNELS may force another).
-const PackedKernelTable& SelectPackedKernels();
+// The tables above and the one the ops and the delegate use by default (rules
+// in isa_dispatch.h): selected(), names() ("scalar", "avx2", "avx512vnni"),
+// named().
+const KernelFamily<PackedKernelTable>& PackedFamily();
 
 // Checks every argument of a packed matmul; "" if valid. scales_dims: the
 // shape of scales ([N] or [1, N] per channel, [K / group_size, N] grouped);

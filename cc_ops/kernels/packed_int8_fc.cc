@@ -216,11 +216,10 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
   q.m = m;
   q.n = fc.n;
   q.out = out;
-  // The AVX-512 epilogue goes with the AVX-512 VNNI matmul (which implies the
-  // CPU runs it); the other kernel choices keep the scalar one, so forcing
-  // "scalar" tests the plain C++ path end to end.
+  // The AVX-512 epilogue goes with AVX-512 (or better) matmul kernels, which
+  // imply the CPU runs it; forcing "scalar" tests the plain C++ path end to end.
   const RequantizeFn requantize =
-      (std::string(kernels.isa) == "avx512vnni" && Avx512Requantize() != nullptr)
+      (kernels.isa >= IsaLevel::kAvx512 && Avx512Requantize() != nullptr)
           ? Avx512Requantize() : &RequantizeScalar;
   const std::function<void(int64_t)> task = [&](int64_t i) {
     const int64_t nb0 = i * per_task, nb1 = std::min(blocks, nb0 + per_task);

@@ -11,15 +11,12 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+#include "avx512_tail_mask.h"
+
 namespace tfquant {
 namespace kernels {
 
 namespace {
-
-inline __mmask16 TailMask(int64_t remaining) {
-  return remaining >= 16 ? static_cast<__mmask16>(0xFFFF)
-                         : static_cast<__mmask16>((1u << remaining) - 1u);
-}
 
 // (x * m + 2^30) >> 31, then (h + 2^(r-1)) >> r, in the 8 int64 lanes that
 // hold the even (or, after a 32-bit shift, the odd) channels.

@@ -198,7 +198,7 @@ void Matmul(const PackedMatmulArgs& a, int64_t m0, int64_t m1, int64_t nb0,
   if (a.bits == 4) Run<4>(a, m0, m1, nb0, nb1); else Run<2>(a, m0, m1, nb0, nb1);
 }
 
-const PackedKernelTable kTable = {"avx2", &Matmul, &QuantizeRowsAvx2};
+const PackedKernelTable kTable = {IsaLevel::kAvx2, &Matmul, &QuantizeRowsAvx2};
 
 }  // namespace
 

@@ -19,15 +19,12 @@
 #include <algorithm>
 #include <cstring>
 
+#include "avx512_tail_mask.h"
+
 namespace tfquant {
 namespace kernels {
 
 namespace {
-
-inline __mmask16 TailMask(int64_t remaining) {
-  return remaining >= 16 ? static_cast<__mmask16>(0xFFFF)
-                         : static_cast<__mmask16>((1u << remaining) - 1u);
-}
 
 // ------------------------------------------------------------ activations
 
@@ -262,7 +259,7 @@ void Matmul(const PackedMatmulArgs& a, int64_t m0, int64_t m1, int64_t nb0,
   if (a.bits == 4) Run<4>(a, m0, m1, nb0, nb1); else Run<2>(a, m0, m1, nb0, nb1);
 }
 
-const PackedKernelTable kTable = {"avx512vnni", &Matmul, &QuantizeRowsAvx512};
+const PackedKernelTable kTable = {IsaLevel::kAvx512Vnni, &Matmul, &QuantizeRowsAvx512};
 
 }  // namespace
 

@@ -63,7 +63,7 @@ void ScalarQuantizeRows(const float* x, int64_t k, int64_t kpad,
   }
 }
 
-const PackedKernelTable kTable = {"scalar", &ScalarMatmul, &ScalarQuantizeRows};
+const PackedKernelTable kTable = {IsaLevel::kScalar, &ScalarMatmul, &ScalarQuantizeRows};
 
 }  // namespace
 

@@ -13,8 +13,8 @@
 
 #include "cc_ops/kernels/cpu_features.h"
 #include "cc_ops/kernels/fake_quant.h"
-#include "cc_ops/kernels/fake_quant_dispatch.h"
 #include "cc_ops/kernels/fake_quant_plan.h"
+#include "cc_ops/kernels/isa_dispatch.h"
 #include "cc_ops/kernels/packed.h"
 
 // setup.py passes these; the fallbacks only keep other builds compiling.
@@ -68,10 +68,12 @@ py::dict BuildInfo() {
 #endif
   out["cxx_standard"] = static_cast<long>(__cplusplus);  // 201703 = C++17
   out["flags"] = TFQUANT_BUILD_FLAGS;
-  out["kernels"] = k::SelectFakeQuantKernels().isa;
-  out["kernel_variants"] = k::SupportedFakeQuantKernels();
-  out["kernels_requested"] = k::FakeQuantKernelSelection().requested;
-  out["kernels_warning"] = k::FakeQuantKernelSelection().warning;
+  out["kernels"] = k::IsaName(k::FakeQuantFamily().selected().isa);
+  out["kernel_variants"] = k::FakeQuantFamily().names();
+  out["kernels_requested"] = k::IsaSelection().requested;
+  out["kernels_warning"] = k::IsaSelection().warning;
+  out["isa_level"] = k::IsaName(k::IsaSelection().level);
+  out["isa_levels"] = k::RunnableIsaLevels();
   return out;
 }
 
@@ -85,12 +87,12 @@ std::string Join(const std::vector<std::string>& names) {
 // cannot run here.
 const k::FakeQuantKernelTable& KernelsFor(
     const std::optional<std::string>& variant) {
-  if (!variant.has_value()) return k::SelectFakeQuantKernels();
-  const k::FakeQuantKernelTable* table = k::FakeQuantKernelsNamed(*variant);
+  if (!variant.has_value()) return k::FakeQuantFamily().selected();
+  const k::FakeQuantKernelTable* table = k::FakeQuantFamily().named(*variant);
   if (table == nullptr) {
     throw py::value_error("kernel variant '" + *variant +
                           "' is not supported here; supported: " +
-                          Join(k::SupportedFakeQuantKernels()));
+                          Join(k::FakeQuantFamily().names()));
   }
   return *table;
 }
@@ -234,13 +236,13 @@ FloatArray PackedMatmulPy(const FloatArray& x, const UInt8Array& packed,
                           const std::optional<FloatArray>& bias, int bits,
                           int64_t n, int64_t group_size,
                           const std::optional<std::string>& variant) {
-  const k::PackedKernelTable* table = &k::SelectPackedKernels();
+  const k::PackedKernelTable* table = &k::PackedFamily().selected();
   if (variant.has_value()) {
-    table = k::PackedKernelsNamed(*variant);
+    table = k::PackedFamily().named(*variant);
     if (table == nullptr) {
       throw py::value_error("packed kernel variant '" + *variant +
                             "' is not supported here; supported: " +
-                            Join(k::SupportedPackedKernels()));
+                            Join(k::PackedFamily().names()));
     }
   }
   if (x.ndim() != 2) throw py::value_error("x must be 2-D [M, K]");
@@ -279,10 +281,11 @@ PYBIND11_MODULE(_native, m) {
         "How this module and the TF op library were built (tf_version, "
         "compiler, glibcxx_use_cxx11_abi, cxx_standard, flags, kernels).");
   m.def(
-      "kernel_variant", [] { return std::string(k::SelectFakeQuantKernels().isa); },
-      "The fake-quant kernel variant in use: the best this CPU supports, or "
-      "the one the TFQUANT_KERNELS environment variable forces.");
-  m.def("kernel_variants", &k::SupportedFakeQuantKernels,
+      "kernel_variant",
+      [] { return std::string(k::IsaName(k::FakeQuantFamily().selected().isa)); },
+      "The fake-quant kernel variant in use: the best this CPU supports at or "
+      "below the level TFQUANT_KERNELS names (see isa_level()).");
+  m.def("kernel_variants", [] { return k::FakeQuantFamily().names(); },
         "Kernel variants runnable here, worst first (scalar first).");
   m.def("fake_quant_reference", &FakeQuantReference, py::arg("x"),
         py::arg("min"), py::arg("max"), py::arg("num_bits") = 8,
@@ -309,9 +312,14 @@ PYBIND11_MODULE(_native, m) {
         "x [M, K] float32 times packed weights (single-threaded), same "
         "numbers as tfquant.ops.packed_matmul. variant: one of "
         "packed_kernel_variants().");
-  m.def("packed_kernel_variants", &k::SupportedPackedKernels,
+  m.def("packed_kernel_variants", [] { return k::PackedFamily().names(); },
         "Packed matmul kernel variants runnable here, worst first.");
   m.def("packed_kernel_variant",
-        [] { return std::string(k::SelectPackedKernels().isa); },
+        [] { return std::string(k::IsaName(k::PackedFamily().selected().isa)); },
         "The packed matmul variant the op uses.");
+  m.def("isa_level", [] { return std::string(k::IsaName(k::IsaSelection().level)); },
+        "The ISA level the kernels are capped at: the best this CPU and OS "
+        "run, or the one TFQUANT_KERNELS names.");
+  m.def("isa_levels", &k::RunnableIsaLevels,
+        "ISA levels this CPU and OS run, worst first (valid TFQUANT_KERNELS values).");
 }

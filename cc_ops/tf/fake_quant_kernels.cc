@@ -10,20 +10,14 @@
 #include "absl/strings/str_cat.h"
 #include "cc_ops/kernels/fake_quant.h"
 #include "cc_ops/kernels/fake_quant_plan.h"
+#include "cc_ops/tf/op_checks.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/platform/threadpool.h"
 
 namespace tfquant {
+namespace tf_ops {
 namespace {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-
-namespace k = ::tfquant::kernels;
 
 // Attributes, argument checks and the thread-pool runner shared by the
 // forward and the gradient kernels.
@@ -32,58 +26,54 @@ class FakeQuantOpBase : public OpKernel {
   explicit FakeQuantOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     int64_t num_bits = 0;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits));
-    const std::string error = k::CheckNumBits(num_bits);
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+    TFQ_REQUIRE_EMPTY(ctx, k::CheckNumBits(num_bits));
     num_bits_ = static_cast<int>(num_bits);
     OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
     std::string range_gradient;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("range_gradient", &range_gradient));
-    const std::string mode_error =
-        k::ParseRangeGradient(range_gradient, &range_gradient_);
-    OP_REQUIRES(ctx, mode_error.empty(),
-                absl::InvalidArgumentError(mode_error));
+    TFQ_REQUIRE_EMPTY(ctx, k::ParseRangeGradient(range_gradient, &range_gradient_));
   }
 
  protected:
-  // Checks shapes and range values and nudges the ranges. On failure sets
-  // the context status and returns false.
-  bool Prepare(OpKernelContext* ctx, const Tensor& inputs, const Tensor& min,
-               const Tensor& max, k::FakeQuantShape* shape,
-               std::vector<k::NudgedRange>* ranges) const {
+  // What the checked inputs x, min, max give.
+  struct Prepared {
+    k::FakeQuantShape shape;
+    std::vector<k::NudgedRange> ranges;
+  };
+
+  // x, min, max are inputs x_index, x_index + 1, x_index + 2. On failure
+  // sets the context status and returns false.
+  bool Prepare(OpKernelContext* ctx, int x_index, Prepared* p) const {
+    const Tensor& inputs = ctx->input(x_index);
+    const Tensor& min = ctx->input(x_index + 1);
+    const Tensor& max = ctx->input(x_index + 2);
     const auto dims = inputs.shape().dim_sizes();
     const std::vector<int64_t> dims_vec(dims.begin(), dims.end());
     std::string error = k::ResolveFakeQuantShape(
         dims_vec.data(), inputs.dims(), min.dims(), min.NumElements(),
-        max.dims(), max.NumElements(), axis_, shape);
+        max.dims(), max.NumElements(), axis_, &p->shape);
     if (error.empty()) {
       error = k::CheckRangeValues(min.flat<float>().data(),
                                   max.flat<float>().data(), min.NumElements(),
-                                  shape->per_channel);
+                                  p->shape.per_channel);
     }
     if (!error.empty()) {
       ctx->CtxFailure(__FILE__, __LINE__, absl::InvalidArgumentError(error));
       return false;
     }
-    *ranges = k::NudgeRanges(min.flat<float>().data(),
-                             max.flat<float>().data(), min.NumElements(),
-                             num_bits_, narrow_range_);
+    p->ranges = k::NudgeRanges(min.flat<float>().data(),
+                               max.flat<float>().data(), min.NumElements(),
+                               num_bits_, narrow_range_);
     return true;
   }
 
   static k::TileRunner PoolRunner(OpKernelContext* ctx,
                                   const k::FakeQuantPlan& plan) {
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int64_t cost = plan.tile_cost_cycles();
-    return [pool, cost](int64_t num_tiles,
-                        const std::function<void(int64_t, int64_t)>& fn) {
-      if (num_tiles <= 1 || pool == nullptr) {
-        k::RunTilesSerially(num_tiles, fn);
-        return;
-      }
-      pool->ParallelFor(
-          num_tiles,
-          ::tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost), fn);
+    return [ctx, cost](int64_t num_tiles,
+                       const std::function<void(int64_t, int64_t)>& fn) {
+      RunTilesOnPool(ctx, num_tiles, cost, fn);
     };
   }
 
@@ -93,27 +83,25 @@ class FakeQuantOpBase : public OpKernel {
   k::RangeGradient range_gradient_ = k::RangeGradient::kClipped;
 };
 
+// Inputs: x, min, max.
 class FakeQuantOp : public FakeQuantOpBase {
  public:
   using FakeQuantOpBase::FakeQuantOpBase;
 
   void Compute(OpKernelContext* ctx) override {
+    Prepared p;
+    if (!Prepare(ctx, /*x_index=*/0, &p)) return;
     const Tensor& inputs = ctx->input(0);
-    const Tensor& min = ctx->input(1);
-    const Tensor& max = ctx->input(2);
-    k::FakeQuantShape shape;
-    std::vector<k::NudgedRange> ranges;
-    if (!Prepare(ctx, inputs, min, max, &shape, &ranges)) return;
-
     Tensor* outputs = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
                             {0}, 0, inputs.shape(), &outputs));
-    const k::FakeQuantPlan plan(shape, k::SelectFakeQuantKernels());
-    plan.Forward(inputs.flat<float>().data(), ranges.data(),
+    const k::FakeQuantPlan plan(p.shape, k::FakeQuantFamily().selected());
+    plan.Forward(inputs.flat<float>().data(), p.ranges.data(),
                  outputs->flat<float>().data(), PoolRunner(ctx, plan));
   }
 };
 
+// Inputs: dy, x, min, max.
 class FakeQuantGradOp : public FakeQuantOpBase {
  public:
   using FakeQuantOpBase::FakeQuantOpBase;
@@ -121,28 +109,24 @@ class FakeQuantGradOp : public FakeQuantOpBase {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& gradients = ctx->input(0);
     const Tensor& inputs = ctx->input(1);
-    const Tensor& min = ctx->input(2);
-    const Tensor& max = ctx->input(3);
     OP_REQUIRES(ctx, gradients.shape() == inputs.shape(),
                 absl::InvalidArgumentError(
                     absl::StrCat("gradients shape ",
                                  gradients.shape().DebugString(),
                                  " must equal inputs shape ",
                                  inputs.shape().DebugString())));
-    k::FakeQuantShape shape;
-    std::vector<k::NudgedRange> ranges;
-    if (!Prepare(ctx, inputs, min, max, &shape, &ranges)) return;
-
+    Prepared p;
+    if (!Prepare(ctx, /*x_index=*/1, &p)) return;
     Tensor* dx = nullptr;
     Tensor* dmin = nullptr;
     Tensor* dmax = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
                             {0}, 0, inputs.shape(), &dx));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, min.shape(), &dmin));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, max.shape(), &dmax));
-    const k::FakeQuantPlan plan(shape, k::SelectFakeQuantKernels());
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(2).shape(), &dmin));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(3).shape(), &dmax));
+    const k::FakeQuantPlan plan(p.shape, k::FakeQuantFamily().selected());
     plan.Backward(gradients.flat<float>().data(), inputs.flat<float>().data(),
-                  ranges.data(), range_gradient_, dx->flat<float>().data(),
+                  p.ranges.data(), range_gradient_, dx->flat<float>().data(),
                   dmin->flat<float>().data(), dmax->flat<float>().data(),
                   PoolRunner(ctx, plan));
   }
@@ -155,4 +139,5 @@ REGISTER_KERNEL_BUILDER(
     FakeQuantGradOp);
 
 }  // namespace
+}  // namespace tf_ops
 }  // namespace tfquant

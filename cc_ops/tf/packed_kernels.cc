@@ -15,23 +15,17 @@
 #include "absl/status/status.h"
 #include "cc_ops/kernels/packed.h"
 #include "cc_ops/kernels/task_pool.h"
+#include "cc_ops/tf/op_checks.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/threadpool.h"
 
 namespace tfquant {
+namespace tf_ops {
 namespace {
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
 using ::tensorflow::shape_inference::InferenceContext;
-
-namespace k = ::tfquant::kernels;
 
 // One TaskPool per thread count, shared by all op instances and never freed
 // (its threads end with the process). TF's own pool puts idle workers to
@@ -59,12 +53,6 @@ k::TaskPool* SharedTaskPool(int threads) {
   }
   return pool;
 }
-
-#define TFQ_REQUIRE_EMPTY(ctx, expr)                                  \
-  do {                                                                \
-    const std::string _e = (expr);                                    \
-    OP_REQUIRES(ctx, _e.empty(), absl::InvalidArgumentError(_e));     \
-  } while (0)
 
 }  // namespace
 
@@ -119,17 +107,24 @@ float scales (cc_ops/kernels/packed.h).
 
 namespace {
 
-class PackWeightsOp : public OpKernel {
+// The "bits" attribute every packed op has, read and checked.
+class PackedOpBase : public OpKernel {
  public:
-  explicit PackWeightsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit PackedOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
     TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedBits(bits_));
   }
+
+ protected:
+  int bits_ = 4;
+};
+
+class PackWeightsOp : public PackedOpBase {
+ public:
+  using PackedOpBase::PackedOpBase;
   void Compute(OpKernelContext* ctx) override {
     const Tensor& q = ctx->input(0);
-    OP_REQUIRES(ctx, q.dims() == 2,
-                absl::InvalidArgumentError(
-                    "q must be 2-D [K, N]; got shape " + q.shape().DebugString()));
+    TFQ_REQUIRE_EMPTY(ctx, RankError(q, 2, "q must be 2-D [K, N]"));
     const int64_t kk = q.dim_size(0), n = q.dim_size(1);
     TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedDims(kk, n));
     const int32_t* src = q.flat<int32_t>().data();
@@ -151,18 +146,13 @@ class PackWeightsOp : public OpKernel {
     TFQ_REQUIRE_EMPTY(ctx, k::PackWeights(narrow.data(), kk, n, bits_,
                                           out->flat<uint8_t>().data()));
   }
-
- private:
-  int bits_ = 4;
 };
 
-class UnpackWeightsOp : public OpKernel {
+class UnpackWeightsOp : public PackedOpBase {
  public:
-  explicit UnpackWeightsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
+  explicit UnpackWeightsOp(OpKernelConstruction* ctx) : PackedOpBase(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("k", &k_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("n", &n_));
-    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedBits(bits_));
     TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedDims(k_, n_));
   }
   void Compute(OpKernelContext* ctx) override {
@@ -181,18 +171,15 @@ class UnpackWeightsOp : public OpKernel {
   }
 
  private:
-  int bits_ = 4;
   int64_t k_ = 0, n_ = 0;
 };
 
-class PackedMatmulOp : public OpKernel {
+class PackedMatmulOp : public PackedOpBase {
  public:
-  explicit PackedMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
+  explicit PackedMatmulOp(OpKernelConstruction* ctx) : PackedOpBase(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("n", &n_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("group_size", &group_size_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("has_bias", &has_bias_));
-    TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedBits(bits_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -200,12 +187,8 @@ class PackedMatmulOp : public OpKernel {
     const Tensor& packed = ctx->input(1);
     const Tensor& scales = ctx->input(2);
     const Tensor& bias = ctx->input(3);
-    OP_REQUIRES(ctx, x.dims() == 2,
-                absl::InvalidArgumentError("x must be 2-D [M, K]; got shape " +
-                                           x.shape().DebugString()));
-    OP_REQUIRES(ctx, packed.dims() == 1,
-                absl::InvalidArgumentError("packed must be 1-D; got shape " +
-                                           packed.shape().DebugString()));
+    TFQ_REQUIRE_EMPTY(ctx, RankError(x, 2, "x must be 2-D [M, K]"));
+    TFQ_REQUIRE_EMPTY(ctx, RankError(packed, 1, "packed must be 1-D"));
     const int64_t m = x.dim_size(0), kk = x.dim_size(1);
     const auto sd = scales.shape().dim_sizes();
     TFQ_REQUIRE_EMPTY(ctx, k::CheckPackedMatmul(
@@ -242,7 +225,7 @@ class PackedMatmulOp : public OpKernel {
     int8_t* xqp = xq.flat<int8_t>().data();
     float* xsp = xs.flat<float>().data();
     int32_t* xsump = xsum.flat<int32_t>().data();
-    const k::PackedKernelTable& table = k::SelectPackedKernels();
+    const k::PackedKernelTable& table = k::PackedFamily().selected();
     // A few rows quantize in well under a microsecond: no thread hop then.
     const int64_t quantize_chunk =
         m * kk <= (int64_t{1} << 16) ? m : k::CeilDiv(m, threads);
@@ -274,7 +257,6 @@ class PackedMatmulOp : public OpKernel {
   }
 
  private:
-  int bits_ = 4;
   int64_t n_ = 0, group_size_ = 0;
   bool has_bias_ = false;
 };
@@ -287,4 +269,5 @@ REGISTER_KERNEL_BUILDER(
     Name("TfquantPackedMatmul").Device(::tensorflow::DEVICE_CPU), PackedMatmulOp);
 
 }  // namespace
+}  // namespace tf_ops
 }  // namespace tfquant

@@ -7,21 +7,15 @@
 #include "absl/status/status.h"
 #include "cc_ops/kernels/fake_quant_plan.h"
 #include "cc_ops/kernels/stream_floor.h"
+#include "cc_ops/tf/op_checks.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/threadpool.h"
 
 namespace tfquant {
+namespace tf_ops {
 namespace {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-
-namespace k = ::tfquant::kernels;
 
 class StreamFloorOp : public OpKernel {
  public:
@@ -52,14 +46,7 @@ class StreamFloorOp : public OpKernel {
         }
       }
     };
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    if (pool == nullptr || tiles <= 1) {
-      run(0, tiles);
-    } else {
-      pool->ParallelFor(
-          tiles, ::tsl::thread::ThreadPool::SchedulingParams::Adaptive(8 * tile),
-          run);
-    }
+    RunTilesOnPool(ctx, tiles, 8 * tile, run);
   }
 };
 
@@ -84,4 +71,5 @@ REGISTER_KERNEL_BUILDER(
     Name("TfquantStreamFloor").Device(::tensorflow::DEVICE_CPU),
     StreamFloorOp);
 
+}  // namespace tf_ops
 }  // namespace tfquant
