@@ -183,13 +183,17 @@ def test_clear_errors_for_mismatched_inputs(two_in_two_out):
         run_litert(tflite[:100], [a, b])
 
 
-def test_resized_batch_is_used(two_in_two_out):
+def test_any_batch_size_gives_the_outputs_of_single_samples(two_in_two_out):
     _, tflite = two_in_two_out
-    arrays = [np.zeros((50, 4), np.float32), np.zeros((50, 3), np.float32)]
-    probe = litert_runner._make_interpreter(tflite, None)
-    outputs = probe.get_output_details()
-    session, first = litert_runner._start_session(tflite, None, 32, arrays, outputs)
-    assert session.batch == 32 and first[0].shape[0] == 32
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(50, 4)).astype(np.float32),
+              rng.normal(size=(50, 3)).astype(np.float32)]
+    single = run_litert(tflite, arrays, batch_size=1)
+    for batch_size in (32, 50, 64):  # a tail of 18, one whole batch, a batch beyond the data
+        outputs = run_litert(tflite, arrays, batch_size=batch_size)
+        assert [o.shape[0] for o in outputs] == [50, 50]
+        for got, want in zip(outputs, single):
+            np.testing.assert_array_equal(got, want)
 
 
 class FixedBatchReshape(keras.layers.Layer):

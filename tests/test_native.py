@@ -145,8 +145,11 @@ def test_reference_raises_value_error_naming_the_value(args, kwargs, match):
 
 # ---------------------------------------------------------------- loader
 
-def test_check_build_accepts_matching_version():
-    _library.check_build("2.21.0", "2.21.0")
+def test_check_build_accepts_only_the_installed_version():
+    _library.check_build("2.21.0", "2.21.0")  # raises nothing
+    for built_for in ("2.20.0", "2.21.1", None, ""):
+        with pytest.raises(ImportError, match="Rebuild"):
+            _library.check_build(built_for, "2.21.0")
 
 
 def test_check_build_message_for_other_version():

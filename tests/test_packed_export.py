@@ -10,7 +10,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from keras import layers
 
 import tfquant
-from tfquant.export.int2 import (FULLY_CONNECTED, INT2, _builtin_code, pack_int2, unpack_int2,
+from tfquant.export.int2 import (FULLY_CONNECTED, INT2, builtin_code, pack_int2, unpack_int2,
                                   unpack_int4)
 from tfquant.export.packed_keras import PackedConv2D, PackedDense, integer_grid, to_packed_keras
 
@@ -247,7 +247,7 @@ def test_int2_fully_connected_export_keeps_the_numbers():
     # The int32 bias moves to the c-times coarser accumulator step, rounded: LiteRT's
     # builtin INT2 kernel then gives the INT4 kernel's outputs within a step or two of
     # the last layer's int8 output (the hidden layer's rounding carries into it).
-    last = [op for op in m2.subgraphs[0].operators if _builtin_code(m2, op) == FULLY_CONNECTED][-1]
+    last = [op for op in m2.subgraphs[0].operators if builtin_code(m2, op) == FULLY_CONNECTED][-1]
     output_step = float(m2.subgraphs[0].tensors[last.outputs[0]].quantization.scale[0])
     difference = np.abs(builtin_outputs(int2.flatbuffer, x) - builtin_outputs(int4.flatbuffer, x))
     steps_off = np.round(difference / output_step)

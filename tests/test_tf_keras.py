@@ -155,7 +155,7 @@ print(json.dumps({
     "float_type": type(float_model).__module__,
     "qat_type": type(qmodel).__module__,
     "layers": [layer.name for layer in qmodel.layers],
-    "bn_frozen": float(qmodel.get_layer("conv")._bn_frozen.numpy()),
+    "bn_frozen": float(qmodel.get_layer("conv").batch_norm_frozen),
     "bn_moved": float(np.abs(qmodel.get_layer("conv").batch_norm.moving_mean.numpy()
                              - bn_before).max()),
     "float_accuracy": float(float_accuracy),

@@ -44,7 +44,8 @@ def unpack_int2(raw, count):
     return np.where(fields >= 2, fields.astype(np.int16) - 4, fields).astype(np.int8)
 
 
-def _builtin_code(model, op):
+def builtin_code(model, op):
+    """The builtin operator code of `op` in a flatbuffer_utils model object."""
     code = model.operatorCodes[op.opcodeIndex]
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
@@ -69,7 +70,7 @@ def to_int2_fully_connected(flatbuffer):
                 if index >= 0:
                     users[index] = users.get(index, 0) + 1
         for op in subgraph.operators:
-            if _builtin_code(model, op) != FULLY_CONNECTED or len(op.inputs) < 2:
+            if builtin_code(model, op) != FULLY_CONNECTED or len(op.inputs) < 2:
                 continue
             index = op.inputs[1]
             if index < 0 or users.get(index, 0) != 1:
