@@ -3,6 +3,7 @@ tfquant/ (at module level or inside a function) goes to its own floor or one bel
 no set of modules imports itself in a circle."""
 
 import ast
+import re
 import pathlib
 
 import pytest
@@ -122,3 +123,36 @@ def test_the_checks_see_a_cycle_and_an_upward_import():
     graph = {"tfquant.keras.a": {"tfquant.keras.b"}, "tfquant.keras.b": {"tfquant.keras.a"}}
     assert find_cycle(graph) == ["tfquant.keras.a", "tfquant.keras.b", "tfquant.keras.a"]
     assert floor_of("tfquant.keras.config") < floor_of("tfquant.ptq.quantize")
+
+
+def architecture_sections():
+    """The section numbers of docs/ARCHITECTURE.md: "2" for "## 2. …", "3.1" for the
+    first numbered item of section 3."""
+    text = (PACKAGE_DIR.parent / "docs" / "ARCHITECTURE.md").read_text()
+    sections, current = set(), None
+    for line in text.splitlines():
+        heading = re.match(r"## (\d+)\. ", line)
+        item = re.match(r"(\d+)\. \*\*", line)
+        if heading:
+            current = heading.group(1)
+            sections.add(current)
+        elif item and current:
+            sections.add(f"{current}.{item.group(1)}")
+    return sections
+
+
+def test_every_design_citation_resolves_to_the_architecture_page():
+    root = PACKAGE_DIR.parent
+    sources = [p for folder in ("tfquant", "cc_ops", "benchmarks", "examples", "tests")
+               for p in (root / folder).rglob("*") if p.suffix in (".py", ".cc", ".h")]
+    sections = architecture_sections()
+    assert {"1", "2", "3", "3.1", "4"} <= sections
+    unresolved, stale = [], []
+    for path in sources:
+        text = path.read_text(errors="replace")
+        for cited in re.findall(r"ARCHITECTURE\.md ?§\s*(\d+(?:\.\d+)?)", text):
+            if cited not in sections:
+                unresolved.append(f"{path.relative_to(root)}: §{cited}")
+        if path.name != "test_layering.py" and re.search(r"DESIGN\.md|\bdecision \d", text):
+            stale.append(str(path.relative_to(root)))
+    assert unresolved == [] and stale == []
