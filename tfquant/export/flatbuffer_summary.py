@@ -61,6 +61,8 @@ class OperatorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class WeightInfo:
+    """A constant tensor that ops read (a weight, a bias, a lookup table)."""
+
     tensor_index: int
     subgraph_index: int
     type_name: str
@@ -102,6 +104,9 @@ class SignatureInfo:
 
 @dataclasses.dataclass(frozen=True)
 class FlatbufferSummary:
+    """Everything `inspect_flatbuffer` read: the subgraphs (the first is the model's
+    main one) and the signatures."""
+
     size_bytes: int
     version: int
     description: str
