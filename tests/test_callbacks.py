@@ -81,7 +81,7 @@ def test_quantization_delay_outputs_float_but_observes(data):
     np.testing.assert_array_equal(kernel.numpy(), conv.layer.kernel.numpy())
 
 
-def test_freeze_quantizer_ranges(data):
+def test_freeze_quantizer_ranges_stops_range_updates_after_the_steps(data):
     x, y = data
     qmodel = compiled(tfquant.quantize_model(small_model()))
     quant = qmodel.get_layer("gap_quant")
@@ -132,7 +132,7 @@ def test_bit_width_schedule_reinitializes_lsq(data):
         cb.set_num_bits(tfquant.quantizers.SoftQuantizer(2), {}, 3)
 
 
-def test_temperature_and_regularizer_schedules(data):
+def test_temperature_and_regularizer_schedules_step_once_an_epoch(data):
     x, y = data
     qmodel = tfquant.quantize_model(small_model(), tfquant.QuantConfig(
         weight_quantizer="SoftQuantizer", weight_bits=2, first_last_bits=None))

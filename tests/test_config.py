@@ -58,7 +58,7 @@ def test_shortcut_bits_apply_to_add_inputs():
     assert bits["add_relu_quant"] == 2 and bits["gap_quant"] == 2
 
 
-def test_rules_by_name_and_class_in_order():
+def test_rules_match_by_name_and_class_in_order():
     config = tfquant.QuantConfig(
         weight_bits=8,
         rules=[

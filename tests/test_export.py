@@ -67,7 +67,7 @@ def test_int8_export_is_integer_and_agrees_with_keras(trained_qat_model, fashion
     assert abs(litert_accuracy - keras_accuracy) <= 0.01
 
 
-def test_int8_input_and_output(trained_qat_model, fashion_mnist_small):
+def test_int8_input_and_output_export_without_quantize_ops(trained_qat_model, fashion_mnist_small):
     _, qmodel = trained_qat_model
     _, (x_test, _) = fashion_mnist_small
     report = tfquant.export_tflite(qmodel, representative_data=x_test[:200],

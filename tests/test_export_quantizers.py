@@ -94,7 +94,7 @@ def test_activation_quantizers_without_integer_form_are_refused():
         tfquant.export_tflite(qmodel)
 
 
-def test_integer_grid_finder():
+def test_integer_grid_finder_finds_the_finest_exact_grid_or_none():
     levels = np.array([[-1.0, -1 / 3, 1 / 3, 1.0], [0.5, -0.5, 0.0, 0.5]], np.float32).T
     grid = find_integer_grid(levels, axis=-1)
     assert grid.exact and grid.num_bits == 4

@@ -146,7 +146,7 @@ def test_qat_model_without_optimizations_computes_in_float():
     assert {"CONV_2D", "FULLY_CONNECTED"} <= {op.name for op in s.float_compute_ops()}
 
 
-def test_int4_weights_read_from_the_flatbuffer(int4_tflite):
+def test_int4_weights_are_typed_from_the_flatbuffer_and_in_the_report(int4_tflite):
     s = inspect_flatbuffer(int4_tflite)
     conv = _op(s, "CONV_2D")
     kernel = s.main.tensors[conv.inputs[1]]
@@ -170,7 +170,7 @@ def test_int4_weights_read_from_the_flatbuffer(int4_tflite):
     assert repr(report).startswith("ExportReport(") and "\n" not in repr(report)
 
 
-def test_int4_fully_connected_with_static_qdq_mode():
+def test_static_qdq_mode_exports_an_int4_fully_connected_kernel():
     inp = keras.Input((16,))
     x = ActFakeQuant()(inp)
 
@@ -200,7 +200,7 @@ def _rewrite(data, edit):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def test_custom_and_deprecated_operator_codes(float_tflite):
+def test_custom_deprecated_and_extended_operator_codes_are_named(float_tflite):
     ops = schema_fb.BuiltinOperator
     original = [op.name for op in inspect_flatbuffer(float_tflite).main.operators]
     reshape_at = original.index("RESHAPE")
@@ -256,7 +256,7 @@ def test_bad_headers_raise_value_error(data, message):
     assert message in str(info.value)
 
 
-def test_wrong_argument_type():
+def test_a_path_instead_of_bytes_is_a_type_error():
     with pytest.raises(TypeError):
         inspect_flatbuffer("model.tflite")
 

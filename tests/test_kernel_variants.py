@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tfquant import _native
+from fake_quant_inputs import random_inputs, unit_range
 
 # Every variant this machine runs, scalar included (scalar vs scalar is a trivial check,
 # so a scalar-only machine still runs every test).
@@ -97,17 +98,7 @@ def assert_variant_matches_scalar(variant, dy, x, mn, mx, num_bits, narrow, axis
 
 def grid_inputs(rng, shape, lo, hi, num_bits):
     """Uniform around [lo, hi] and many values on rounding ties and range ends."""
-    lo_b, hi_b = np.broadcast_to(lo, shape), np.broadcast_to(hi, shape)
-    width = np.maximum(hi_b - lo_b, 1e-3)
-    x = rng.uniform(lo_b - 0.3 * width, hi_b + 0.3 * width)
-    levels = 2 ** num_bits - 1
-    k = rng.integers(0, levels, size=shape)
-    tie = lo_b + (k + 0.5) * (hi_b - lo_b) / levels
-    pick = rng.random(shape)
-    x = np.where(pick < 0.3, tie, x)
-    x = np.where((pick > 0.95) & (pick < 0.97), lo_b, x)
-    x = np.where(pick > 0.97, hi_b, x)
-    return x.astype(np.float32)
+    return random_inputs(rng, shape, lo, hi, num_bits, ties=0.3, ends=True)
 
 
 def random_ranges(rng, n):
@@ -166,7 +157,7 @@ def test_random_shapes_match_scalar(variant, mode, seed):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("num_bits", [2, 3, 4, 7, 8, 12, 16])
 @pytest.mark.parametrize("narrow", [False, True])
-def test_every_bit_width(variant, mode, num_bits, narrow):
+def test_every_bit_width_matches_scalar(variant, mode, num_bits, narrow):
     rng = np.random.default_rng(num_bits)
     for shape, axis in (((1001,), None), ((13, 37), -1), ((6, 5, 19), 1)):
         if axis is None:
@@ -190,7 +181,7 @@ SPECIALS = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1e30, -1e30, 1e-40, -1e
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape,axis", [((53,), None), ((9, 23), -1), ((9, 23), 0),
                                         ((4, 17, 3), 1), ((200, 33), -1)])
-def test_non_finite_inputs_and_gradients(variant, mode, shape, axis):
+def test_non_finite_inputs_and_gradients_match_scalar(variant, mode, shape, axis):
     rng = np.random.default_rng(17)
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
     flat = x.reshape(-1)
@@ -211,7 +202,7 @@ def test_non_finite_inputs_and_gradients(variant, mode, shape, axis):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", MODES)
-def test_zero_and_degenerate_ranges(variant, mode):
+def test_zero_and_degenerate_ranges_match_scalar(variant, mode):
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((21, 40)) * 2).astype(np.float32)
     x[0, :6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0]
@@ -232,13 +223,9 @@ def test_zero_and_degenerate_ranges(variant, mode):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("shape,axis", [((0,), None), ((3, 0), None), ((3, 0), -1),
                                         ((0, 5), -1), ((0, 5), 0), ((2, 0, 7), 1)])
-def test_empty_tensors(variant, shape, axis):
+def test_empty_tensors_give_empty_outputs_and_zero_range_gradients(variant, shape, axis):
     x = np.zeros(shape, np.float32)
-    if axis is None:
-        mn, mx = np.float32(-1), np.float32(1)
-    else:
-        mn = np.full(shape[axis], -1, np.float32)
-        mx = np.full(shape[axis], 1, np.float32)
+    mn, mx = unit_range(shape, axis)
     for mode in MODES:
         y, dx, dmin, dmax = run(variant, x, x, mn, mx, 8, False, axis, mode)
         assert y.shape == dx.shape == shape
@@ -249,7 +236,7 @@ def test_empty_tensors(variant, shape, axis):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape,axis", [((3, 100_000), -1), ((2, 100_000, 3), 1),
                                         ((100_000, 2), 0)])
-def test_huge_channel_counts(variant, mode, shape, axis):
+def test_huge_channel_counts_match_scalar(variant, mode, shape, axis):
     rng = np.random.default_rng(23)
     mn, mx = random_ranges(rng, shape[axis])
     bshape = [1] * len(shape)
@@ -263,7 +250,7 @@ def test_huge_channel_counts(variant, mode, shape, axis):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape,axis", [((70_001,), None), ((6, 33_000), None), ((3, 40_000), 0),
                                         ((40_000, 3), 1), ((2, 9, 9, 700), -1), ((64, 9, 65), 1)])
-def test_multi_tile_tensors(variant, mode, shape, axis):
+def test_multi_tile_tensors_match_scalar(variant, mode, shape, axis):
     rng = np.random.default_rng(29)
     if axis is None:
         mn, mx, lo, hi = np.float32(-1.3), np.float32(2.1), np.float32(-1.3), np.float32(2.1)

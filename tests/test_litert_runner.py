@@ -107,7 +107,7 @@ def test_int8_input_and_output_are_quantized_and_dequantized(int8_io):
 
 
 @pytest.mark.parametrize("io_type", ["uint8", "int16"])
-def test_uint8_and_int16_io(io_type, int8_io):
+def test_uint8_and_int16_io_models_run_and_match_keras(io_type, int8_io):
     model, _, data = int8_io
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -227,7 +227,7 @@ def test_empty_input_gives_empty_outputs(two_in_two_out):
     assert [o.shape for o in outputs] == [(0, 2), (0, 3)]
 
 
-def test_compare_outputs_statistics():
+def test_compare_outputs_gives_diffs_in_lsb_and_argmax_agreement():
     ref = np.array([[0.0, 1.0, 0.2], [0.5, 0.1, 0.0]], np.float32)
     got = np.array([[0.0, 0.9, 0.2], [0.5, 0.6, 0.0]], np.float32)
     stats = compare_outputs(ref, got, lsb=0.25)

@@ -24,7 +24,7 @@ def cpuinfo_flags():
     raise AssertionError("no flags line in /proc/cpuinfo")
 
 
-def test_cpu_features_keys_and_types():
+def test_cpu_features_has_the_known_keys_with_bool_values():
     features = _native.cpu_features()
     assert set(features) == FEATURE_KEYS
     assert all(isinstance(v, bool) for v in features.values())
@@ -52,7 +52,7 @@ def test_this_machine_reports_avx2_and_avx512f_as_cpuinfo_does():
     assert features["avx512f"] == ("avx512f" in flags)
 
 
-def test_build_info():
+def test_build_info_reports_the_tf_abi_flags_and_kernels_in_use():
     info = _native.build_info()
     assert info["tf_version"] == tf.__version__
     assert info["compiler"] and info["compiler"] != "unknown"

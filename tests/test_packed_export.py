@@ -204,7 +204,7 @@ def test_to_packed_keras_packs_conv2d_and_agrees_with_the_qat_model(bits):
 
 # ------------------------------------------------------------------ INT2 TFLite
 
-def test_int2_packing_round_trip():
+def test_int2_packing_round_trips_and_rejects_out_of_range_values():
     values = np.random.default_rng(0).integers(-2, 2, 37).astype(np.int8)
     raw = pack_int2(values)
     assert raw.size == 10

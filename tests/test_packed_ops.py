@@ -36,7 +36,7 @@ def test_variants_follow_the_cpu():
 
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("k, n", [(1, 1), (7, 3), (8, 16), (33, 17), (64, 50), (100, 129)])
-def test_pack_unpack_identity(bits, k, n):
+def test_unpack_inverts_pack_in_native_and_tf_ops(bits, k, n):
     q = random_q(k, n, bits)
     packed = _native.pack_weights(q, bits)
     assert packed.dtype == np.uint8 and packed.size == packed_ops.packed_size(k, n, bits)
@@ -208,7 +208,7 @@ def test_threaded_gemv_in_graph_mode_and_in_a_forked_child():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
-def test_zero_rows_and_empty_batch():
+def test_zero_inputs_give_zeros_and_an_empty_batch_an_empty_output():
     q = random_q(32, 16, 4)
     packed = _native.pack_weights(q, 4)
     scales = np.ones((1, 16), np.float32)

@@ -18,7 +18,7 @@ def test_percentile_is_numpy_percentile_of_the_sample():
     assert hi == -lo == pytest.approx(np.percentile(np.abs(x), 99.9), rel=1e-6)
 
 
-def test_minmax_and_ema():
+def test_minmax_and_ema_calibrators_give_the_observed_range():
     a, b = np.array([-1.0, 2.0]), np.array([-3.0, 1.0])
     mm, ema = ptq.MinMaxCalibrator(), ptq.EMACalibrator(decay=0.9)
     for batch in (a, b):
@@ -56,7 +56,7 @@ def test_entropy_clips_heavy_tails_but_not_a_uniform():
     assert lo == 0.0 and hi > 0.95
 
 
-def test_weight_clips():
+def test_weight_clip_gives_the_minmax_sawb_and_mse_clips():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((3, 3, 4, 6))
     per_channel = ptq.weight_clip(w, 8, "minmax", axis=-1)

@@ -85,7 +85,7 @@ def test_cle_skips_relu6_chains_unless_converted():
     assert np.abs(np.log(ratio)).max() > 0.01
 
 
-def test_high_bias_absorption():
+def test_high_bias_absorption_lowers_biases_by_beta_minus_3_gamma_keeping_outputs():
     rng = np.random.default_rng(3)
     model = mobile_block_model()
     # Large β, tiny γ: the pre-activations stay above β − 3γ, where absorption is exact.

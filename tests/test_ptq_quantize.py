@@ -68,7 +68,7 @@ def test_data_forms_give_the_same_ranges():
         ptq.quantize(model, None, verbose=0)
 
 
-def test_per_layer_calibrator_choice():
+def test_a_calibrator_per_layer_sets_that_range_and_others_keep_minmax():
     model, x = small_cnn(), _data(128)
     qmodel = ptq.quantize(model, x, calibrator={"relu": ptq.PercentileCalibrator(90.0),
                                                 layers.Dense: "mse"}, verbose=0)
@@ -144,7 +144,7 @@ def test_adaround_loss_decreases_and_the_result_is_hard_rounded():
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)  # on the 4-bit grid
 
 
-def test_data_free_pipeline_on_per_tensor_weights():
+def test_data_free_pipeline_folds_bn_and_tracks_the_float_model():
     model, x = small_cnn(), _data()
     config = tfquant.QuantConfig(per_channel_weights=False)
     qmodel = ptq.quantize(model, x, config=config, data_free=True, verbose=0)

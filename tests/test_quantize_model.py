@@ -214,7 +214,7 @@ def test_unsupported_layers_are_listed_with_the_fix():
     assert qmodel(x).shape == (4, 2)
 
 
-def test_float_layers_by_regex_and_class():
+def test_float_layers_match_by_regex_and_class():
     model = all_layers_model()
     config = tfquant.QuantConfig(float_layers=[r"conv_.*", layers.Dense])
     qmodel = tfquant.quantize_model(model, config)
@@ -223,7 +223,7 @@ def test_float_layers_by_regex_and_class():
     assert isinstance(qmodel.get_layer("conv"), QuantizedConvolution)
 
 
-def test_sequential_and_rejected_models():
+def test_sequential_models_quantize_and_unbuilt_or_subclassed_are_refused():
     sequential = keras.Sequential([keras.Input((6,)), layers.Dense(4), layers.ReLU(),
                                    layers.Dense(2)])
     qmodel = tfquant.quantize_model(sequential)

@@ -112,7 +112,7 @@ def test_gradient_l1_on_quantized_model_matches_nested_tapes(weight_quantizer):
         np.testing.assert_allclose(variable.numpy(), want, rtol=1e-4, atol=1e-6)
 
 
-def test_periodic_penalty_definition_and_zero_on_grid():
+def test_periodic_penalty_follows_its_definition_and_is_zero_on_grid():
     model = dense_model()
     hook = Periodic(2.0, num_bits=4)
     with_hooks(model, [hook])
@@ -141,7 +141,7 @@ def test_periodic_uses_lsq_step():
     np.testing.assert_allclose(float(hook.penalty()), expected, rtol=1e-4)
 
 
-def test_learnable_msqe_term_and_trained_log_weights(data):
+def test_learnable_msqe_term_follows_its_definition_and_log_weights_grow(data):
     x, y = data
     qmodel = tfquant.quantize_model(dense_model(), tfquant.QuantConfig(weight_bits=2,
                                                                        first_last_bits=None))
@@ -160,7 +160,7 @@ def test_learnable_msqe_term_and_trained_log_weights(data):
     assert all(float(a.numpy()) > 0.0 for a in hook.log_weights)
 
 
-def test_prox_quant_soft_threshold_and_hard_freeze():
+def test_prox_quant_soft_thresholds_then_hard_freezes_onto_the_grid():
     qmodel = tfquant.quantize_model(dense_model(), tfquant.QuantConfig(weight_bits=3,
                                                                        first_last_bits=None))
     hook = ProxQuant(strength_per_epoch=0.01)

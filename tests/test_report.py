@@ -24,7 +24,7 @@ def small_model():
     return keras.Model(inputs, layers.Dense(3, name="head")(layers.Flatten()(x)))
 
 
-def test_report_numbers():
+def test_report_rows_give_bits_sqnr_steps_and_activation_ranges():
     x = np.random.default_rng(0).uniform(0, 1, (40, 8, 8, 1)).astype("float32")
     qmodel = tfquant.quantize_model(small_model(), tfquant.QuantConfig(weight_bits=4))
     tfquant.freeze_batch_norm(qmodel)

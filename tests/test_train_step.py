@@ -46,7 +46,7 @@ def test_hooks_compose_in_fit_and_share_variables(data):
     assert "gradient_l1" not in evaluation and "loss" in evaluation
 
 
-def test_distillation_term_definition(data):
+def test_distillation_term_is_alpha_t_squared_times_the_kl(data):
     x, y = data
     teacher, student = conv_model(), conv_model()
     hook = Distillation(teacher, temperature=3.0, alpha=0.7, name="distillation")
@@ -117,7 +117,7 @@ def test_hooked_model_saves_and_loads_without_custom_objects(tmp_path, data):
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
 
 
-def test_two_stage_quantization_weights_first(data):
+def test_two_stage_quantization_enables_weights_then_activations(data):
     x, y = data
     qmodel = tfquant.quantize_model(conv_model())
     qmodel.compile("adam", LOSS)
