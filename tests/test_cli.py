@@ -77,3 +77,29 @@ def test_errors_are_messages_with_exit_codes(tmp_path):
     assert result.returncode == 2 and "-o" in result.stderr
     result = tfquant_command("frobnicate")
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_the_command_keeps_tensorflow_log_lines_out_unless_verbose(tmp_path):
+    inputs = keras.Input((8,))
+    outputs = layers.Dense(3)(layers.Dense(4, activation="relu")(inputs))
+    model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
+    keras.Model(inputs, outputs).save(model_path)
+    np.savez(data_path, x=np.random.rand(16, 8).astype(np.float32))
+    launcher = [sys.executable, os.path.join(ROOT, "tfquant_cli.py")]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def command(*args):
+        return subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    quiet = command("quantize", model_path, "--calib", data_path, "-o",
+                    str(tmp_path / "q.keras"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "wrote" in quiet.stdout and quiet.stderr.strip() == "", quiet.stderr
+    refused = command("export", str(tmp_path / "absent.keras"), "-o", "m.tflite")
+    # tfquant's own message still reaches the terminal, and only it.
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"tfquant export: {tmp_path / 'absent.keras'}: no such file."
+    verbose = command("quantize", model_path, "-o", str(tmp_path / "q2.keras"), "--verbose")
+    # TensorFlow logs as it loads (oneDNN, CUDA drivers): --verbose lets it through.
+    assert verbose.returncode == 0 and verbose.stderr.strip() != ""

@@ -11,19 +11,31 @@ saved quantizer configs.
 """
 
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
 from tfquant.keras.batch_norm import freeze_batch_norm
-from tfquant.keras.config import layer_matches
+from tfquant.keras.config import check_layer_match, layer_matches
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
+from tfquant.ops.arguments import check_bits, check_choice, not_supported
 from tfquant.quantizers.metrics import sqnr_db
 from tfquant.quantizers.soft import SoftQuantizer
+from tfquant.quantizers.uniform import WEIGHT_BITS, FixedRangeQuantizer
 from tfquant.report.tensorboard import write_histogram, write_scalar
-from tfquant.quantizers.uniform import FixedRangeQuantizer
+
+
+def _count(owner, arg, value):
+    """`value` as a non-negative int (None stays None), else ValueError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise not_supported(owner, arg, value, "a whole number ≥ 0")
+    return int(value)
 
 
 class _Scheduled(keras.callbacks.Callback):
@@ -32,12 +44,13 @@ class _Scheduled(keras.callbacks.Callback):
 
     def __init__(self, after_steps=None, after_epochs=None, per="epoch"):
         super().__init__()
+        owner = type(self).__name__
         if after_steps is not None and after_epochs is not None:
-            raise ValueError(f"{type(self).__name__}: give after_steps or after_epochs, "
-                             "not both.")
-        self.after_steps = None if after_steps is None else int(after_steps)
-        self.after_epochs = None if after_epochs is None else int(after_epochs)
-        self.per = "step" if after_steps is not None else per
+            raise ValueError(f"{owner}: give after_steps or after_epochs, not both.")
+        self.after_steps = _count(owner, "after_steps", after_steps)
+        self.after_epochs = _count(owner, "after_epochs", after_epochs)
+        self.per = "step" if after_steps is not None else check_choice(
+            owner, "per", per, ("epoch", "step"))
         self._keras_epoch = 0
 
     def iterations(self):
@@ -151,11 +164,18 @@ class BitWidthSchedule(_Scheduled):
     def __init__(self, schedule, weights=True, activations=False, exclude=(),
                  reinitialize="data", per="epoch"):
         super().__init__(per=per)
-        if not schedule:
-            raise ValueError("BitWidthSchedule: schedule must map epochs to bits.")
-        self.schedule = {int(k): int(v) for k, v in schedule.items()}
+        if not isinstance(schedule, dict) or not schedule:
+            raise ValueError(f"BitWidthSchedule: schedule={schedule!r} is not supported; "
+                             "allowed: a non-empty dict {epoch (or step): bits}.")
+        unit = "step" if self.per == "step" else "epoch"
+        self.schedule = {
+            _count("BitWidthSchedule", f"schedule key ({unit})", k):
+                check_bits("BitWidthSchedule", v, WEIGHT_BITS, arg=f"schedule[{k!r}]")
+            for k, v in schedule.items()}
         self.weights, self.activations = bool(weights), bool(activations)
-        self.exclude = tuple(exclude)
+        self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        for entry in self.exclude:
+            check_layer_match(entry, "BitWidthSchedule: exclude entry")
         if reinitialize not in ("data", "rescale"):
             raise ValueError(f"BitWidthSchedule: reinitialize={reinitialize!r}; allowed: "
                              "'data', 'rescale'.")
@@ -170,8 +190,8 @@ class BitWidthSchedule(_Scheduled):
         targets = []
         for slot in quantizer_slots(self.model, self.weights, self.activations):
             quantizer = slot.quantizer
-            if any(layer_matches(p, slot.layer) for p in self.exclude) or isinstance(quantizer,
-                                                                    FixedRangeQuantizer):
+            excluded = any(layer_matches(p, slot.layer) for p in self.exclude)
+            if excluded or isinstance(quantizer, FixedRangeQuantizer):
                 continue
             if slot.is_weight or quantizer.num_bits < 16:
                 targets.append((quantizer, slot.variables))

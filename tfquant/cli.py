@@ -6,11 +6,13 @@
     tfquant report MODEL.keras --data DATA.npz -o report/ [--config CONFIG.json]
 
 Exit codes: 0 done, 1 the input was refused (message on stderr), 2 usage.
+TensorFlow's log lines are kept out unless --verbose is given.
 """
 
 import json
 import os
 import sys
+import zipfile
 
 from absl import app, flags
 
@@ -24,6 +26,7 @@ flags.DEFINE_bool("int4", False, "Store 2-4-bit weights as INT4 also in models w
                   "activations below 8 bits (export_tflite low_bit_weights='int4'; "
                   "default: int8 there, for a finer int32 bias).")
 flags.DEFINE_integer("calib_batches", 8, "Calibration batches of 32 samples.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's and LiteRT's log lines.")
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -35,8 +38,7 @@ class CommandError(Exception):
 def _load_samples(path):
     import numpy as np
 
-    if not os.path.exists(path):
-        raise CommandError(f"{path}: no such file.")
+    _check_file(path)
     try:
         with np.load(path) as archive:
             if not archive.files:
@@ -51,12 +53,21 @@ def _load_model(path):
 
     import tfquant  # noqa: F401  registers tfquant's layers for loading
 
-    if not os.path.exists(path):
-        raise CommandError(f"{path}: no such file.")
+    _check_file(path)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise CommandError(f"{path} is not a Keras model: a .keras file is a zip archive "
+                           "(written by model.save), and this file is not one.")
     try:
         return keras.models.load_model(path)
-    except (ValueError, OSError, TypeError) as error:
-        raise CommandError(f"{path} could not be loaded as a Keras model: {error}") from None
+    except (ValueError, OSError, TypeError, KeyError) as error:
+        raise CommandError(f"{path} is not a Keras model tfquant can load: {error}") from None
+
+
+def _check_file(path):
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise CommandError(f"{path} is a directory; give a file.")
 
 
 def _load_config(path):
@@ -105,7 +116,13 @@ def quantize(model_path, output):
     qmodel = _quantized(_load_model(model_path))
     if FLAGS.calib:
         _calibrate(qmodel, _load_samples(FLAGS.calib))
-    qmodel.save(output)
+    from tfquant.export.files import replaced_atomically
+
+    if not output.endswith(".keras"):
+        raise CommandError(f"-o {output}: a Keras model is saved as a .keras file; give a "
+                           "path ending in .keras.")
+    with replaced_atomically(output) as temporary:  # a failed save keeps the old file
+        qmodel.save(temporary)
     print(f"wrote {output}")
 
 
@@ -127,8 +144,7 @@ def export(model_path, output):
 def inspect(path):
     import tfquant
 
-    if not os.path.exists(path):
-        raise CommandError(f"{path}: no such file.")
+    _check_file(path)
     with open(path, "rb") as handle:
         data = handle.read()
     try:
@@ -202,13 +218,28 @@ def main(argv):
     if arity == 2 and not FLAGS.o:
         print(f"tfquant {args[0]}: give the output path with -o", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not FLAGS.verbose:
+        _quiet_python_logs()
     try:
         command(positional[0], FLAGS.o) if arity == 2 else command(positional[0])
     except CommandError as error:
         print(f"tfquant {args[0]}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _quiet_python_logs():
+    """TensorFlow's Python-side INFO lines and warnings off (the `tfquant` launcher,
+    tfquant_cli.py, silences the native ones)."""
+    import warnings
+
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)
+    warnings.simplefilter("ignore")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
 
 
 def run():

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import warnings
 
 import numpy as np
@@ -154,9 +155,12 @@ def _convert(model, arrays, input_type, output_type, integer_only):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # Needed for per-channel Dense and Conv2DTranspose kernels (docs/ARCHITECTURE.md §4).
     converter._experimental_qdq_conversion_mode = "STATIC"
-    if integer_only:
+    if integer_only and arrays is not None:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     else:
+        # Without samples the converter takes every range from the model's fake-quant
+        # ops (it refuses TFLITE_BUILTINS_INT8 without a representative dataset); a
+        # tensor left without one comes out float, which `check_integer_ops` reports.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.inference_input_type = input_type
     converter.inference_output_type = output_type
@@ -202,7 +206,8 @@ def check_integer_ops(summary, allow_float=False):
         raise ExportError(
             "These ops came out float although every layer was quantized: "
             + "; ".join(float_ops) + ". Check that the layers before them are trained or "
-            "calibrated, or keep them in float with QuantConfig(float_layers=...)."
+            "calibrated (or give representative_data for tensors without a range), or keep "
+            "them in float with QuantConfig(float_layers=...)."
         )
     return float_ops
 
@@ -224,9 +229,12 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
       model: a model from `tfquant.quantize_model` (trained or calibrated); also a
         tf_keras model that TFMOT's `quantize_apply` made (converted as it is, in a
         process with `TF_USE_LEGACY_KERAS=1`, and verified the same way).
-      path: where to write the flatbuffer (directories are created); None: don't write.
+      path: where to write the flatbuffer (directories are created; the file is written
+        whole through a temporary file, or not at all); None: don't write.
       representative_data: an array (a list of arrays for several inputs) of samples;
         used to verify the export (and by the converter for any tensor without a range).
+        Optional: without it every range comes from the model's quantizers, and the
+        flatbuffer is checked for float ops but not run.
       input_type, output_type: "float32" (quantize/dequantize inside the model), "int8"
         or "uint8".
       batch_size: batch size of the verification runs.
@@ -251,6 +259,9 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
       An `ExportReport`: the flatbuffer bytes, size, ops, weight dtypes read from the
       flatbuffer, max |Keras − LiteRT| in output LSB and the argmax agreement.
     """
+    if path is not None and os.path.isdir(path):
+        raise ValueError(f"path={path!r} is a directory; give the flatbuffer's file path, "
+                         f"e.g. {os.path.join(path, 'model.tflite')!r}.")
     input_type = _io_type(input_type, "input_type")
     output_type = _io_type(output_type, "output_type")
     if low_bit_weights not in ("auto", "int4", "int8"):

@@ -28,7 +28,9 @@ def _check_bits(value, allowed, what, where):
         check_bits(where, value, allowed, arg=what)
 
 
-def _check_match(entry, where):
+def check_layer_match(entry, where):
+    """ValueError naming `where` unless `entry` is a layer name, a valid regular
+    expression or a keras.layers.Layer subclass (what `layer_matches` takes)."""
     if isinstance(entry, str):
         try:
             re.compile(entry)
@@ -109,7 +111,7 @@ class LayerRule:
 
     def __post_init__(self):
         where = f"LayerRule({self.match!r})"
-        _check_match(self.match, where)
+        check_layer_match(self.match, where)
         _check_bits(self.weight_bits, WEIGHT_BITS, "weight_bits", where)
         _check_bits(self.activation_bits, ACTIVATION_BITS, "activation_bits", where)
         for spec in (self.weight_quantizer, self.activation_quantizer):
@@ -303,7 +305,7 @@ class QuantConfig:
         if isinstance(float_layers, (str, type)):
             float_layers = [float_layers]
         for entry in float_layers:
-            _check_match(entry, f"{where}: float_layers entry")
+            check_layer_match(entry, f"{where}: float_layers entry")
         rules = list(rules)
         for rule in rules:
             if not isinstance(rule, LayerRule):
