@@ -27,3 +27,28 @@ def atomic_write(path, data):
     with replaced_atomically(path) as temporary:
         with open(temporary, "wb" if isinstance(data, bytes) else "w") as handle:
             handle.write(data)
+
+
+def pyplot(needed_by):
+    """matplotlib.pyplot with the off-screen backend; an ImportError that says how to get
+    it and that `needed_by` (a phrase: what wanted the plot) needs it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(f"{needed_by} needs matplotlib: `pip install matplotlib` (or "
+                          "`pip install tfquant[plot]`).") from None
+    return plt
+
+
+def save_figure(figure, path):
+    """Writes a matplotlib figure as PNG to `path` (whole or not at all) and closes it."""
+    plt = pyplot("saving a figure")
+    try:
+        figure.tight_layout()
+        with replaced_atomically(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+    finally:
+        plt.close(figure)

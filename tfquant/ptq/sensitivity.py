@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from tfquant.export import files
 from tfquant.keras.config import LayerRule
 from tfquant.keras.kernel_layout import flat_kernel_and_axis, kernel_kind, kernel_names
 from tfquant.quantizers.calibration import symmetric_quantize, weight_clip
@@ -65,16 +66,7 @@ class SensitivityReport:
 
     def plot(self, path):
         """A bar chart (SQNR per layer and bit width) as PNG; needs matplotlib."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError(
-                "SensitivityReport.plot needs matplotlib: `pip install matplotlib` (or "
-                "`pip install tfquant[plot]`); SensitivityReport.table() needs nothing."
-            ) from None
+        plt = files.pyplot("SensitivityReport.plot (SensitivityReport.table() needs nothing)")
         layers = self.layers()
         bits = sorted({row["bits"] for row in self.rows}, reverse=True)
         width = 0.8 / len(bits)
@@ -86,9 +78,7 @@ class SensitivityReport:
         ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("output SQNR (dB), only this layer quantized")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        files.save_figure(fig, path)
         return path
 
 

@@ -2,18 +2,12 @@
 
 import numpy as np
 
+from tfquant.export import files
+
 
 def pyplot():
-    """matplotlib.pyplot with the off-screen backend; ImportError saying how to get it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("the report draws its plots with matplotlib: "
-                          "pip install matplotlib") from None
-    return plt
+    """matplotlib.pyplot; an ImportError saying how to get it."""
+    return files.pyplot("The report")
 
 
 def plot_weight_histogram(row, path):
@@ -39,9 +33,7 @@ def plot_weight_histogram(row, path):
     ax.set_xlabel("weight value")
     ax.set_ylabel("count")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    files.save_figure(fig, path)
 
 
 def plot_sqnr(rows, path):
@@ -57,9 +49,7 @@ def plot_sqnr(rows, path):
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("weight SQNR (dB)")
     ax.set_title("Weight quantization SQNR per layer (BN folded)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    files.save_figure(fig, path)
 
 
 def plot_activation_ranges(rows, path):
@@ -82,6 +72,4 @@ def plot_activation_ranges(rows, path):
     # Below the axes: inside, it would cover the bars of the last layers.
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
               frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    files.save_figure(fig, path)
