@@ -68,24 +68,12 @@ METHODS = [
 
 def float_model(x_train, y_train):
     """The demo CNN trained in float once; cached in out/ so reruns start from it."""
-    import keras
-
+    from benchmark_report import train_float_cached
     from demo_model import build_float_model
 
     path = os.path.join(ROOT, "out", f"accuracy_float_{FLAGS.float_epochs}.weights.h5")
-    model = build_float_model()
-    if os.path.exists(path):
-        model.load_weights(path)
-        return model
-    steps = FLAGS.float_epochs * -(-len(x_train) // FLAGS.batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(3e-3, steps)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.float_epochs,
-              verbose=2)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    model.save_weights(path)
-    return model
+    return train_float_cached(build_float_model(), path, x_train, y_train,
+                              FLAGS.float_epochs, FLAGS.batch_size)
 
 
 def run_method(model, method, data):

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfquant  # noqa: E402
-from benchmark_report import write_section  # noqa: E402
+from benchmark_report import train_float_cached, write_section  # noqa: E402
 from tfquant.export.litert_runner import run_litert  # noqa: E402
 
 CELLS = {"LSTM": keras.layers.LSTM, "GRU": keras.layers.GRU}
@@ -62,22 +62,10 @@ def float_classifier(cell, units, batch_size=None):
 def trained_float(cell, args, x_train, y_train):
     """The float classifier after `args.float_epochs` epochs; cached in out/ (not with
     --quick)."""
-    model = float_classifier(cell, args.units)
     path = os.path.join(ROOT, "out", f"bench_recurrent_{cell.lower()}{args.units}_"
                                      f"{args.float_epochs}.weights.h5")
-    if not args.quick and os.path.exists(path):
-        model.load_weights(path)
-        return model
-    steps = args.float_epochs * -(-len(x_train) // args.batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(3e-3, steps)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.float_epochs,
-              verbose=2)
-    if not args.quick:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        model.save_weights(path)
-    return model
+    return train_float_cached(float_classifier(cell, args.units), path, x_train, y_train,
+                              args.float_epochs, args.batch_size, cache=not args.quick)
 
 
 def float_flatbuffer(model, cell, units):

@@ -1,4 +1,5 @@
-"""Timing helpers and the BENCHMARKS.md writer shared by the benchmark scripts."""
+"""Timing helpers, the cached float training and the BENCHMARKS.md writer shared by the
+benchmark scripts."""
 
 import os
 import platform
@@ -19,6 +20,25 @@ def median_seconds(fn, runs=10, warmup=2):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def train_float_cached(model, path, x_train, y_train, epochs, batch_size, cache=True):
+    """`model` with the float weights cached at `path` (with `cache`), else trained `epochs`
+    epochs (Adam, cosine decay from 3e-3) and, with `cache`, saved there."""
+    import keras
+
+    if cache and os.path.exists(path):
+        model.load_weights(path)
+        return model
+    steps = epochs * -(-len(x_train) // batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(3e-3, steps)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=2)
+    if cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        model.save_weights(path)
+    return model
 
 
 def cpu_name():

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import layers
 
 import tfquant
-from model_zoo import small_conv_model
+from model_zoo import small_conv_data, small_conv_model
 from tfquant import callbacks as cb
 from tfquant.keras import ActivationFakeQuant
 from tfquant.keras.train_step import with_hooks
@@ -20,8 +20,7 @@ def small_model():
 
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(0)
-    return rng.random((48, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 48)
+    return small_conv_data(0, 48)
 
 
 def compiled(model, optimizer="adam"):

@@ -4,6 +4,7 @@ import pytest
 from keras import layers
 
 import tfquant
+from model_zoo import pooled_dense_head
 from tfquant.keras import LayerRule, QuantizedConvolution
 from tfquant.quantizers import MinMaxWeightQuantizer, MovingAverageQuantizer
 
@@ -16,10 +17,7 @@ def residual_model():
     y = layers.BatchNormalization(name="block_bn")(y)
     x = layers.Add(name="add")([x, y])
     x = layers.ReLU(name="add_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(16, activation="relu", name="hidden")(x)
-    outputs = layers.Dense(4, name="head")(x)
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, pooled_dense_head(x, 16, 4))
 
 
 def bits_of(qmodel):

@@ -28,15 +28,10 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tfquant.export.delegate import delegate_stats, load_packed_delegate, packed_interpreter
 
 job = json.loads(sys.argv[1])
-BUILTIN = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+sys.path.insert(0, job["tests"])
+from litert_helpers import run_interpreter as run
 
-def run(interpreter, x):
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+BUILTIN = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 result = {"runs": [], "errors": {}}
 x_all = np.load(job["inputs"])
@@ -69,6 +64,7 @@ print("RESULT" + json.dumps(result))
 
 def run_job(job):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    job = dict(job, tests=os.path.join(ROOT, "tests"))  # where RUNNER finds litert_helpers
     done = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(job)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"subprocess failed ({done.returncode}):\n{done.stderr[-3000:]}"

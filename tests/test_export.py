@@ -9,6 +9,7 @@ import tfquant
 from tfquant.export import ExportError
 from tfquant.export.litert_runner import run_litert
 
+from model_zoo import LOSS, train_float
 from test_quantize_model import all_layers_model, calibrate
 
 
@@ -32,13 +33,9 @@ def demo_like_model():
 @pytest.fixture(scope="module")
 def trained_qat_model(fashion_mnist_small):
     (x_train, y_train), _ = fashion_mnist_small
-    keras.utils.set_random_seed(7)
-    model = demo_like_model()
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    model = train_float(demo_like_model, 7, (x_train, y_train), metrics=["accuracy"])
     qmodel = tfquant.quantize_model(model)
-    qmodel.compile(optimizer=keras.optimizers.Adam(3e-4), loss=loss, metrics=["accuracy"])
+    qmodel.compile(optimizer=keras.optimizers.Adam(3e-4), loss=LOSS, metrics=["accuracy"])
     qmodel.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
     return model, qmodel
 

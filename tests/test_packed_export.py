@@ -10,6 +10,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from keras import layers
 
 import tfquant
+from litert_helpers import run_interpreter
 from tfquant.export.int2 import (FULLY_CONNECTED, INT2, builtin_code, pack_int2, unpack_int2,
                                   unpack_int4)
 from tfquant.export.packed_keras import PackedConv2D, PackedDense, integer_grid, to_packed_keras
@@ -41,12 +42,7 @@ def builtin_outputs(flatbuffer, x):
     interpreter = Interpreter(
         model_content=flatbuffer,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return run_interpreter(interpreter, x)
 
 
 def assert_within_documented_tolerance(packed, qmodel, x):

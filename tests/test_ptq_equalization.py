@@ -4,6 +4,7 @@ import pytest
 from keras import layers
 
 import tfquant
+from model_zoo import pooled_dense_head
 from tfquant import ptq
 
 
@@ -27,10 +28,15 @@ def mobile_block_model():
     x = layers.Conv2D(12, 1, name="c2")(x)
     x = layers.BatchNormalization(name="bn3")(x)
     x = layers.ReLU(name="r3")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(10, activation="relu", name="d1")(x)
-    outputs = layers.Dense(4, name="d2")(x)
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, pooled_dense_head(x, 10, 4, names=("gap", "d1", "d2")))
+
+
+def randomized_model(seed, n=8, **bn_ranges):
+    """mobile_block_model with random BN parameters and statistics, and `n` random inputs."""
+    rng = np.random.default_rng(seed)
+    model = mobile_block_model()
+    _randomize_bn(model, rng, **bn_ranges)
+    return model, rng.normal(size=(n, 10, 10, 3)).astype(np.float32)
 
 
 def _by_name(model):
@@ -42,10 +48,7 @@ def _rel(a, b):
 
 
 def test_fold_batch_norm_keeps_the_function():
-    rng = np.random.default_rng(0)
-    model = mobile_block_model()
-    _randomize_bn(model, rng)
-    x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(0)
     folded = ptq.fold_batch_norm(model)
     assert not any(isinstance(l, layers.BatchNormalization) for l in folded.layers)
     assert _rel(folded(x).numpy(), model(x).numpy()) < 1e-5
@@ -64,10 +67,7 @@ def channel_ranges(layer, side):
 
 
 def test_cross_layer_equalization_equalizes_ranges_and_keeps_outputs():
-    rng = np.random.default_rng(1)
-    model = mobile_block_model()
-    _randomize_bn(model, rng)
-    x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(1)
     reference = ptq.fold_batch_norm(model, relu6_to_relu=True)
     equalized = ptq.cross_layer_equalize(model)
     layers_ = _by_name(equalized)
@@ -96,11 +96,8 @@ def test_cle_skips_relu6_chains_unless_converted():
 
 
 def test_high_bias_absorption_lowers_biases_by_beta_minus_3_gamma_keeping_outputs():
-    rng = np.random.default_rng(3)
-    model = mobile_block_model()
     # Large β, tiny γ: the pre-activations stay above β − 3γ, where absorption is exact.
-    _randomize_bn(model, rng, gamma=(0.01, 0.02), beta=(1.0, 2.0), variance=(100.0, 200.0))
-    x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(3, gamma=(0.01, 0.02), beta=(1.0, 2.0), variance=(100.0, 200.0))
     equalized = ptq.cross_layer_equalize(model)
     absorbed = ptq.absorb_high_bias(equalized)
     before, after = _by_name(equalized), _by_name(absorbed)
@@ -114,10 +111,7 @@ def test_high_bias_absorption_lowers_biases_by_beta_minus_3_gamma_keeping_output
 
 
 def test_weight_factorization_equalizes_output_ranges_and_keeps_outputs():
-    rng = np.random.default_rng(4)
-    model = mobile_block_model()
-    _randomize_bn(model, rng)
-    x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(4)
     reference = ptq.fold_batch_norm(model)
     factored = ptq.factorize_weights(model)
     ranges = channel_ranges(_by_name(factored)["dw"], "out")
@@ -126,10 +120,7 @@ def test_weight_factorization_equalizes_output_ranges_and_keeps_outputs():
 
 
 def test_outlier_channel_splitting_keeps_outputs_and_shrinks_ranges():
-    rng = np.random.default_rng(5)
-    model = mobile_block_model()
-    _randomize_bn(model, rng)
-    x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(5)
     reference = ptq.fold_batch_norm(model)
     split = ptq.split_channels(model, expand_ratio=0.25)
     before, after = _by_name(reference), _by_name(split)
@@ -150,10 +141,7 @@ def test_clipped_normal_mean_matches_sampling():
 
 
 def test_empirical_bias_correction_zeroes_the_mean_output_error():
-    rng = np.random.default_rng(7)
-    model = mobile_block_model()
-    _randomize_bn(model, rng)
-    x = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(7, n=64)
     config = tfquant.QuantConfig(per_channel_weights=False, weight_bits=4, first_last_bits=None)
     reference = model(x).numpy()
     plain = ptq.quantize(model, x, config=config, verbose=0)
@@ -165,10 +153,7 @@ def test_empirical_bias_correction_zeroes_the_mean_output_error():
 
 
 def test_analytic_bias_correction_moves_biases_by_the_expected_error():
-    rng = np.random.default_rng(8)
-    model = mobile_block_model()
-    _randomize_bn(model, rng)
-    x = rng.normal(size=(16, 10, 10, 3)).astype(np.float32)
+    model, x = randomized_model(8, n=16)
     config = tfquant.QuantConfig(per_channel_weights=False, weight_bits=4, first_last_bits=None)
     plain = ptq.quantize(model, x, config=config, data_free=True, bias_correction=False, verbose=0)
     corrected = ptq.quantize(model, x, config=config, data_free=True, verbose=0)

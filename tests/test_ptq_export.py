@@ -7,6 +7,7 @@ import pytest
 from keras import layers
 
 import tfquant
+from model_zoo import train_float
 from tfquant import ptq
 from tfquant.export.litert_runner import run_litert
 
@@ -34,13 +35,7 @@ def inverted_residual_model():
 
 @pytest.fixture(scope="module")
 def trained_float_model(fashion_mnist_small):
-    (x_train, y_train), _ = fashion_mnist_small
-    keras.utils.set_random_seed(11)
-    model = inverted_residual_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
-    return model
+    return train_float(inverted_residual_model, 11, fashion_mnist_small[0])
 
 
 @pytest.mark.parametrize("setting", ["w8a8_percentile", "w8a8_per_tensor_dfq",

@@ -7,14 +7,13 @@ from keras import layers
 import tfquant
 from tfquant import ptq
 from tfquant import LayerRule
+from model_zoo import conv_bn_relu
 from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
 
 
 def small_cnn():
     inputs = keras.Input((12, 12, 1), name="image")
-    x = layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv")(inputs)
-    x = layers.BatchNormalization(name="bn")(x)
-    x = layers.ReLU(name="relu")(x)
+    x = conv_bn_relu(inputs, 6, 3, padding="same")
     x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
     x = layers.ReLU(6.0, name="relu6")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)

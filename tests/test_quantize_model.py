@@ -7,15 +7,14 @@ import tensorflow as tf
 from keras import layers
 
 import tfquant
+from model_zoo import conv_bn_relu, subclassed_model
 from tfquant.keras import ActivationFakeQuant, QuantizedConvolution
 
 
 def all_layers_model():
     """Every layer kind quantize_model supports, in one Functional model."""
     inputs = keras.Input((16, 16, 3), name="image")
-    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(inputs)
-    x = layers.BatchNormalization(name="bn")(x)
-    x = layers.ReLU(name="relu")(x)
+    x = conv_bn_relu(inputs, 8, 3, padding="same")
     y = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
     y = layers.BatchNormalization(name="bn_dw")(y)
     y = layers.ReLU(max_value=6.0, name="relu6")(y)
@@ -232,16 +231,8 @@ def test_sequential_models_quantize_and_unbuilt_or_subclassed_are_refused():
     with pytest.raises(ValueError, match="not built"):
         tfquant.quantize_model(keras.Sequential([layers.Dense(4)]))
 
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
     with pytest.raises(ValueError, match="subclassed model"):
-        tfquant.quantize_model(Subclassed())
+        tfquant.quantize_model(subclassed_model())
     with pytest.raises(ValueError, match="keras.Model"):
         tfquant.quantize_model(layers.Dense(3))
 

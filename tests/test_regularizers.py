@@ -20,6 +20,21 @@ def dense_model():
     return keras.Model(inputs, outputs)
 
 
+def gradient_l1_by_hand(model, x, y, kernels, strength, lr):
+    """GradientL1's term λ·Σ‖∂L/∂W‖₁, the total L + term and the weights one SGD step on
+    the total gives `model`'s trainable weights, computed by hand with nested tapes."""
+    trainable = model.trainable_weights
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            loss = LOSS(y, model(x, training=True))
+        grads = inner.gradient(loss, kernels)
+        term = strength * tf.add_n([tf.reduce_sum(tf.abs(g)) for g in grads])
+        total = loss + term
+    expected = [v.numpy() - lr * g.numpy()
+                for v, g in zip(trainable, outer.gradient(total, trainable))]
+    return term, total, expected
+
+
 @pytest.fixture
 def data():
     rng = np.random.default_rng(1)
@@ -33,14 +48,7 @@ def test_gradient_l1_term_and_update_match_nested_tapes(data):
     start = [v.numpy().copy() for v in model.trainable_weights]
     strength, lr = 0.3, 0.1
     # By hand: L + λ·Σ‖∂L/∂W‖₁ and its gradient, with nested tapes.
-    with tf.GradientTape() as outer:
-        with tf.GradientTape() as inner:
-            loss = LOSS(y, model(x, training=True))
-        grads = inner.gradient(loss, kernels)
-        term = strength * tf.add_n([tf.reduce_sum(tf.abs(g)) for g in grads])
-        total = loss + term
-    expected = [w - lr * g.numpy() for w, g in
-                zip(start, outer.gradient(total, model.trainable_weights))]
+    term, total, expected = gradient_l1_by_hand(model, x, y, kernels, strength, lr)
     hooked = with_hooks(model, [GradientL1(strength, name="gradient_l1")])
     hooked.compile(keras.optimizers.SGD(lr), LOSS)
     logs = hooked.fit(x, y, batch_size=16, epochs=1, verbose=0).history
@@ -85,15 +93,8 @@ def test_gradient_l1_on_quantized_model_matches_nested_tapes(weight_quantizer):
     kernels = [qmodel.get_layer("conv").layer.kernel, qmodel.get_layer("logits").layer.kernel]
     state = [v.numpy().copy() for v in qmodel.weights]
     strength, lr = 0.5, 0.05
-    with tf.GradientTape() as outer:
-        with tf.GradientTape() as inner:
-            loss = LOSS(y, qmodel(x, training=True))
-        grads = inner.gradient(loss, kernels)
-        term = strength * tf.add_n([tf.reduce_sum(tf.abs(g)) for g in grads])
-        total = loss + term
+    term, total, expected = gradient_l1_by_hand(qmodel, x, y, kernels, strength, lr)
     trainable = qmodel.trainable_weights
-    expected = [v.numpy() - lr * g.numpy()
-                for v, g in zip(trainable, outer.gradient(total, trainable))]
     # The second-order part does not vanish (it needs the registered gradient).
     with tf.GradientTape() as outer2:
         with tf.GradientTape() as inner2:

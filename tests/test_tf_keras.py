@@ -7,20 +7,16 @@ workflow on real Fashion-MNIST with tf_keras-built models — quantize_model →
 tfquant callback → export_tflite agreeing with LiteRT, and ptq.quantize → export.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tf_keras
 
 import tfquant
+from legacy_keras_helpers import run_legacy_keras_script
+from model_zoo import subclassed_model
 from tfquant.keras.tf_keras_models import as_keras3
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L = tf_keras.layers
 
 
@@ -80,16 +76,8 @@ def test_what_cannot_be_rebuilt_is_refused_by_name():
     with pytest.raises(ValueError, match=r"'plus_one' \(Lambda\).*Python function"):
         tfquant.quantize_model(lam)
 
-    class Net(tf_keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = L.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
     with pytest.raises(ValueError, match=r"subclassed model \(Net\).*Functional"):
-        tfquant.quantize_model(Net())
+        tfquant.quantize_model(subclassed_model(tf_keras))
     with pytest.raises(ValueError, match=r"an unbuilt Sequential model"):
         tfquant.quantize_model(tf_keras.Sequential([L.Dense(2)]))
 
@@ -171,12 +159,7 @@ print(json.dumps({
 def test_core_workflow_on_tf_keras_models_in_a_legacy_keras_process(tmp_path):
     script = tmp_path / "core_tf_keras.py"
     script.write_text(CORE_UNDER_TF_KERAS)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "examples")]))
-    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, timeout=300,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_legacy_keras_script(script)
     assert report["tf_keras"].startswith("tf_keras")  # tf.keras is Keras 2 here
     assert report["float_type"].startswith("tf_keras")
     assert report["qat_type"].startswith("keras.")  # what the user gets back: Keras 3

@@ -8,14 +8,9 @@
   quantizers (or tfquant's defaults), the others left float; it trains on Fashion-MNIST,
   converts and agrees with LiteRT."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from legacy_keras_helpers import run_legacy_keras_script
 
 SCRIPT = '''import json
 import numpy as np
@@ -167,12 +162,7 @@ def tfmot_interop_report(tmp_path_factory):
     """The JSON the script prints (one subprocess for both tests)."""
     path = tmp_path_factory.mktemp("tfmot") / "interop.py"
     path.write_text(SCRIPT)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "examples")]))
-    result = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env, timeout=300,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_legacy_keras_script(path)
 
 
 def test_tfquant_quantizers_in_a_tfmot_quantize_config(tfmot_interop_report):

@@ -5,7 +5,7 @@ import tensorflow as tf
 from keras import layers
 
 import tfquant
-from model_zoo import small_conv_model
+from model_zoo import small_conv_data, small_conv_model
 from tfquant import callbacks as cb
 from tfquant.keras.distillation import Distillation
 from tfquant.keras.train_step import QuantizedModel, with_hooks
@@ -20,8 +20,7 @@ def conv_model():
 
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(2)
-    return rng.random((32, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 32)
+    return small_conv_data(2, 32)
 
 
 def test_hooks_compose_in_fit_and_share_variables(data):
