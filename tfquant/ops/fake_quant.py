@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfquant.ops import _library
 from tfquant.ops.arguments import check_bits, check_choice
+from tfquant.ops.fake_quant_xla import composed_fake_quant, in_xla_context
 
 _ops = _library.load_op_library()
 
@@ -92,6 +93,10 @@ def fake_quant(x, min, max, num_bits=8, narrow_range=False, axis=None,
         min = tf.cast(min, tf.float32)
         max = tf.cast(max, tf.float32)
         axis_attr = _check_axis(axis, x, min, max)
+        if in_xla_context():
+            y = composed_fake_quant(x, min, max, num_bits, bool(narrow_range), axis_attr,
+                                    range_gradient)
+            return y if out_dtype == tf.float32 else tf.cast(y, out_dtype)
         y = _ops.tfquant_fake_quant(
             x, min, max, num_bits=num_bits, narrow_range=bool(narrow_range), axis=axis_attr,
             range_gradient=range_gradient)
