@@ -33,7 +33,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 
 import tfquant  # noqa: E402
-from bench_training_controls import recalibrate_batch_norm  # noqa: E402
 from benchmark_report import ROOT, write_section  # noqa: E402
 from datasets import load_fashion_mnist  # noqa: E402
 from tfquant.keras.layers import ChannelAffine  # noqa: E402
@@ -209,7 +208,8 @@ def run_model(name, args):
                                        args.batch, not args.quick)
     # After a few epochs BN's moving statistics (momentum up to 0.999 in
     # keras.applications) lag far behind the weights: re-estimated before anything else.
-    recalibrate_batch_norm(model, x_train)
+    # (dropout off while they are: inference runs without it).
+    tfquant.reestimate_batch_norm(model, x_train, batch_size=500, max_batches=20)
     row = {"model": name, "params": model.count_params(), "train_s": train_seconds,
            "recipe": f"{len(x_train)}×{args.epochs}, test {len(x_test)}",
            "float": accuracy(model.predict(x_test, batch_size=256, verbose=0), y_test)}

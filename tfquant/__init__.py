@@ -9,7 +9,13 @@
 from tfquant import ops  # loads the C++ op library first: a clear ImportError if unbuilt
 from tfquant import callbacks, ptq, quantizers, regularizers
 from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
-from tfquant.keras import LayerRule, QuantConfig, freeze_batch_norm, quantize_model
+from tfquant.keras import (
+    LayerRule,
+    QuantConfig,
+    freeze_batch_norm,
+    quantize_model,
+    reestimate_batch_norm,
+)
 from tfquant.keras.distillation import Distillation
 from tfquant.keras.layers import LayerHandler, PassThrough, QuantizedOutput, register_layer_handler
 from tfquant.keras.train_step import with_hooks
@@ -31,6 +37,7 @@ __all__ = [
     "ops",
     "ptq",
     "quantize_model",
+    "reestimate_batch_norm",
     "QuantizedOutput",
     "quantizers",
     "register_layer_handler",

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.keras.activation_fake_quant import ActivationFakeQuant
-from tfquant.keras.batch_norm import freeze_batch_norm
+from tfquant.keras.batch_norm import freeze_batch_norm, reestimate_batch_norm
 from tfquant.keras.config import check_layer_match, layer_matches
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
@@ -29,12 +29,12 @@ from tfquant.quantizers.uniform import WEIGHT_BITS, FixedRangeQuantizer
 from tfquant.report.tensorboard import write_histogram, write_scalar
 
 
-def _count(owner, arg, value):
-    """`value` as a non-negative int (None stays None), else ValueError naming it."""
+def _count(owner, arg, value, minimum=0):
+    """`value` as an int ≥ `minimum` (None stays None), else ValueError naming it."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise not_supported(owner, arg, value, "a whole number ≥ 0")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise not_supported(owner, arg, value, f"a whole number ≥ {minimum}")
     return int(value)
 
 
@@ -92,6 +92,27 @@ class FreezeBatchNorm(_Scheduled):
     def _sync(self):
         if self.due():
             freeze_batch_norm(self.model, True)
+
+
+class ReestimateBatchNorm(keras.callbacks.Callback):
+    """At the end of training (and, with `every_epochs`, after every that many epochs)
+    re-estimates every BatchNormalization's moving statistics from the current weights on
+    `data` (`tfquant.reestimate_batch_norm`; Nagel et al. 2021 §4), so that inference and
+    export use statistics that match the trained weights."""
+
+    def __init__(self, data, every_epochs=None, batch_size=256, max_batches=20):
+        super().__init__()
+        self.data = data
+        self.every_epochs = _count("ReestimateBatchNorm", "every_epochs", every_epochs, 1)
+        self.batch_size = _count("ReestimateBatchNorm", "batch_size", batch_size, 1)
+        self.max_batches = _count("ReestimateBatchNorm", "max_batches", max_batches, 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
+            reestimate_batch_norm(self.model, self.data, self.batch_size, self.max_batches)
+
+    def on_train_end(self, logs=None):
+        reestimate_batch_norm(self.model, self.data, self.batch_size, self.max_batches)
 
 
 class QuantizationDelay(_Scheduled):
