@@ -19,7 +19,7 @@ from ptq_common import accuracy, data, markdown_table, trained_model
 
 import tfquant  # noqa: E402
 from tfquant import ptq  # noqa: E402
-from tfquant.ptq import _sites as sites  # noqa: E402
+from tfquant.keras.kernel_layout import flat_kernel_and_axis  # noqa: E402
 
 
 def folded_range_spread(model):
@@ -27,11 +27,13 @@ def folded_range_spread(model):
     first: a large spread is what makes per-tensor weights lose accuracy."""
     qmodel = tfquant.quantize_model(model)
     spread = []
-    for wrapper in sites.wrappers(qmodel):
-        kernel = sites.folded_kernels(wrapper)["kernel"]
-        kind = wrapper.kernel_layout("kernel")
-        flat = sites.flatten(kernel, kind)
-        ranges = np.abs(np.moveaxis(flat, -1, 0).reshape(flat.shape[-1], -1)).max(1)
+    for wrapper in qmodel.layers:
+        if not isinstance(wrapper, tfquant.keras.QuantizedConvolution):
+            continue
+        kernels, _ = wrapper.folded_kernels_and_bias()
+        flat, axis = flat_kernel_and_axis(kernels["kernel"], wrapper.kernel_layout("kernel"),
+                                          per_channel=True)
+        ranges = np.abs(np.moveaxis(flat, axis, 0).reshape(flat.shape[axis], -1)).max(1)
         spread.append((wrapper.name, float(ranges.max() / max(np.median(ranges), 1e-12))))
     return sorted(spread, key=lambda item: -item[1])
 
