@@ -1,5 +1,6 @@
 """Post-training quantization: calibration, data-free equalization and bias correction,
-outlier channel splitting, AdaRound, sensitivity analysis and mixed precision.
+outlier channel splitting, AdaRound, sensitivity analysis and mixed precision, zero-shot
+calibration data (ZeroQ).
 
     import tfquant
     qmodel = tfquant.ptq.quantize(model, x_calib, calibrator="percentile")
@@ -48,6 +49,7 @@ from tfquant.ptq.sensitivity import (
     mixed_precision,
 )
 from tfquant.ptq.splitting import split_channels
+from tfquant.ptq.zero_shot import distill_calibration_data
 
 __all__ = [
     "ACTIVATION_CALIBRATORS", "WEIGHT_CALIBRATORS", "AdaRoundResult", "Calibrator", "EMACalibrator",
@@ -55,6 +57,7 @@ __all__ = [
     "SensitivityReport", "absorb_high_bias", "adaround_kernel", "adaround_weights",
     "adaround_wrapper", "analytic_bias_correction", "bn_statistics", "calibrate_activations",
     "calibrate_weights", "clipped_normal_mean", "cross_layer_equalize", "dfq",
+    "distill_calibration_data",
     "empirical_bias_correction", "factorize_weights", "float_output_means",
     "fold_batch_norm", "layer_sensitivity", "make_calibrator", "mixed_precision",
     "quantize", "split_channels", "symmetric_quantize", "weight_clip",

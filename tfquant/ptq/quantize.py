@@ -6,10 +6,10 @@ import keras
 import numpy as np
 
 from tfquant.keras.batch_norm import freeze_batch_norm
-from tfquant.keras.tf_keras_models import keras3_model_and_config
 from tfquant.keras.config import QuantConfig
-from tfquant.keras.transform import quantize_model
 from tfquant.keras.kernel_layout import flat_kernel_and_axis
+from tfquant.keras.tf_keras_models import keras3_model_and_config
+from tfquant.keras.transform import quantize_model
 from tfquant.ptq import _sites as s
 from tfquant.ptq.adaround import adaround_wrapper
 from tfquant.ptq.bias_correction import (
@@ -17,8 +17,9 @@ from tfquant.ptq.bias_correction import (
     empirical_bias_correction,
     float_output_means,
 )
-from tfquant.quantizers.calibration import make_calibrator, symmetric_quantize, weight_clip
 from tfquant.ptq.equalization import dfq, fold_batch_norm
+from tfquant.ptq.zero_shot import distill_calibration_data
+from tfquant.quantizers.calibration import make_calibrator, symmetric_quantize, weight_clip
 
 
 def _uses_grid_weights(wrapper):
@@ -138,7 +139,8 @@ def adaround_weights(qmodel, batches, weight_calibrator=None, iterations=2000,
 def quantize(model, calibration_data=None, config=None, calibrator=None,
              weight_calibrator=None, data_free=False, bias_correction=None,
              rounding="nearest", adaround_iterations=2000, relu6_to_relu=True,
-             high_bias_absorption=True, batch_size=32, num_batches=None, verbose=1):
+             high_bias_absorption=True, batch_size=32, num_batches=None, verbose=1,
+             zero_shot=False):
     """Post-training quantization: returns what `tfquant.quantize_model(model, config)`
     returns, with folded BN frozen (`tfquant.freeze_batch_norm`), weights calibrated and
     every activation range set from `calibration_data` — ready for `export_tflite`,
@@ -167,6 +169,9 @@ def quantize(model, calibration_data=None, config=None, calibrator=None,
         512 calibration samples; the activation ranges are calibrated first).
       batch_size: batch size for array data; num_batches: use at most this many batches.
       verbose: 1 shows progress bars.
+      zero_shot: without `calibration_data`: calibrate on inputs distilled from the
+        model's BatchNormalization statistics (`tfquant.ptq.distill_calibration_data`,
+        ZeroQ, 256 samples): post-training quantization with no data at all.
     """
     model, config = keras3_model_and_config(model, config or QuantConfig(), "ptq.quantize")
     if rounding not in ("nearest", "adaround"):
@@ -176,12 +181,18 @@ def quantize(model, calibration_data=None, config=None, calibrator=None,
     if bias_correction not in (False, "analytic", "empirical"):
         raise ValueError(f"bias_correction={bias_correction!r}: use False, 'analytic' or "
                          "'empirical'.")
+    if zero_shot and calibration_data is not None:
+        raise ValueError("tfquant.ptq.quantize: give calibration_data or zero_shot=True, "
+                         "not both.")
+    if zero_shot:
+        calibration_data = distill_calibration_data(model)
     if calibration_data is None:
         raise ValueError(
             "tfquant.ptq.quantize needs calibration_data for the activation ranges (a few "
             "hundred samples suffice); data_free=True only keeps the weight "
             "transformations (equalization, absorption, analytic bias correction) "
-            "data-free.")
+            "data-free; zero_shot=True distills calibration inputs from the BN "
+            "statistics.")
     float_model = dfq(model, relu6_to_relu, high_bias_absorption) if data_free else model
     qmodel = quantize_model(float_model, config)
     freeze_batch_norm(qmodel)
