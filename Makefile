@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.tfquant-installed
 NATIVE_SOURCES := $(shell find cc_ops -name '*.cc' -o -name '*.h') setup.py pyproject.toml
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: demo test bench install data clean
+.PHONY: demo test bench install data clean fuzz
 
 demo: install data
 	$(PY) examples/fashion_mnist.py
@@ -19,6 +19,11 @@ test: install data
 
 bench: install data
 	$(PY) benchmarks/run_all.py
+
+# ASan + UBSan build of the C++ parts in build/sanitized/, then >= 10^5 fuzzed calls and
+# >= 10^4 mutated flatbuffers through the delegate (fuzz/README.md); not part of `test`.
+fuzz: install
+	$(PY) fuzz/run.py --op-cases 10000 --delegate-cases 12000 --json build/fuzz/report.json
 
 install: $(INSTALLED)
 

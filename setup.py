@@ -129,4 +129,7 @@ ext_modules = [
     ),
 ]
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})
+# Guarded so that fuzz/build_sanitized.py can import the lists and flags above
+# (setuptools runs this file as __main__).
+if __name__ == "__main__":
+    setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})

@@ -75,14 +75,30 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   if (in->size < 2 || node.outputs->size != 1) return "not 2-3 inputs and 1 output";
   const int input_index = in->data[0], filter_index = in->data[1];
   const int bias_index = in->size > 2 ? in->data[2] : -1;
-  if (input_index < 0 || filter_index < 0) return "missing input";
+  const int output_index = node.outputs->data[0];
+  // A model may name tensor -1 (optional) or, corrupted, any index: LiteRT does not
+  // check outputs before delegation.
+  auto valid = [context](int i) {
+    return i >= 0 && static_cast<size_t>(i) < context->tensors_size;
+  };
+  if (!valid(input_index) || !valid(filter_index) || !valid(output_index)) {
+    return "missing input or output";
+  }
+  if (bias_index != -1 && !valid(bias_index)) return "bias index out of range";
   const TfLiteTensor& input = context->tensors[input_index];
   const TfLiteTensor& filter = context->tensors[filter_index];
-  const TfLiteTensor& output = context->tensors[node.outputs->data[0]];
+  const TfLiteTensor& output = context->tensors[output_index];
   if (filter.type != kTfLiteInt4 && filter.type != kTfLiteInt2 && filter.type != kTfLiteInt8) {
     return "filter is not INT4, INT2 or int8";
   }
   if (input.type != kTfLiteInt8 || output.type != kTfLiteInt8) return "not int8 in and out";
+  // Outside int8 (a corrupt model) the builtin kernel's int32 arithmetic wraps where
+  // ours does not: leave such nodes to it.
+  for (const TfLiteTensor* t : {&input, &output}) {
+    if (t->params.zero_point < -128 || t->params.zero_point > 127) {
+      return "zero point outside int8";
+    }
+  }
   if (!IsConstant(filter) || filter.dims == nullptr || filter.dims->size != 2) {
     return "filter is not a constant 2-D tensor";
   }
@@ -140,7 +156,7 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
 
   auto kernel = std::make_unique<NodeKernel>();
   kernel->input = input_index;
-  kernel->output = node.outputs->data[0];
+  kernel->output = output_index;
   kernel->keep_num_dims = params->keep_num_dims;
   std::vector<int8_t> q(static_cast<size_t>(n * kdim));
   if (filter.type == kTfLiteInt8) {
@@ -230,6 +246,15 @@ TfLiteStatus KernelInvoke(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteTensor& input = context->tensors[kernel->input];
   TfLiteTensor& output = context->tensors[kernel->output];
   const int64_t m = NumElements(input.dims) / kernel->fc.k;
+  // In a corrupt graph another node may write our output tensor too and resize it after
+  // our Prepare (or leave it unallocated): never touch more than the tensors hold.
+  if (input.data == nullptr || output.data == nullptr ||
+      static_cast<int64_t>(input.bytes) < m * kernel->fc.k ||
+      static_cast<int64_t>(output.bytes) < m * kernel->fc.n) {
+    context->ReportError(context, "tfquant packed delegate: input or output tensor smaller "
+                                  "than its FULLY_CONNECTED needs");
+    return kTfLiteError;
+  }
   try {
     k::RunPackedInt8Fc(kernel->fc, *self->kernels, static_cast<const int8_t*>(input.data), m,
                        static_cast<int8_t*>(output.data), self->pool.get(), &kernel->scratch);

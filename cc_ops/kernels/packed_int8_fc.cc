@@ -56,8 +56,13 @@ int32_t RoundingShiftRight(int32_t x, int exponent) {
                               exponent);
 }
 
+// Saturates to int32: a tiny scale or an extreme zero point (a corrupt model) must not
+// overflow; the callers clamp to int8 anyway.
 int32_t QuantizeToOutput(float value, float scale, int32_t zero_point) {
-  return zero_point + static_cast<int32_t>(std::round(value / scale));
+  const double q = static_cast<double>(zero_point) + std::round(value / scale);
+  if (!(q > -2147483648.0)) return std::numeric_limits<int32_t>::min();  // NaN too
+  if (q > 2147483647.0) return std::numeric_limits<int32_t>::max();
+  return static_cast<int32_t>(q);
 }
 
 std::string Str(double v) { return std::to_string(v); }
@@ -128,6 +133,10 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
     const double real = static_cast<double>(quant.input_scale) *
                         static_cast<double>(filter_scale) /
                         static_cast<double>(quant.output_scale);
+    if (!std::isfinite(real)) {  // a NaN or Inf filter scale: no multiplier exists
+      return "channel " + std::to_string(c) + ": filter scale " + Str(filter_scale) +
+             " gives a multiplier of " + Str(real);
+    }
     QuantizeMultiplier(real, &fc->multiplier[c], &fc->shift[c]);
     if (fc->shift[c] > 30) {  // a left shift of 31+ bits would overflow any accumulator
       return "channel " + std::to_string(c) + ": input_scale * filter_scale / output_scale = " +
