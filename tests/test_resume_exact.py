@@ -156,13 +156,10 @@ def test_killed_mid_epoch_and_resumed_is_bit_identical(runs):
     assert len(straight.files) > 30  # weights, ranges, BN statistics, the hook, Adam
 
 
-@pytest.mark.xfail(strict=True, reason="BitWidthSchedule re-initializes a learned step "
-                   "size again on resume (tfquant/callbacks.py, BitWidthSchedule._sync)")
 def test_learned_step_size_resumed_after_a_bit_width_change_is_bit_identical(runs):
     """LSQ weights: the resumed process builds its quantizers at the model's 8 bits, so
-    BitWidthSchedule sees 8 ≠ 4 at on_train_begin and "changes" them again, resetting
-    the step size the straight run has been learning since epoch 1 (reinitialize=
-    "rescale" would divide it by (2^7−1)/(2^3−1) a second time)."""
+    BitWidthSchedule sees 8 ≠ 4 at on_train_begin; past the scheduled epoch it only sets
+    the widths back, keeping the step size learned at 4 bits since epoch 1."""
     straight, resumed = runs["lsq"]
     assert differing(straight, resumed) == []
 
@@ -179,8 +176,6 @@ def test_a_mid_epoch_backup_replays_the_epoch_from_its_first_batch(runs):
     assert [int(resumed[n]) for n in steps] == [int(straight[n]) + 3 for n in steps] == [21]
 
 
-@pytest.mark.xfail(strict=True, reason="BitWidthSchedule._sync (tfquant/callbacks.py) "
-                   "cannot tell a restored model from one whose bits it must change")
 @pytest.mark.parametrize("reinitialize", ["data", "rescale"])
 def test_bit_width_schedule_restoring_a_backup_keeps_the_learned_step(tmp_path, reinitialize):
     """The resumed process in one: after 2 epochs (bits 8 → 4 at epoch 1, LSQ steps

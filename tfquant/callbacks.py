@@ -223,10 +223,16 @@ class BitWidthSchedule(_Scheduled):
         bits = self.bits_at(position)
         if bits is None:
             return
+        # A learned scale is re-initialized only where the schedule changes the width.
+        # Past that point (a run resumed from BackupAndRestore, which restores weights
+        # but not the Python bit widths) the variables already hold the state learned at
+        # `bits`: only the widths are set again.
+        scheduled_here = position in self.schedule
         changed = False
         for quantizer, variables in self._targets():
             if quantizer.num_bits != bits:
-                set_num_bits(quantizer, variables, bits, self.reinitialize)
+                set_num_bits(quantizer, variables, bits,
+                             self.reinitialize if scheduled_here else None)
                 changed = True
         if changed:
             self.changes.append((position, bits))
@@ -235,13 +241,14 @@ class BitWidthSchedule(_Scheduled):
 
 def set_num_bits(quantizer, variables, bits, reinitialize="data"):
     """Changes `quantizer`'s bit width in place (its Python state is rebuilt from its
-    config, its per-build bookkeeping kept) and re-initializes its learned scale."""
+    config, its per-build bookkeeping kept) and re-initializes its learned scale
+    (`reinitialize`: "data", "rescale", or None to keep the variables as they are)."""
     old = quantizer.num_bits
     try:
         quantizer.set_num_bits(bits)
     except ValueError as error:
         raise ValueError(f"BitWidthSchedule: {error}") from None
-    if "step" in variables and "initialized" in variables:
+    if reinitialize is not None and "step" in variables and "initialized" in variables:
         if reinitialize == "data":
             variables["initialized"].assign(0.0)
         else:
