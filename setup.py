@@ -101,24 +101,19 @@ class BuildExt(build_ext):
 if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
     ISA_FLAGS.clear()  # x86 flags would break ARM builds
 
+def kernel_library(extension_class, name, entry_sources, flags, **kwargs):
+    """An extension of the files `entry_sources` over all the kernels, which records the
+    build info (INFO_MACROS)."""
+    return extension_class(name, sources=sources(entry_sources) + KERNEL_SOURCES,
+                           include_dirs=[ROOT], define_macros=INFO_MACROS,
+                           extra_compile_args=flags + COMMON_FLAGS, **kwargs)
+
+
 ext_modules = [
-    Extension(
-        "tfquant._tfquant_ops",
-        sources=sources("cc_ops/tf/*.cc") + KERNEL_SOURCES,
-        include_dirs=[ROOT],
-        define_macros=INFO_MACROS,
-        extra_compile_args=TF_COMPILE_FLAGS + COMMON_FLAGS,
-        extra_link_args=TF_LINK_FLAGS,
-        language="c++",
-    ),
-    Pybind11Extension(
-        "tfquant._native",
-        sources=sources("cc_ops/python/*.cc") + KERNEL_SOURCES,
-        include_dirs=[ROOT],
-        define_macros=INFO_MACROS,
-        extra_compile_args=ABI_FLAGS + COMMON_FLAGS,
-        cxx_std=17,
-    ),
+    kernel_library(Extension, "tfquant._tfquant_ops", "cc_ops/tf/*.cc", TF_COMPILE_FLAGS,
+                   extra_link_args=TF_LINK_FLAGS, language="c++"),
+    kernel_library(Pybind11Extension, "tfquant._native", "cc_ops/python/*.cc", ABI_FLAGS,
+                   cxx_std=17),
     Extension(
         "tfquant._tfquant_delegate",
         sources=sources("cc_ops/delegate/*.cc") + PACKED_KERNEL_SOURCES,
