@@ -4,13 +4,13 @@ import keras
 import tensorflow as tf
 
 from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
-from tfquant.keras.slots import QuantizerSlot
-from tfquant.quantizers.base import deserialize_quantizer, is_exporting, serialize_quantizer
+from tfquant.keras.slots import OneQuantizerLayer
+from tfquant.quantizers.base import deserialize_quantizer, is_exporting
 from tfquant.quantizers.uniform import MovingAverageQuantizer
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
-class ActivationFakeQuant(keras.layers.Layer):
+class ActivationFakeQuant(OneQuantizerLayer, keras.layers.Layer):
     """Applies an activation quantizer to its input.
 
     `quantize_model` puts one on every model input and after every layer whose output
@@ -70,12 +70,8 @@ class ActivationFakeQuant(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def quantizer_slots(self):
-        return [QuantizerSlot(self, "quantizer", "activation", self.quantizer_variables)]
-
     def get_config(self):
         config = super().get_config()
-        config["quantizer"] = serialize_quantizer(self.quantizer)
         config["quantize_switch"] = self.quantize_switch
         return config
 

@@ -4,6 +4,8 @@ export, the report, the regularizers) goes through `quantizer_slots(model)`."""
 
 import dataclasses
 
+from tfquant.quantizers.base import serialize_quantizer
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantizerSlot:
@@ -49,3 +51,23 @@ def quantizer_slots(model, weights=True, activations=True):
             continue
         slots.extend(slot for slot in method() if (weights if slot.is_weight else activations))
     return slots
+
+
+class OneQuantizerLayer:
+    """Mixin for a Keras layer with one quantizer: the class names the attribute that
+    holds it (`QUANTIZER`), the attribute that holds its variables (`QUANTIZER_VARIABLES`)
+    and its role (`QUANTIZER_ROLE`); the mixin lists its slot and writes the quantizer
+    into the layer's config under its attribute's name (the `__init__` argument)."""
+
+    QUANTIZER = "quantizer"
+    QUANTIZER_VARIABLES = "quantizer_variables"
+    QUANTIZER_ROLE = "activation"
+
+    def quantizer_slots(self):
+        return [QuantizerSlot(self, self.QUANTIZER, self.QUANTIZER_ROLE,
+                              getattr(self, self.QUANTIZER_VARIABLES))]
+
+    def get_config(self):
+        config = super().get_config()
+        config[self.QUANTIZER] = serialize_quantizer(getattr(self, self.QUANTIZER))
+        return config

@@ -10,12 +10,12 @@ from keras import ops
 
 from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
 from tfquant.keras.quantized_convolution import batch_moments
-from tfquant.keras.slots import QuantizerSlot
-from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
+from tfquant.keras.slots import OneQuantizerLayer
+from tfquant.quantizers.base import deserialize_quantizer
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
-class QuantizedBatchNormalization(keras.layers.Wrapper):
+class QuantizedBatchNormalization(OneQuantizerLayer, keras.layers.Wrapper):
     """`q(x·a) + b` over the last axis.
 
     In training (a trainable BatchNormalization) `a` and `b` come from the batch
@@ -26,6 +26,10 @@ class QuantizedBatchNormalization(keras.layers.Wrapper):
       layer: the float `keras.layers.BatchNormalization` (over the last axis).
       intermediate_quantizer: the quantizer of `x·a`.
     """
+
+    QUANTIZER = "intermediate_quantizer"
+    QUANTIZER_VARIABLES = "intermediate_variables"
+    QUANTIZER_ROLE = "intermediate"
 
     def __init__(self, layer, intermediate_quantizer, **kwargs):
         if not isinstance(layer, keras.layers.BatchNormalization):
@@ -73,11 +77,3 @@ class QuantizedBatchNormalization(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def quantizer_slots(self):
-        return [QuantizerSlot(self, "intermediate_quantizer", "intermediate",
-                              self.intermediate_variables)]
-
-    def get_config(self):
-        config = super().get_config()
-        config["intermediate_quantizer"] = serialize_quantizer(self.intermediate_quantizer)
-        return config

@@ -8,13 +8,13 @@ from keras import ops
 
 from tfquant.keras.dtypes import float32_math, to_compute_dtype
 from tfquant.keras.layers.registry import LayerHandler, register_layer_handler
-from tfquant.keras.slots import QuantizerSlot
-from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
+from tfquant.keras.slots import OneQuantizerLayer
+from tfquant.quantizers.base import deserialize_quantizer
 from tfquant.quantizers.uniform import MinMaxWeightQuantizer
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
-class QuantizedEmbedding(keras.layers.Wrapper):
+class QuantizedEmbedding(OneQuantizerLayer, keras.layers.Wrapper):
     """An `Embedding` whose table is fake-quantized in every call.
 
     Args:
@@ -22,6 +22,10 @@ class QuantizedEmbedding(keras.layers.Wrapper):
       weight_quantizer: the table's quantizer; default 8-bit per-tensor
         `MinMaxWeightQuantizer` (a GATHER output has one scale, the table's).
     """
+
+    QUANTIZER = "weight_quantizer"
+    QUANTIZER_VARIABLES = "table_variables"
+    QUANTIZER_ROLE = "weights:embeddings"
 
     def __init__(self, layer, weight_quantizer=None, **kwargs):
         if not isinstance(layer, keras.layers.Embedding):
@@ -55,14 +59,6 @@ class QuantizedEmbedding(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def quantizer_slots(self):
-        return [QuantizerSlot(self, "weight_quantizer", "weights:embeddings",
-                              self.table_variables)]
-
-    def get_config(self):
-        config = super().get_config()
-        config["weight_quantizer"] = serialize_quantizer(self.weight_quantizer)
-        return config
 
 
 class EmbeddingHandler(LayerHandler):
