@@ -38,7 +38,7 @@ class ActivationFakeQuant(OneQuantizerLayer, keras.layers.Layer):
         self.quantizer_variables = {}
 
     def build(self, input_shape):
-        self.quantizer_variables = self.quantizer.build(input_shape, "activation", self)
+        self.build_quantizer(input_shape, "activation")
         if self.quantize_switch:
             self._make_switches()
         self.built = True

@@ -63,6 +63,15 @@ class OneQuantizerLayer:
     QUANTIZER_VARIABLES = "quantizer_variables"
     QUANTIZER_ROLE = "activation"
 
+    def build_quantizer(self, tensor_shape, name):
+        """Builds the quantizer's variables for a tensor of `tensor_shape` (after the
+        wrapped layer, if this layer wraps one and it is not built yet)."""
+        wrapped = getattr(self, "layer", None)
+        if wrapped is not None and not wrapped.built:
+            wrapped.build(tensor_shape)
+        variables = getattr(self, self.QUANTIZER).build(tensor_shape, name, self)
+        setattr(self, self.QUANTIZER_VARIABLES, variables)
+
     def quantizer_slots(self):
         return [QuantizerSlot(self, self.QUANTIZER, self.QUANTIZER_ROLE,
                               getattr(self, self.QUANTIZER_VARIABLES))]

@@ -43,10 +43,7 @@ class QuantizedBatchNormalization(OneQuantizerLayer, keras.layers.Wrapper):
                              "intermediate_quantizer.")
 
     def build(self, input_shape):
-        if not self.layer.built:
-            self.layer.build(input_shape)
-        self.intermediate_variables = self.intermediate_quantizer.build(
-            input_shape, "intermediate", self)
+        self.build_quantizer(input_shape, "intermediate")
         self.built = True
 
     def call(self, inputs, training=None, mask=None):

@@ -45,8 +45,7 @@ class QuantizedEmbedding(OneQuantizerLayer, keras.layers.Wrapper):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self.table_variables = self.weight_quantizer.build(
-            tuple(self.layer.embeddings.shape), "embeddings", self)
+        self.build_quantizer(tuple(self.layer.embeddings.shape), "embeddings")
         self.built = True
 
     def call(self, inputs, training=None):
