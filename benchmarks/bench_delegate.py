@@ -42,6 +42,7 @@ from benchmark_report import median_seconds, write_section  # noqa: E402
 
 import tfquant  # noqa: E402
 from tfquant.export import delegate_stats, load_packed_delegate  # noqa: E402
+from tfquant.export.delegate import XNNPACK_INT4_MIN_WEIGHTS  # noqa: E402
 
 THREADS = 2
 
@@ -119,7 +120,10 @@ def interpreter_case(flatbuffer, x, variant):
     if "XNNPACK" not in variant:
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if variant.startswith("delegate"):
-        delegate = load_packed_delegate(num_threads=THREADS)
+        # As packed_interpreter does: with XNNPACK behind it, small INT4 layers stay there.
+        delegate = load_packed_delegate(
+            num_threads=THREADS,
+            min_int4_weights=XNNPACK_INT4_MIN_WEIGHTS if "XNNPACK" in variant else 0)
         kwargs["experimental_delegates"] = [delegate]
     interpreter = Interpreter(model_content=flatbuffer, **kwargs)
     detail = interpreter.get_input_details()[0]
@@ -163,7 +167,7 @@ def main():
             outputs[variant] = output()
             if delegate is not None:
                 stats = delegate_stats(delegate)
-                claimed[(name, bits)] = stats["claimed_nodes"]
+                claimed[(name, bits, variant)] = stats["claimed_nodes"]
                 kernels.add(stats["kernels"])
         assert np.array_equal(outputs["delegate"], outputs["builtin"]), (name, bits)
 
@@ -177,15 +181,20 @@ def main():
     body = [f"Delegate kernels: `{', '.join(sorted(kernels))}`; {THREADS} threads everywhere. "
             "Times in ms (median of invoke()); × builtin = builtin / delegate, × XNNPACK = "
             "XNNPACK / delegate+XNNPACK. Delegate outputs are bit-exact with the builtin "
-            "kernels on every row (checked by the script).", "",
-            "| workload | weights | FC nodes claimed | builtin ms | delegate ms | × builtin "
+            "kernels on every row (checked by the script). With XNNPACK behind it the "
+            "delegate leaves INT4 layers below XNNPACK_INT4_MIN_WEIGHTS "
+            f"({XNNPACK_INT4_MIN_WEIGHTS / 2**20:.0f}M weights) to XNNPACK, as "
+            "`packed_interpreter` does (tfquant/export/delegate.py).", "",
+            "| workload | weights | FC nodes claimed (alone / with XNNPACK) | builtin ms | delegate ms | × builtin "
             "| XNNPACK ms | delegate+XNNPACK ms | × XNNPACK |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     # (stock variant, delegate variant) pairs compared.
     pairs = (("builtin", "delegate"), ("XNNPACK", "delegate+XNNPACK"))
     for name, bits, _, _ in workloads:
         t = {v: best[(name, bits, v)] * 1e3 for v in variants}
-        body.append(f"| {name} | {'INT4' if bits == 4 else 'INT2'} | {claimed[(name, bits)]} "
+        body.append(f"| {name} | {'INT4' if bits == 4 else 'INT2'} | "
+                    f"{claimed[(name, bits, 'delegate')]} / "
+                    f"{claimed[(name, bits, 'delegate+XNNPACK')]} "
                     f"| {t['builtin']:.3f} | {t['delegate']:.3f} | "
                     f"{t['builtin'] / t['delegate']:.2f} | {t['XNNPACK']:.3f} | "
                     f"{t['delegate+XNNPACK']:.3f} | {t['XNNPACK'] / t['delegate+XNNPACK']:.2f} |")

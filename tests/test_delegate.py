@@ -255,7 +255,8 @@ def test_native_option_errors_reach_python_without_a_crash():
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("ERROR", "LOADED"))]
     assert lines == [
         "ERROR tfquant packed delegate: num_threads='many' is not allowed; give an integer 1..256",
-        "ERROR tfquant packed delegate: unknown option 'threads'; allowed: num_threads, kernels",
+        "ERROR tfquant packed delegate: unknown option 'threads'; allowed: num_threads, kernels, "
+        "min_int4_weights",
         "ERROR tfquant packed delegate: kernels='avx9' cannot run here; allowed: auto, "
         + ", ".join(_native.packed_kernel_variants()),
     ]
@@ -272,3 +273,43 @@ def test_python_helpers_reject_what_they_cannot_use():
     with pytest.raises(ValueError, match=r"num_threads=True .* 1\.\.256"):
         load_packed_delegate(num_threads=True)
     assert os.path.exists(tfquant.export.delegate.delegate_path())
+
+
+XNNPACK_RUNNER = r"""
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from tfquant.export.delegate import delegate_stats, load_packed_delegate, packed_interpreter
+
+job = json.loads(sys.argv[1])
+sys.path.insert(0, job["tests"])
+from litert_helpers import run_interpreter as run
+
+x = np.load(job["inputs"])[:8]
+result = {}
+for name, model in job["models"].items():
+    interpreter = packed_interpreter(model, num_threads=2)  # XNNPACK behind the delegate
+    got = run(interpreter, x)
+    result[name] = {"claimed": delegate_stats(interpreter.packed_delegate)["claimed_nodes"],
+                    "equal": bool(np.array_equal(got, run(Interpreter(model_path=model), x)))}
+try:
+    load_packed_delegate(min_int4_weights=-1)
+except ValueError as error:
+    result["error"] = str(error)
+print("RESULT" + json.dumps(result))
+"""
+
+
+def test_with_xnnpack_small_int4_layers_stay_with_xnnpack_and_int2_ones_are_claimed(exported):
+    # XNNPACK's INT4 kernel beats the delegate's below XNNPACK_INT4_MIN_WEIGHTS (the MLP's
+    # layers are far below); it has no INT2 kernel, so INT2 layers are always claimed.
+    job = {"models": {"int4": exported[4], "int2": exported[2]},
+           "inputs": exported["inputs"], "tests": os.path.join(ROOT, "tests")}
+    done = subprocess.run([sys.executable, "-c", XNNPACK_RUNNER, json.dumps(job)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")][-1][6:])
+    assert result["int4"] == {"claimed": 0, "equal": True}
+    assert result["int2"]["claimed"] == 3
+    assert "min_int4_weights=-1 is not allowed" in result["error"]

@@ -7,6 +7,9 @@
 // of tensorflow/lite/delegates/external). Options:
 //   num_threads  1..256, default std::thread::hardware_concurrency()
 //   kernels      auto | scalar | avx2 | avx512vnni (what this CPU runs)
+//   min_int4_weights  INT4 (and int8-held 4-bit) filters with fewer weights are left
+//                to the interpreter: XNNPACK's INT4 kernel is faster there (measured,
+//                docs/ARCHITECTURE.md §4); default 0 (claim every one)
 // Everything else in the graph stays with the builtin kernels.
 
 #include <algorithm>
@@ -46,6 +49,7 @@ struct NodeKernel {
 struct PackedDelegate {
   TfLiteDelegate base;  // first: the interpreter holds &base
   int num_threads = 1;
+  int64_t min_int4_weights = 0;
   std::unique_ptr<k::TaskPool> pool;
   const k::PackedKernelTable* kernels = nullptr;
   std::atomic<int64_t> claimed{0};
@@ -70,7 +74,7 @@ bool IsConstant(const TfLiteTensor& t) {
 
 // Builds the kernel of node `node` if we run it exactly; else returns why not.
 std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
-                            std::unique_ptr<NodeKernel>* out) {
+                            int64_t min_int4_weights, std::unique_ptr<NodeKernel>* out) {
   const TfLiteIntArray* in = node.inputs;
   if (in->size < 2 || node.outputs->size != 1) return "not 2-3 inputs and 1 output";
   const int input_index = in->data[0], filter_index = in->data[1];
@@ -119,6 +123,7 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   } else if (static_cast<int64_t>(filter.bytes) * (8 / bits) < n * kdim) {
     return "filter too short";
   }
+  if (bits == 4 && n * kdim < min_int4_weights) return "INT4 filter below min_int4_weights";
   const auto* params = static_cast<const TfLiteFullyConnectedParams*>(node.builtin_data);
   if (params == nullptr || params->weights_format != 0) return "not the default weights format";
   if (params->activation < kTfLiteActNone || params->activation > kTfLiteActRelu6) {
@@ -300,7 +305,7 @@ TfLiteStatus DelegatePrepare(TfLiteContext* context, TfLiteDelegate* base) {
     }
     if (reg->builtin_code != kBuiltinFullyConnected) continue;
     std::unique_ptr<NodeKernel> kernel;
-    if (!BuildNodeKernel(context, *node, &kernel).empty()) continue;
+    if (!BuildNodeKernel(context, *node, self->min_int4_weights, &kernel).empty()) continue;
     {
       std::lock_guard<std::mutex> lock(self->mutex);
       self->pending[{context, node_index}] = std::move(kernel);
@@ -345,8 +350,15 @@ std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegat
         }
         return "kernels='" + value + "' cannot run here; allowed: " + allowed;
       }
+    } else if (key == "min_int4_weights") {
+      char* end = nullptr;
+      const long long v = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || v < 0) {
+        return "min_int4_weights='" + value + "' is not allowed; give an integer >= 0";
+      }
+      self->min_int4_weights = static_cast<int64_t>(v);
     } else {
-      return "unknown option '" + key + "'; allowed: num_threads, kernels";
+      return "unknown option '" + key + "'; allowed: num_threads, kernels, min_int4_weights";
     }
   }
   return "";

@@ -22,6 +22,12 @@ import os
 
 KERNEL_CHOICES = ("auto", "scalar", "avx2", "avx512vnni")
 MAX_THREADS = 256
+# With XNNPACK behind the delegate, an INT4 FULLY_CONNECTED below this many weights is
+# left to XNNPACK's INT4 kernel, which is faster there: at 2 threads (AVX-512 VNNI) the
+# delegate ran a 4096×4096 INT4 layer (16.8M weights) at 0.89–0.93× XNNPACK's speed and
+# the demo CNN's head at 0.90×, a 4096×11008 one (45M) at 1.16–1.76× (BENCHMARKS.md,
+# "LiteRT delegate vs stock LiteRT"). INT2 has no XNNPACK kernel: always claimed.
+XNNPACK_INT4_MIN_WEIGHTS = 1 << 25
 
 
 def delegate_path():
@@ -35,13 +41,16 @@ def delegate_path():
     return found[0]
 
 
-def load_packed_delegate(num_threads=None, kernels="auto"):
+def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0):
     """The delegate as an `ai_edge_litert` Delegate, for `experimental_delegates=[...]`.
 
     Args:
       num_threads: threads per FULLY_CONNECTED, 1..256; None: the CPU count.
       kernels: packed kernel variant, one of KERNEL_CHOICES ("auto": the best this CPU
         runs); a variant this CPU cannot run is an error.
+      min_int4_weights: INT4 filters with fewer weights (N·K) are left to the
+        interpreter's kernels; 0 claims every one. With XNNPACK (the interpreter's
+        default) `XNNPACK_INT4_MIN_WEIGHTS` is where the delegate starts to win.
     """
     options = {}
     if num_threads is not None:
@@ -53,6 +62,11 @@ def load_packed_delegate(num_threads=None, kernels="auto"):
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels={kernels!r} is not allowed; allowed: {', '.join(KERNEL_CHOICES)}")
     options["kernels"] = kernels
+    if isinstance(min_int4_weights, bool) or not isinstance(min_int4_weights, int) or \
+            min_int4_weights < 0:
+        raise ValueError(f"min_int4_weights={min_int4_weights!r} is not allowed; give an "
+                         "int ≥ 0")
+    options["min_int4_weights"] = min_int4_weights
     from ai_edge_litert.interpreter import load_delegate  # only when used, as elsewhere
 
     return load_delegate(delegate_path(), options)
@@ -86,13 +100,19 @@ def packed_interpreter(model, num_threads=None, kernels="auto", **interpreter_kw
     """A LiteRT `Interpreter` for `model` (a path or the flatbuffer bytes) with the delegate.
 
     The delegate is kept on the interpreter as `interpreter.packed_delegate` (see
-    `delegate_stats`). Extra keyword arguments go to `Interpreter`.
+    `delegate_stats`). Extra keyword arguments go to `Interpreter`. When the interpreter
+    uses its default delegates (XNNPACK), INT4 layers below `XNNPACK_INT4_MIN_WEIGHTS`
+    weights are left to XNNPACK, so the delegate never makes a model slower.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     if not isinstance(model, (bytes, bytearray, str, os.PathLike)):
         raise TypeError(f"model must be a path or flatbuffer bytes, got {type(model).__name__}")
-    delegate = load_packed_delegate(num_threads=num_threads, kernels=kernels)
+    builtin_only = interpreter_kwargs.get("experimental_op_resolver_type") in (
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.BUILTIN_REF)
+    delegate = load_packed_delegate(
+        num_threads=num_threads, kernels=kernels,
+        min_int4_weights=0 if builtin_only else XNNPACK_INT4_MIN_WEIGHTS)
     if isinstance(model, (bytes, bytearray)):
         interpreter = Interpreter(model_content=bytes(model), experimental_delegates=[delegate],
                                   **interpreter_kwargs)
