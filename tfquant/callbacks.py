@@ -11,8 +11,6 @@ saved quantizer configs.
 """
 
 
-import numbers
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -22,20 +20,11 @@ from tfquant.keras.batch_norm import freeze_batch_norm, reestimate_batch_norm
 from tfquant.keras.config import check_layer_match, layer_matches
 from tfquant.keras.quantized_convolution import QuantizedConvolution
 from tfquant.keras.slots import quantizer_slots
-from tfquant.ops.arguments import check_bits, check_choice, not_supported
+from tfquant.ops.arguments import check_bits, check_choice, check_count
 from tfquant.quantizers.metrics import sqnr_db
 from tfquant.quantizers.soft import SoftQuantizer
 from tfquant.quantizers.uniform import WEIGHT_BITS, FixedRangeQuantizer
 from tfquant.report.tensorboard import write_histogram, write_scalar
-
-
-def _count(owner, arg, value, minimum=0):
-    """`value` as an int ≥ `minimum` (None stays None), else ValueError naming it."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise not_supported(owner, arg, value, f"a whole number ≥ {minimum}")
-    return int(value)
 
 
 class _Scheduled(keras.callbacks.Callback):
@@ -47,8 +36,8 @@ class _Scheduled(keras.callbacks.Callback):
         owner = type(self).__name__
         if after_steps is not None and after_epochs is not None:
             raise ValueError(f"{owner}: give after_steps or after_epochs, not both.")
-        self.after_steps = _count(owner, "after_steps", after_steps)
-        self.after_epochs = _count(owner, "after_epochs", after_epochs)
+        self.after_steps = check_count(owner, "after_steps", after_steps)
+        self.after_epochs = check_count(owner, "after_epochs", after_epochs)
         self.per = "step" if after_steps is not None else check_choice(
             owner, "per", per, ("epoch", "step"))
         self._keras_epoch = 0
@@ -103,16 +92,25 @@ class ReestimateBatchNorm(keras.callbacks.Callback):
     def __init__(self, data, every_epochs=None, batch_size=256, max_batches=20):
         super().__init__()
         self.data = data
-        self.every_epochs = _count("ReestimateBatchNorm", "every_epochs", every_epochs, 1)
-        self.batch_size = _count("ReestimateBatchNorm", "batch_size", batch_size, 1)
-        self.max_batches = _count("ReestimateBatchNorm", "max_batches", max_batches, 1)
+        self.every_epochs = check_count("ReestimateBatchNorm", "every_epochs", every_epochs, 1)
+        self.batch_size = check_count("ReestimateBatchNorm", "batch_size", batch_size, 1)
+        self.max_batches = check_count("ReestimateBatchNorm", "max_batches", max_batches, 1)
+        self._current = False  # re-estimated since the last batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current = False
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
-            reestimate_batch_norm(self.model, self.data, self.batch_size, self.max_batches)
+            self._reestimate()
 
     def on_train_end(self, logs=None):
+        if not self._current:  # else the last epoch's end did it already
+            self._reestimate()
+
+    def _reestimate(self):
         reestimate_batch_norm(self.model, self.data, self.batch_size, self.max_batches)
+        self._current = True
 
 
 class QuantizationDelay(_Scheduled):
@@ -190,7 +188,7 @@ class BitWidthSchedule(_Scheduled):
                              "allowed: a non-empty dict {epoch (or step): bits}.")
         unit = "step" if self.per == "step" else "epoch"
         self.schedule = {
-            _count("BitWidthSchedule", f"schedule key ({unit})", k):
+            check_count("BitWidthSchedule", f"schedule key ({unit})", k):
                 check_bits("BitWidthSchedule", v, WEIGHT_BITS, arg=f"schedule[{k!r}]")
             for k, v in schedule.items()}
         self.weights, self.activations = bool(weights), bool(activations)

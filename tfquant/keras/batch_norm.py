@@ -27,18 +27,6 @@ def freeze_batch_norm(model, frozen=True):
     return len(layers)
 
 
-def _batch_norms(model):
-    """Every BatchNormalization of `model`: folded into a QuantizedConvolution, wrapped
-    by a QuantizedBatchNormalization, or float."""
-    norms = []
-    for layer in model._flatten_layers(include_self=False):
-        bn = getattr(layer, "batch_norm", None) if isinstance(layer, QuantizedConvolution) \
-            else layer
-        if isinstance(bn, keras.layers.BatchNormalization) and all(bn is not n for n in norms):
-            norms.append(bn)
-    return norms
-
-
 def reestimate_batch_norm(model, data, batch_size=256, max_batches=20):
     """Re-estimates the moving statistics of every BatchNormalization of `model` (folded,
     standalone or float) from the current weights: the mean of the batch statistics over
@@ -54,7 +42,9 @@ def reestimate_batch_norm(model, data, batch_size=256, max_batches=20):
     if not arrays[0].size:
         raise ValueError("reestimate_batch_norm: data is empty; give samples of the "
                          "training inputs.")
-    norms = _batch_norms(model)
+    # Folded and wrapped BNs are tracked sublayers of their tfquant layers: all found here.
+    norms = [layer for layer in model._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
     folded = folded_batch_norm_layers(model)
     frozen = [layer.batch_norm_frozen for layer in folded]
     momenta = [bn.momentum for bn in norms]

@@ -27,6 +27,15 @@ def check_bits(owner, num_bits, allowed, arg="num_bits"):
     return int(num_bits)
 
 
+def check_count(owner, arg, value, minimum=0):
+    """`value` as an int ≥ `minimum` (None stays None), else ValueError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise not_supported(owner, arg, value, f"a whole number ≥ {minimum}")
+    return int(value)
+
+
 def check_choice(owner, arg, value, allowed):
     """`value`, or ValueError naming `owner` unless it is one of `allowed`."""
     if value not in allowed:

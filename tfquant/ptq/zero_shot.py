@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.keras.graph import functional_view
+from tfquant.ops.arguments import check_count
 
 
 def _batch_norm_inputs(model):
@@ -47,9 +48,7 @@ def distill_calibration_data(model, num_samples=256, steps=500, learning_rate=0.
       steps: Adam steps. learning_rate: Adam's. seed: of the starting noise.
     """
     for name, value in (("num_samples", num_samples), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"distill_calibration_data: {name}={value!r} is not "
-                             "supported; allowed: a whole number ≥ 1.")
+        check_count("distill_calibration_data", name, value, minimum=1)
     norms, probe = _batch_norm_inputs(model)
     shape = tuple(probe.inputs[0].shape[1:])
     if any(d is None for d in shape):
