@@ -8,7 +8,14 @@
 
 from tfquant import ops  # loads the C++ op library first: a clear ImportError if unbuilt
 from tfquant import callbacks, ptq, quantizers, regularizers
-from tfquant.export import ExportError, ExportReport, export_tflite, inspect_flatbuffer
+from tfquant.export import (
+    ExportError,
+    ExportReport,
+    IntegerModel,
+    export_tflite,
+    inspect_flatbuffer,
+    integer_model,
+)
 from tfquant.keras import (
     LayerRule,
     QuantConfig,
@@ -34,6 +41,8 @@ __all__ = [
     "export_tflite",
     "freeze_batch_norm",
     "inspect_flatbuffer",
+    "integer_model",
+    "IntegerModel",
     "ops",
     "ptq",
     "quantize_model",

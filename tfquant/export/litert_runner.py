@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from tfquant.export.flatbuffer import FlatbufferSummary, inspect_flatbuffer
+from tfquant.ops.arguments import check_choice
 
 _QUANTIZED_TYPES = {"INT8", "UINT8", "INT16"}
 _QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
@@ -27,10 +28,17 @@ _POSITIONAL_OUTPUT = re.compile(r"output_(\d+)$")
 ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 
 
-def _make_interpreter(data: bytes, num_threads: Optional[int]):
-    from ai_edge_litert.interpreter import Interpreter
+BACKENDS = ("xnnpack", "builtin")
 
-    return Interpreter(model_content=bytes(data), num_threads=num_threads)
+
+def _make_interpreter(data: bytes, num_threads: Optional[int], backend: str = "xnnpack"):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # AUTO applies LiteRT's default delegate (XNNPACK); the other runs TFLite's kernels.
+    resolver = (OpResolverType.AUTO if backend == "xnnpack"
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return Interpreter(model_content=bytes(data), num_threads=num_threads,
+                       experimental_op_resolver_type=resolver)
 
 
 def ordered_output_tensors(summary: FlatbufferSummary) -> list[int]:
@@ -166,8 +174,8 @@ class _Session:
     data's sample shape, which matters for dynamic non-batch dimensions.
     """
 
-    def __init__(self, data, num_threads, batch: Optional[int], sample_shapes):
-        self.interpreter = _make_interpreter(data, num_threads)
+    def __init__(self, data, num_threads, batch: Optional[int], sample_shapes, backend):
+        self.interpreter = _make_interpreter(data, num_threads, backend)
         self.inputs = self.interpreter.get_input_details()
         for d, sample_shape in zip(self.inputs, sample_shapes):
             target = [d["shape"][0] if batch is None else batch, *sample_shape]
@@ -191,7 +199,7 @@ class _Session:
         return results
 
 
-def _start_session(data, num_threads, batch, arrays, out_details):
+def _start_session(data, num_threads, batch, arrays, out_details, backend):
     """A session at ``batch`` rows if the model takes it, else at its own batch size.
 
     A resize can be accepted yet wrong (a reshape that folds the batch away), so the
@@ -200,13 +208,13 @@ def _start_session(data, num_threads, batch, arrays, out_details):
     """
     if batch > 1:
         try:
-            session = _Session(data, num_threads, batch, [a.shape[1:] for a in arrays])
+            session = _Session(data, num_threads, batch, [a.shape[1:] for a in arrays], backend)
             first = session.run([a[:batch] for a in arrays], out_details)
             if all(y.ndim and y.shape[0] == batch for y in first):
                 return session, first
         except (ValueError, RuntimeError):
             pass
-    return _Session(data, num_threads, None, [a.shape[1:] for a in arrays]), None
+    return _Session(data, num_threads, None, [a.shape[1:] for a in arrays], backend), None
 
 
 def run_litert(
@@ -214,17 +222,20 @@ def run_litert(
     inputs: ArrayOrArrays,
     batch_size: int = 256,
     num_threads: Optional[int] = None,
+    backend: str = "xnnpack",
 ) -> list[np.ndarray]:
     """Run ``data`` over every sample of ``inputs``; float32 outputs, one per model output.
 
     ``inputs``: one array, a list of arrays in the model's input order, or a dict
     keyed by signature input name or input tensor name. The first axis is the
-    sample axis of every array.
+    sample axis of every array. ``backend``: "xnnpack" (LiteRT's default, XNNPACK
+    delegate) or "builtin" (TFLite's own kernels only).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_choice("run_litert", "backend", backend, BACKENDS)
     summary = inspect_flatbuffer(data)
-    probe = _make_interpreter(data, num_threads)
+    probe = _make_interpreter(data, num_threads, backend)
     in_details = probe.get_input_details()
     out_by_index = {d["index"]: d for d in probe.get_output_details()}
     out_details = [out_by_index[i] for i in ordered_output_tensors(summary)]
@@ -240,7 +251,8 @@ def run_litert(
     if n == 0:
         return [np.zeros((0, *d["shape"][1:]), np.float32) for d in out_details]
 
-    session, first = _start_session(data, num_threads, min(batch_size, n), arrays, out_details)
+    session, first = _start_session(data, num_threads, min(batch_size, n), arrays, out_details,
+                                    backend)
     pieces = [[y] for y in first] if first is not None else [[] for _ in out_details]
     start = 0 if first is None else session.batch
     for begin in range(start, n, session.batch):

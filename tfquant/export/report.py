@@ -13,6 +13,17 @@ def _kib(num_bytes: int) -> str:
     return f"{num_bytes / 1024:.1f} KiB"
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputCheck:
+    """One output's LiteRT values (XNNPACK, the default) against the integer-exact model
+    (`tfquant.integer_model`; None when it does not compute the flatbuffer) and against the
+    float simulation (the Keras model), counted in output steps."""
+    output: int
+    num_values: int
+    differ_from_float: int
+    differ_from_integer: Optional[int]
+
+
 @dataclasses.dataclass
 class ExportReport:
     flatbuffer: bytes = dataclasses.field(repr=False)
@@ -26,6 +37,7 @@ class ExportReport:
     num_samples: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
     summary: Optional[FlatbufferSummary] = dataclasses.field(default=None, repr=False)
+    output_checks: list[OutputCheck] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_flatbuffer(
@@ -91,6 +103,12 @@ class ExportReport:
             rows.append(("verified", f"{self.num_samples} samples"))
             rows.append(("max |diff|", lsb))
             rows.append(("argmax agree", agree))
+            for check in self.output_checks:
+                label = "values differ" if len(self.output_checks) == 1 else f"output {check.output}"
+                exact = ("integer model n/a" if check.differ_from_integer is None else
+                         f"{check.differ_from_integer:,} from the integer model")
+                rows.append((label, f"{check.differ_from_float:,} of {check.num_values:,} "
+                                    f"from the float simulation, {exact}"))
         else:
             rows.append(("verified", "no"))
         for i, note in enumerate(self.notes):

@@ -11,13 +11,15 @@ import tensorflow as tf
 from tfquant.export.files import atomic_write
 from tfquant.export.flatbuffer import inspect_flatbuffer
 from tfquant.export.int2 import to_int2_fully_connected
+from tfquant.export.integer_exact import BACKENDS, IntegerModel, run_integer_model, unsupported
 from tfquant.export.integer_grid import find_integer_grid, nearest_int8_grid
 from tfquant.export.litert_runner import compare_outputs, output_lsb, run_litert
-from tfquant.export.report import ExportReport
+from tfquant.export.report import ExportReport, OutputCheck
 from tfquant.keras.dtypes import float32_copy
 from tfquant.keras.tf_keras_models import as_keras3, is_tfmot_quantized
 from tfquant.keras.layers import handler_for
 from tfquant.keras.slots import quantizer_slots
+from tfquant.ops.arguments import check_choice
 from tfquant.quantizers.base import Deployment, exporting
 
 _IO_TYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
@@ -297,12 +299,15 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
                      + ", ".join(layer.name for layer in float_layers))
     max_lsb = agreement = None
     num_samples = 0
+    output_checks = []
     if arrays is not None:
         reference = _keras_outputs(model, arrays, batch_size, grids, int8_low_bit)
         litert = run_litert(flatbuffer, _by_input_name(model, arrays), batch_size=batch_size)
         lsbs = output_lsb(flatbuffer)
         comparisons = [compare_outputs(ref, out, lsb)
                        for ref, out, lsb in zip(reference, litert, lsbs)]
+        output_checks = _output_checks(flatbuffer, _by_input_name(model, arrays), reference,
+                                       litert, lsbs, batch_size, notes)
         lsb_values = [c["max_abs_diff_lsb"] for c in comparisons if c["max_abs_diff_lsb"] is not None]
         max_lsb = max(lsb_values) if lsb_values else None
         agreement = comparisons[0]["argmax_agreement"]
@@ -315,4 +320,51 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         weight_dtypes={name: info.type_name for name, info in summary.weight_tensors().items()},
         float_ops=float_ops, max_abs_diff_lsb=max_lsb,
         argmax_agreement=agreement, num_samples=num_samples, notes=notes, summary=summary,
+        output_checks=output_checks,
     )
+
+
+def _output_checks(flatbuffer, inputs, reference, litert, lsbs, batch_size, notes):
+    """Per output: how many LiteRT (XNNPACK) values differ from the integer-exact model
+    (expected: none) and from the float simulation, in output steps."""
+    missing = unsupported(flatbuffer)
+    integer = None
+    if missing is None:
+        arrays = list(inputs.values()) if isinstance(inputs, dict) else inputs
+        integer = run_integer_model(IntegerModel(flatbuffer, "xnnpack"), arrays, batch_size)
+    else:
+        notes.append(f"integer-exact check not run: {missing}")
+    checks = []
+    for k, (ref, out, lsb) in enumerate(zip(reference, litert, lsbs)):
+        if not lsb:
+            continue
+        steps = lambda a: np.round(np.abs(np.asarray(a, np.float64) - out) / lsb)  # noqa: E731
+        checks.append(OutputCheck(
+            output=k, num_values=int(np.size(out)),
+            differ_from_float=int(np.count_nonzero(steps(ref))),
+            differ_from_integer=None if integer is None else int(np.count_nonzero(
+                steps(integer[k])))))
+    return checks
+
+
+def integer_model(model, backend="xnnpack", **export_kwargs):
+    """The integer-exact model of `model` for one LiteRT backend: a Keras model whose
+    forward pass computes the integers LiteRT computes (docs/ARCHITECTURE.md §5), so
+    `evaluate` on it gives the on-device accuracy without a device.
+
+    Args:
+      model: a quantized Keras model (exported first with
+        `export_tflite(model, **export_kwargs)`), an `ExportReport`, or flatbuffer bytes.
+      backend: "xnnpack" (LiteRT's default CPU path) or "builtin" (TFLite's own
+        kernels, `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`).
+
+    Returns:
+      An `IntegerModel`: float inputs and outputs for a float-interface export (the
+      outputs are LiteRT's dequantized int8 values).
+    """
+    check_choice("integer_model", "backend", backend, BACKENDS)
+    if isinstance(model, ExportReport):
+        model = model.flatbuffer
+    elif not isinstance(model, (bytes, bytearray, memoryview)):
+        model = export_tflite(model, **export_kwargs).flatbuffer
+    return IntegerModel(bytes(model), backend)

@@ -1,0 +1,149 @@
+"""The integer-exact model against LiteRT, per op and per backend: 0 LSB.
+
+Single-op flatbuffers come from the converter's own int8 quantization of float models
+with random weights and input ranges (so the scales and zero points are random too);
+each is run by LiteRT with and without XNNPACK and by `tfquant.integer_model`.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfquant
+from tfquant.export.flatbuffer import InvalidFlatbufferError
+from tfquant.export.integer_exact import run_integer_model
+from tfquant.export.litert_runner import output_lsb, run_litert
+
+BACKENDS = ("xnnpack", "builtin")
+
+
+def _conv(filters, kernel=1, **kwargs):
+    return keras.layers.Conv2D(filters, kernel, **kwargs)
+
+
+# name → (input shape, build(x) → output). Channel counts off multiples of 8 and 16 and
+# samples of 5·5·3 = 75 values reach the scalar tails of the vector kernels.
+OPS = {
+    "conv_relu": ((12, 12, 5), lambda x: _conv(7, 3, padding="same", activation="relu")(x)),
+    "conv_stride2_valid": ((12, 12, 5), lambda x: _conv(7, 3, strides=2)(x)),
+    "conv_dilated": ((12, 12, 4), lambda x: _conv(9, 3, dilation_rate=2, padding="same")(x)),
+    "depthwise_relu6": ((12, 12, 16), lambda x: keras.layers.DepthwiseConv2D(
+        3, padding="same", activation="relu6")(x)),
+    "depthwise_tail_channels": ((12, 12, 13), lambda x: keras.layers.DepthwiseConv2D(
+        3, depth_multiplier=2, strides=2, padding="same")(x)),
+    "depthwise_multiplier4": ((9, 9, 3), lambda x: keras.layers.DepthwiseConv2D(
+        3, depth_multiplier=4)(x)),
+    "dense": ((6, 6, 3), lambda x: keras.layers.Dense(9)(keras.layers.Flatten()(x))),
+    "max_pool": ((12, 12, 5), lambda x: keras.layers.MaxPooling2D(2)(_conv(4)(x))),
+    "add": ((12, 12, 5), lambda x: keras.layers.Add()([_conv(5)(x), x])),
+    "add_odd_size": ((5, 5, 3), lambda x: keras.layers.Add()([_conv(3)(x), x])),
+    "multiply": ((12, 12, 5), lambda x: keras.layers.Multiply()([_conv(5)(x), x])),
+    "global_average": ((12, 12, 6), lambda x: keras.layers.GlobalAveragePooling2D()(
+        _conv(6)(x))),
+    "global_average_keepdims": ((12, 12, 20), lambda x: keras.layers.GlobalAveragePooling2D(
+        keepdims=True)(_conv(20)(x))),
+    "average_pool_same": ((12, 12, 5), lambda x: keras.layers.AveragePooling2D(
+        3, 2, padding="same")(_conv(6)(x))),
+    "concatenate": ((12, 12, 5), lambda x: keras.layers.Concatenate()(
+        [_conv(3)(x), _conv(4, 3, padding="same")(x)])),
+    "zero_padding": ((8, 8, 3), lambda x: _conv(4, 3)(keras.layers.ZeroPadding2D(2)(
+        _conv(3)(x)))),
+}
+
+
+def _random_float_model(name, seed):
+    shape, build = OPS[name]
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, build(inputs))
+    for w in model.weights:
+        w.assign(rng.normal(0, rng.uniform(0.1, 1.0), w.shape))
+    x = (rng.normal(rng.uniform(-1, 1), rng.uniform(0.5, 3), (96, *shape))).astype(np.float32)
+    return model, x
+
+
+def _convert_int8(model, x):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None]] for sample in x[:48])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def _differing_steps(flatbuffer, x, backend, batch_size=32):
+    litert = run_litert(flatbuffer, x, batch_size=batch_size, backend=backend)[0]
+    model = tfquant.integer_model(flatbuffer, backend)
+    ours = run_integer_model(model, [x], batch_size)[0]
+    return np.round(np.abs(litert.astype(np.float64) - ours) / output_lsb(flatbuffer)[0])
+
+
+@pytest.fixture(scope="module", params=sorted(OPS))
+def single_op(request):
+    model, x = _random_float_model(request.param, seed=sorted(OPS).index(request.param))
+    return request.param, _convert_int8(model, x), x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_op_equals_litert_bit_for_bit(single_op, backend):
+    name, flatbuffer, x = single_op
+    steps = _differing_steps(flatbuffer, x, backend)
+    assert steps.max() == 0, (
+        f"{name} on {backend}: {np.count_nonzero(steps)} of {steps.size} values differ "
+        f"(max {steps.max():.0f} steps)")
+
+
+def test_the_two_backends_differ_where_the_model_says():
+    """The builtin and XNNPACK integer models are not the same arithmetic: on a
+    depthwise layer with tail channels they part, and each matches its own backend."""
+    model, x = _random_float_model("depthwise_tail_channels", seed=7)
+    flatbuffer = _convert_int8(model, x)
+    outputs = {b: run_integer_model(tfquant.integer_model(flatbuffer, b), [x], 32)[0]
+               for b in BACKENDS}
+    assert np.count_nonzero(outputs["xnnpack"] != outputs["builtin"]) > 0
+    for backend in BACKENDS:
+        assert _differing_steps(flatbuffer, x, backend).max() == 0
+
+
+def test_qat_export_report_counts_no_difference_from_the_integer_model(fashion_mnist_small):
+    (x_train, y_train), (x_test, y_test) = fashion_mnist_small
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(h)
+    h = keras.layers.Add()([h, keras.layers.Conv2D(8, 1)(h)])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10)(h))
+    qmodel = tfquant.quantize_model(model)
+    qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"])
+    qmodel.fit(x_train[:1000], y_train[:1000], epochs=1, batch_size=64, verbose=0)
+    report = tfquant.export_tflite(qmodel, representative_data=x_test[:300])
+    (check,) = report.output_checks
+    assert check.num_values == 300 * 10
+    assert check.differ_from_integer == 0
+    assert "from the integer model" in str(report)
+
+    # evaluate on the integer model gives LiteRT's accuracy.
+    integer = tfquant.integer_model(report)
+    integer.compile(metrics=["accuracy"],
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    _, accuracy = integer.evaluate(x_test[:512], y_test[:512], batch_size=256, verbose=0)
+    litert = run_litert(report.flatbuffer, x_test[:512])[0]
+    assert accuracy == pytest.approx(np.mean(litert.argmax(-1) == y_test[:512]), abs=1e-6)
+
+
+def test_bad_inputs_are_refused_clearly():
+    model, x = _random_float_model("conv_relu", seed=3)
+    flatbuffer = _convert_int8(model, x)
+    with pytest.raises(ValueError, match="backend='gpu' is not supported; allowed: 'xnnpack'"):
+        tfquant.integer_model(flatbuffer, "gpu")
+    with pytest.raises(InvalidFlatbufferError):
+        tfquant.integer_model(flatbuffer[:200])
+    float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with pytest.raises(tfquant.export.UnsupportedOperatorError, match="computes in float"):
+        tfquant.integer_model(float_model)
+
+    inputs = keras.Input((4, 4, 2))
+    softmax = keras.Model(inputs, keras.layers.Softmax()(_conv(3)(inputs)))
+    with pytest.raises(tfquant.export.UnsupportedOperatorError, match="SOFTMAX"):
+        tfquant.integer_model(_convert_int8(softmax, np.random.rand(8, 4, 4, 2).astype("f4")))
