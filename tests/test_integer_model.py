@@ -144,6 +144,8 @@ def test_bad_inputs_are_refused_clearly():
         tfquant.integer_model(float_model)
 
     inputs = keras.Input((4, 4, 2))
-    softmax = keras.Model(inputs, keras.layers.Softmax()(_conv(3)(inputs)))
-    with pytest.raises(tfquant.export.UnsupportedOperatorError, match="SOFTMAX"):
-        tfquant.integer_model(_convert_int8(softmax, np.random.rand(8, 4, 4, 2).astype("f4")))
+    to_depth = keras.layers.Lambda(lambda x: tf.nn.space_to_depth(x, 2))
+    unsupported = keras.Model(inputs, to_depth(_conv(3)(inputs)))
+    with pytest.raises(tfquant.export.UnsupportedOperatorError, match="SPACE_TO_DEPTH"):
+        tfquant.integer_model(_convert_int8(unsupported,
+                                            np.random.rand(8, 4, 4, 2).astype("f4")))

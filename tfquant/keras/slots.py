@@ -2,7 +2,10 @@
 `quantizer_slots()`, and everything that reads or changes quantizers (callbacks, PTQ,
 export, the report, the regularizers) goes through `quantizer_slots(model)`."""
 
+import contextlib
 import dataclasses
+
+import keras
 
 from tfquant.quantizers.base import serialize_quantizer
 
@@ -51,6 +54,43 @@ def quantizer_slots(model, weights=True, activations=True):
             continue
         slots.extend(slot for slot in method() if (weights if slot.is_weight else activations))
     return slots
+
+
+class PassThroughQuantizer:
+    """Stands in for a quantizer: returns its input unchanged, optionally recording it."""
+
+    def __init__(self, original, record=None):
+        self.original = original
+        self.record = record
+
+    def __call__(self, inputs, training=None, weights=None, **kwargs):
+        if self.record is not None:
+            self.record(keras.ops.convert_to_numpy(inputs))
+        return inputs
+
+    def __getattr__(self, name):
+        return getattr(self.original, name)
+
+
+@contextlib.contextmanager
+def quantizers_bypassed(qmodel, record=None, weights=True):
+    """Runs `qmodel` in float: every activation quantizer (and, with `weights`, every
+    weight quantizer) passes its input through; `record`: {site key: callback(array)}."""
+    record = record or {}
+    saved = []
+    try:
+        for slot in quantizer_slots(qmodel, weights=weights):
+            layer, attr = slot.layer, slot.attr
+            if any(l is layer and a == attr for l, a, _ in saved):
+                continue  # a separable layer's two kernels share one quantizer
+            original = getattr(layer, attr)
+            saved.append((layer, attr, original))
+            object.__setattr__(layer, attr,
+                               PassThroughQuantizer(original, record.get(f"{layer.name}/{attr}")))
+        yield
+    finally:
+        for layer, attr, original in reversed(saved):
+            object.__setattr__(layer, attr, original)
 
 
 class OneQuantizerLayer:

@@ -1,8 +1,6 @@
 """Where the quantizers of a `quantize_model` result live, and how PTQ reads and writes
-them: calibration batches, running the model with quantizers bypassed (float) while
-recording their inputs, writing ranges and grid-exact weights."""
-
-import contextlib
+them: calibration batches, writing ranges and grid-exact weights. (Running the model
+with its quantizers bypassed is `tfquant.keras.slots.quantizers_bypassed`.)"""
 import dataclasses
 
 import keras
@@ -141,43 +139,6 @@ def choose(spec, names, owner, default):
         if layer_matches(entry, owner, names):
             return value
     return default
-
-
-class _PassThrough:
-    """Stands in for a quantizer: returns its input unchanged, optionally recording it."""
-
-    def __init__(self, original, record=None):
-        self.original = original
-        self.record = record
-
-    def __call__(self, inputs, training=None, weights=None, **kwargs):
-        if self.record is not None:
-            self.record(keras.ops.convert_to_numpy(inputs))
-        return inputs
-
-    def __getattr__(self, name):
-        return getattr(self.original, name)
-
-
-@contextlib.contextmanager
-def bypassed(qmodel, record=None, weights=True):
-    """Runs `qmodel` in float: every activation quantizer (and, with `weights`, every
-    weight quantizer) passes its input through; `record`: {site key: callback(array)}."""
-    record = record or {}
-    saved = []
-    try:
-        for slot in quantizer_slots(qmodel, weights=weights):
-            layer, attr = slot.layer, slot.attr
-            if any(l is layer and a == attr for l, a, _ in saved):
-                continue  # a separable layer's two kernels share one quantizer
-            original = getattr(layer, attr)
-            saved.append((layer, attr, original))
-            object.__setattr__(layer, attr,
-                               _PassThrough(original, record.get(f"{layer.name}/{attr}")))
-        yield
-    finally:
-        for layer, attr, original in reversed(saved):
-            object.__setattr__(layer, attr, original)
 
 
 def set_range(site, lo, hi):

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfquant.keras.slots import quantizers_bypassed
 from tfquant.ptq import _graph as g
 from tfquant.ptq import _sites as s
 from tfquant.ptq.equalization import bn_statistics
@@ -106,7 +107,7 @@ def float_output_means(qmodel, batches):
     extractor = keras.Model(s.model_inputs(qmodel), [w.input for w in targets])
     kernels = {w.name: _as_tensors(s.folded_kernels(w)) for w in targets}
     sums, counts = {}, {}
-    with s.bypassed(qmodel):
+    with quantizers_bypassed(qmodel):
         for batch in batches:
             outputs = s.run(extractor, batch)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]

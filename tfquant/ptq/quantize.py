@@ -8,6 +8,7 @@ import numpy as np
 from tfquant.keras.batch_norm import freeze_batch_norm
 from tfquant.keras.config import QuantConfig
 from tfquant.keras.kernel_layout import flat_kernel_and_axis
+from tfquant.keras.slots import quantizers_bypassed
 from tfquant.keras.tf_keras_models import keras3_model_and_config
 from tfquant.keras.transform import quantize_model
 from tfquant.ptq import _sites as s
@@ -54,7 +55,7 @@ def calibrate_activations(qmodel, batches, calibrator=None, verbose=1, config=No
         calibrator, config, "activation", site.names, site.owner)) for site in sites}
     record = {key: cal.observe for key, cal in calibrators.items()}
     bar = keras.utils.Progbar(len(batches), unit_name="batch") if verbose else None
-    with s.bypassed(qmodel, record):
+    with quantizers_bypassed(qmodel, record):
         for index, batch in enumerate(batches):
             s.run(qmodel, batch)
             if bar is not None:
@@ -97,7 +98,7 @@ def _layer_inputs(qmodel, targets, batches, max_samples, quantized):
     model as it stands (`quantized`) or with every quantizer bypassed."""
     extractor = keras.Model(s.model_inputs(qmodel), [w.input for w in targets])
     parts, total = [[] for _ in targets], 0
-    with contextlib.nullcontext() if quantized else s.bypassed(qmodel):
+    with contextlib.nullcontext() if quantized else quantizers_bypassed(qmodel):
         for batch in batches:
             outputs = s.run(extractor, batch)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]

@@ -8,6 +8,11 @@ def sqnr_db(reference, quantized):
     `quantized` equals `reference` (no noise)."""
     reference = np.asarray(reference, np.float64)
     noise = float(np.sum((np.asarray(quantized, np.float64) - reference) ** 2))
+    return sqnr_db_of_sums(float(np.sum(reference ** 2)), noise)
+
+
+def sqnr_db_of_sums(signal, noise):
+    """SQNR in dB from Σ x² and Σ (q − x)² (sums gathered over batches)."""
     if noise == 0.0:
         return float("inf")
-    return float(10.0 * np.log10(max(float(np.sum(reference ** 2)), 1e-30) / noise))
+    return float(10.0 * np.log10(max(signal, 1e-30) / noise))
