@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
+from tfquant.export import integer_activations
 from tfquant.export import integer_ops as ops
 from tfquant.export.flatbuffer import builtin_op_name, inspect_flatbuffer
 from tfquant.export.int2 import builtin_code, unpack_int2, unpack_int4
@@ -352,6 +353,7 @@ _OPERATORS: dict[str, Callable] = {
     "PADV2": _pad,
     "SPACE_TO_BATCH_ND": _space_to_batch_nd,
     "BATCH_TO_SPACE_ND": _batch_to_space_nd,
+    **integer_activations.OPERATORS,  # LOGISTIC, TANH, HARD_SWISH, SOFTMAX
 }
 # int32 shape arithmetic whose result only feeds RESHAPE's shape input; the integer
 # model reshapes to the output tensor's static shape instead.

@@ -1,0 +1,187 @@
+"""LiteRT's int8 activation kernels (LOGISTIC, TANH, HARD_SWISH, SOFTMAX) as TensorFlow ops.
+
+Kernels for `integer_exact._OPERATORS`: `(op, tensors, inputs, backend)` → int32 tensor of
+int8 values (docs/ARCHITECTURE.md §5).
+
+LOGISTIC, TANH and HARD_SWISH are functions of one int8 value, so both backends amount to
+a 256-entry table built once per operator, and so does the integer model: the table is
+computed in numpy (float32 arithmetic step for step, `expf`/`tanhf`/`exp` from the C
+math library LiteRT links against) and looked up with `tf.gather`.
+
+- LOGISTIC, TANH, builtin (TFLite's LUTPopulate): `x = s_in·(v − z_in)` in float32,
+  `y = 1/(1 + expf(−x))` or `tanhf(x)`, `round(y·float32(1/s_out))` ties away, + z_out.
+- LOGISTIC, TANH, xnnpack (XNNPACK builds its own table from its reference kernel):
+  `x = (v − z_in)·s_in`, sigmoid as `e/(1 + e)` with `e = exp(double(x))` (±100 cut off),
+  tanh as `tanhf`; `nearbyint(y·float32(1/s_out) + z_out)`, ties to even.
+- HARD_SWISH (XNNPACK takes only float HARD_SWISH, so the builtin kernel runs under both
+  backends; on x86 it is TFLite's reference code, the NEON path being ARM only): the
+  16-bit fixed-point reference arithmetic, table entry by table entry.
+- SOFTMAX (not delegated either): a float32 table `expf(−s_in·β·k)`, k = 0…255, indexed by
+  `row max − v`; the row's sum is a sequential float32 sum (kept in that order with
+  `tf.foldl`), each value `table · 1/(sum·s_out)` rounded ties away, + z_out.
+
+All four are bit-exact against ai-edge-litert 2.3 on x86-64 in tests/test_integer_activations.py,
+given the same math library (the tables call it through ctypes; without it numpy's
+`exp`/`tanh` stand in, which may differ in the last float bit and so, rarely, by 1 LSB).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+import tensorflow as tf
+
+from tfquant.export import integer_ops as ops
+
+_VALUES = np.arange(-128, 128, dtype=np.int64)  # the int8 values, in table order
+
+
+def _libm_function(name, c_type):
+    """`name` from the C math library as a numpy-vectorized function, or None."""
+    path = ctypes.util.find_library("m")
+    if path is None:
+        return None
+    try:
+        function = getattr(ctypes.CDLL(path), name)
+    except (OSError, AttributeError):
+        return None
+    function.restype, function.argtypes = c_type, [c_type]
+    numpy_type = np.float32 if c_type is ctypes.c_float else np.float64
+    return lambda x: np.array([function(float(v)) for v in np.ravel(x)], numpy_type).reshape(
+        np.shape(x))
+
+
+_EXPF = _libm_function("expf", ctypes.c_float) or (lambda x: np.exp(np.float32(x)))
+_TANHF = _libm_function("tanhf", ctypes.c_float) or (lambda x: np.tanh(np.float32(x)))
+_EXP = _libm_function("exp", ctypes.c_double) or (lambda x: np.exp(np.float64(x)))
+
+
+def _lookup(table, x):
+    """`table[x]` for int8 values `x` (int32), `table` indexed from −128."""
+    table = np.clip(np.asarray(table, np.int64), -128, 127).astype(np.int32)
+    return tf.gather(tf.constant(table), tf.cast(x, tf.int32) + 128)
+
+
+def _float_table(op, t, backend, builtin_function, xnnpack_function):
+    """The int8 table of a float function as the backend builds it."""
+    source, output = t[op.inputs[0]], t[op.outputs[0]]
+    s_in, s_out = np.float32(source.scale), np.float32(output.scale)
+    inverse = np.float32(1) / s_out
+    values = _VALUES.astype(np.float32)
+    if backend == "builtin":
+        y = builtin_function(s_in * (values - np.float32(source.zero_point)))
+        return ops.round_half_away(np.float32(y * inverse)).astype(np.int64) + output.zero_point
+    y = xnnpack_function((values - np.float32(source.zero_point)) * s_in)
+    return np.round(np.float32(y * inverse) + np.float32(output.zero_point)).astype(np.int64)
+
+
+def _builtin_sigmoid(x):
+    return np.float32(1) / (np.float32(1) + _EXPF(-x))
+
+
+def _xnnpack_sigmoid(x):
+    e = _EXP(x.astype(np.float64))
+    y = (e / (1 + e)).astype(np.float32)
+    return np.where(x > 100, np.float32(1), np.where(x < -100, np.float32(0), y))
+
+
+def _logistic(op, t, inputs, backend):
+    return _lookup(_float_table(op, t, backend, _builtin_sigmoid, _xnnpack_sigmoid), inputs[0])
+
+
+def _tanh(op, t, inputs, backend):
+    return _lookup(_float_table(op, t, backend, _TANHF, _TANHF), inputs[0])
+
+
+# 16-bit fixed point of TFLite's reference HARD_SWISH (gemmlowp's int16 primitives).
+def _saturate16(x):
+    return np.clip(x, -(2**15), 2**15 - 1)
+
+
+def _rounding_doubling_high_mul16(a, b):
+    product = a * b
+    nudge = np.where(product >= 0, 1 << 14, 1 - (1 << 14))
+    high = np.fix((product + nudge) / 2**15).astype(np.int64)  # C division truncates
+    return np.where((a == -(2**15)) & (b == -(2**15)), 2**15 - 1, high)
+
+
+def _doubling_high_mul16(a, b):
+    high = np.fix((a * b) / 2**15).astype(np.int64)
+    return np.where((a == -(2**15)) & (b == -(2**15)), 2**15 - 1, high)
+
+
+def _rounding_divide_by_pot16(x, exponent):
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + ((x & mask) > threshold)
+
+
+def _multiplier16(real):
+    """QuantizeMultiplier of a float32 real, its 31-bit multiplier rounded to 16 bits."""
+    multiplier, exponent = ops.quantize_multiplier(np.float64(real))
+    multiplier, exponent = int(multiplier[0]), int(exponent[0])
+    if multiplier >= 2**31 - 1 - 2**15:
+        return 2**15 - 1, exponent
+    return (multiplier + 2**15) >> 16, exponent
+
+
+def hard_swish_table(input_scale, input_zero_point, output_scale, output_zero_point):
+    """TFLite's int8 HARD_SWISH (reference_ops::HardSwish) for every int8 input."""
+    hires_scale = np.float32(1.0 / 128.0) * np.float32(input_scale)
+    out_multiplier, out_exponent = _multiplier16(hires_scale / np.float32(output_scale))
+    relu_multiplier, relu_exponent = _multiplier16(hires_scale
+                                                   / (np.float32(3) / np.float32(32768)))
+    hires = (_VALUES - input_zero_point) * 128
+    preshift = _rounding_doubling_high_mul16(hires, out_multiplier)
+    reluish = hires
+    if relu_exponent > 0:
+        reluish = _saturate16(reluish * 2 ** (relu_exponent - 1))
+    reluish = _rounding_doubling_high_mul16(reluish, relu_multiplier)
+    if relu_exponent > 0:
+        reluish = _saturate16(reluish * 2)
+    if relu_exponent < 0:
+        reluish = _rounding_divide_by_pot16(reluish, -relu_exponent)
+    reluish = (reluish + 2**15) >> 1
+    out = _rounding_divide_by_pot16(_doubling_high_mul16(reluish, preshift), -out_exponent)
+    return out + output_zero_point
+
+
+def _hard_swish(op, t, inputs, backend):
+    source, output = t[op.inputs[0]], t[op.outputs[0]]
+    return _lookup(hard_swish_table(source.scale, source.zero_point, output.scale,
+                                    output.zero_point), inputs[0])
+
+
+def _round_half_away_tf(x):
+    """std::round on a float32 tensor (tf.round rounds ties to even)."""
+    truncated = tf.math.floor(tf.abs(x)) * tf.sign(x)
+    tie = tf.equal(tf.abs(x - truncated), 0.5)
+    return tf.where(tie, truncated + tf.sign(x), tf.round(x))
+
+
+def _softmax(op, t, inputs, backend):
+    source, output = t[op.inputs[0]], t[op.outputs[0]]
+    beta = np.float32(op.builtinOptions.beta)
+    scale = -np.float32(source.scale) * beta
+    table = tf.constant(_EXPF(scale * np.arange(255, -1, -1, dtype=np.float32)))
+    x = tf.cast(inputs[0], tf.int32)
+    shape = tf.shape(x)
+    rows = tf.reshape(x, [-1, x.shape[-1]])
+    exps = tf.gather(table, 255 - tf.reduce_max(rows, -1, keepdims=True) + rows)
+    # float32 additions in TFLite's order, column after column.
+    sums = tf.foldl(lambda total, column: total + column, tf.transpose(exps),
+                    initializer=tf.zeros_like(exps[:, 0]))
+    inverse = np.float32(1) / (sums * np.float32(output.scale))
+    probabilities = _round_half_away_tf(exps * inverse[:, None])
+    values = tf.cast(probabilities, tf.int64) + output.zero_point
+    return tf.reshape(tf.cast(tf.clip_by_value(values, -128, 127), tf.int32), shape)
+
+
+OPERATORS = {
+    "LOGISTIC": _logistic,
+    "TANH": _tanh,
+    "HARD_SWISH": _hard_swish,
+    "SOFTMAX": _softmax,
+}
