@@ -47,6 +47,9 @@ OPS = {
         3, 2, padding="same")(_conv(6)(x))),
     "concatenate": ((12, 12, 5), lambda x: keras.layers.Concatenate()(
         [_conv(3)(x), _conv(4, 3, padding="same")(x)])),
+    "maximum": ((12, 12, 5), lambda x: keras.layers.Maximum()([_conv(4)(x), _conv(4, 3, padding="same")(x)])),
+    "clipped_relu": ((12, 12, 5), lambda x: keras.layers.Lambda(lambda v: tf.minimum(v, 1.5))(
+        keras.layers.ReLU()(keras.layers.Add()([_conv(5)(x), x])))),
     "zero_padding": ((8, 8, 3), lambda x: _conv(4, 3)(keras.layers.ZeroPadding2D(2)(
         _conv(3)(x)))),
 }
@@ -130,6 +133,27 @@ def test_qat_export_report_counts_no_difference_from_the_integer_model(fashion_m
     _, accuracy = integer.evaluate(x_test[:512], y_test[:512], batch_size=256, verbose=0)
     litert = run_litert(report.flatbuffer, x_test[:512])[0]
     assert accuracy == pytest.approx(np.mean(litert.argmax(-1) == y_test[:512]), abs=1e-6)
+
+
+def test_pact_w2a2_qat_export_equals_the_integer_model(fashion_mnist_small):
+    """PACT's clip exports as MINIMUM after the 2-bit activations (int8 tensors holding
+    their levels); the integer model follows it on both backends."""
+    (x_train, y_train), (x_test, _) = fashion_mnist_small
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    h = keras.layers.Conv2D(8, 3, activation="relu")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(h)))
+    config = tfquant.QuantConfig(weight_quantizer="LSQQuantizer",
+                                 activation_quantizer="PACTQuantizer",
+                                 weight_bits=2, activation_bits=2)
+    qmodel = tfquant.quantize_model(model, config)
+    qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(x_train[:500], y_train[:500], epochs=1, batch_size=50, verbose=0)
+    report = tfquant.export_tflite(qmodel, representative_data=x_test[:128])
+    assert "MINIMUM" in report.op_counts
+    assert report.output_checks[0].differ_from_integer == 0
+    for backend in BACKENDS:
+        assert _differing_steps(report.flatbuffer, x_test[:128], backend).max() == 0
 
 
 def test_bad_inputs_are_refused_clearly():

@@ -49,6 +49,23 @@ def test_report_rows_give_bits_sqnr_steps_and_activation_ranges():
         assert low - step <= row["observed"][0] <= row["observed"][1] <= high + step
 
 
+def test_integer_rows_compare_simulation_and_integer_model_layer_by_layer():
+    x = np.random.default_rng(2).uniform(0, 1, (64, 8, 8, 1)).astype("float32")
+    qmodel = tfquant.ptq.quantize(small_model(), x, verbose=0)
+    flatbuffer = tfquant.export_tflite(qmodel).flatbuffer
+    rows = {row["layer"]: row for row in report.integer_rows(qmodel, x, flatbuffer)}
+    # conv → BN → ReLU is one CONV_2D whose output is the ReLU's.
+    assert {"relu", "middle", "head"} <= set(rows) and "conv" not in rows, sorted(rows)
+    assert rows["relu"]["op"] == rows["middle"]["op"] == "CONV_2D"
+    assert rows["head"]["op"] == "FULLY_CONNECTED"
+    for row in rows.values():
+        # 8 bits: both ≈ 40 dB from float and close to each other; the integer model
+        # rounds differently on a few values only.
+        assert 20 < row["float_sim_sqnr_db"] < 80 and 20 < row["integer_sqnr_db"] < 80
+        assert abs(row["float_sim_sqnr_db"] - row["integer_sqnr_db"]) < 3
+        assert 0 <= row["differ"] < 0.2
+
+
 def test_report_command_writes_html_and_plots(tmp_path):
     model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
     small_model().save(model_path)
@@ -66,8 +83,10 @@ def test_report_command_writes_html_and_plots(tmp_path):
     for name in ("conv", "middle", "head", "relu_quant"):
         assert f"<td>{name}</td>" in page, name
     images = sorted(p.name for p in out.glob("*.png"))
-    assert images == ["activation_ranges.png", "weight_sqnr.png", "weights_000_conv_kernel.png",
-                      "weights_001_middle_kernel.png", "weights_002_head_kernel.png"]
+    assert images == ["activation_ranges.png", "integer_layers.png", "weight_sqnr.png",
+                      "weights_000_conv_kernel.png", "weights_001_middle_kernel.png",
+                      "weights_002_head_kernel.png"]
+    assert "Keras and LiteRT, layer by layer" in page and "integer model SQNR" in page
     for image in images:
         assert f"src='{image}'" in page
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -336,6 +336,36 @@ def _batch_to_space_nd(op, t, inputs, backend):
                              t[op.inputs[2]].data.astype(np.int32))
 
 
+def _same_scale(op, t):
+    """Raises unless every int8 input of `op` has its output's scale and zero point."""
+    output = t[op.outputs[0]]
+    for i in op.inputs:
+        if i >= 0 and (t[i].scale, t[i].zero_point) != (output.scale, output.zero_point):
+            raise UnsupportedOperatorError(
+                f"{t[i].name!r}: an elementwise min/max/ReLU whose input and output "
+                "quantization differ (the integer model computes the equal case)")
+
+
+def _elementwise_extreme(reduce):
+    def compute(op, t, inputs, backend):
+        _same_scale(op, t)
+        x, y = (v if v is not None else tf.constant(t[i].data.astype(np.int32))
+                for i, v in zip(op.inputs, inputs))
+        return reduce(x, y)
+    compute.__name__ = f"_{reduce.__name__}"
+    return compute
+
+
+def _activation_op(activation, name):
+    """RELU, RELU6, RELU_N1_TO_1 as operators: the fused activation's clamp."""
+    def compute(op, t, inputs, backend):
+        _same_scale(op, t)
+        return tf.clip_by_value(inputs[0], *activation_range(activation, t[op.outputs[0]],
+                                                             backend))
+    compute.__name__ = f"_{name}"
+    return compute
+
+
 _OPERATORS: dict[str, Callable] = {
     "CONV_2D": _conv_2d,
     "DEPTHWISE_CONV_2D": _depthwise_conv_2d,
@@ -352,6 +382,11 @@ _OPERATORS: dict[str, Callable] = {
     "PAD": _pad,
     "PADV2": _pad,
     "SPACE_TO_BATCH_ND": _space_to_batch_nd,
+    "MINIMUM": _elementwise_extreme(tf.minimum),
+    "MAXIMUM": _elementwise_extreme(tf.maximum),
+    "RELU": _activation_op(_A.RELU, "relu"),
+    "RELU6": _activation_op(_A.RELU6, "relu6"),
+    "RELU_N1_TO_1": _activation_op(_A.RELU_N1_TO_1, "relu_n1_to_1"),
     "BATCH_TO_SPACE_ND": _batch_to_space_nd,
     **integer_activations.OPERATORS,  # LOGISTIC, TANH, HARD_SWISH, SOFTMAX
 }
@@ -381,6 +416,21 @@ def _shape_only_tensors(model, subgraph) -> set[int]:
                     for c, p in uses):
                 shape_only.add(int(o))
     return shape_only
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationTensor:
+    """An int8 tensor an operator writes: flatbuffer index and name, scale, zero point,
+    and the operator (e.g. "CONV_2D")."""
+    index: int
+    name: str
+    scale: float
+    zero_point: int
+    operator: str
+
+
+def _operator_name(compute) -> str:
+    return compute.__name__.lstrip("_").upper()
 
 
 class IntegerModel(keras.Model):
@@ -421,9 +471,26 @@ class IntegerModel(keras.Model):
     @property
     def operators(self) -> list[str]:
         """The operators it computes, in order (shape arithmetic left out)."""
-        return [compute.__name__.lstrip("_").upper() for compute, _ in self._steps]
+        return [_operator_name(compute) for compute, _ in self._steps]
 
-    def call(self, inputs):
+    def activation_tensors(self) -> list[ActivationTensor]:
+        """The int8 tensors its operators write, in graph order."""
+        found = []
+        for compute, op in self._steps:
+            tensor = self._tensors[int(op.outputs[0])]
+            if tensor.dtype == np.int8 and tensor.scales.size == 1:
+                found.append(ActivationTensor(tensor.index, tensor.name, tensor.scale,
+                                              tensor.zero_point, _operator_name(compute)))
+        return found
+
+    def tensor_values(self, inputs, indices) -> dict[int, np.ndarray]:
+        """The dequantized values (float32) of the tensors `indices` for `inputs`."""
+        values = self._run(inputs)
+        return {i: np.asarray(ops.dequantize(values[i], self._tensors[i].scale,
+                                             self._tensors[i].zero_point, "xnnpack"))
+                for i in indices}
+
+    def _run(self, inputs):
         inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         values = {}
         for index, x in zip(self._input_indices, inputs):
@@ -432,6 +499,10 @@ class IntegerModel(keras.Model):
         for compute, op in self._steps:
             args = [values.get(i) if i >= 0 else None for i in op.inputs]
             values[int(op.outputs[0])] = compute(op, self._tensors, args, self.backend)
+        return values
+
+    def call(self, inputs):
+        values = self._run(inputs)
         outputs = [values[i] for i in self._output_indices]
         return outputs[0] if len(outputs) == 1 else outputs
 

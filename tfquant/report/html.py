@@ -5,9 +5,17 @@ import os
 
 import keras
 
+from tfquant.export import ExportError, UnsupportedOperatorError, export_tflite
 from tfquant.export.files import atomic_write
-from tfquant.report.plots import plot_activation_ranges, plot_sqnr, plot_weight_histogram
-from tfquant.report.rows import activation_rows, weight_rows
+from tfquant.report.plots import (
+    plot_activation_ranges,
+    plot_integer_layers,
+    plot_sqnr,
+    plot_weight_histogram,
+)
+from tfquant.report.rows import activation_rows, integer_rows, weight_rows
+
+_INTEGER_SAMPLES = 256
 
 
 def _table(headers, rows):
@@ -36,6 +44,15 @@ def write_report(qmodel, samples, directory, calibrated_here=False):
     if activations:
         plot_activation_ranges(activations, os.path.join(directory, "activation_ranges.png"))
     progress.update(len(weights) + 2)
+    print("comparing the float simulation with the integer model layer by layer")
+    try:
+        flatbuffer = export_tflite(qmodel).flatbuffer
+        layers = integer_rows(qmodel, samples[:_INTEGER_SAMPLES], flatbuffer)
+        integer_note = None
+    except (ExportError, UnsupportedOperatorError) as error:
+        layers, integer_note = [], f"Not compared: {error}"
+    if layers:
+        plot_integer_layers(layers, os.path.join(directory, "integer_layers.png"))
 
     def fmt(pair):
         return "—" if pair is None else f"[{pair[0]:.4g}, {pair[1]:.4g}]"
@@ -73,6 +90,23 @@ def write_report(qmodel, samples, directory, calibrated_here=False):
               fmt(row["observed"])) for row in activations]))
     else:
         parts.append("<p>No activation quantizers.</p>")
+    parts.append("<h2>Keras and LiteRT, layer by layer</h2>")
+    if layers:
+        parts.append(
+            f"<p>On the first {min(len(samples), _INTEGER_SAMPLES)} samples: each layer's "
+            "output in the float simulation (the Keras model) and in the integer model "
+            "(<code>tfquant.integer_model</code>, the integers LiteRT's XNNPACK path "
+            "computes), against float (the model with its quantizers bypassed), and the "
+            "share of values where the two differ by at least one output step.</p>")
+        parts.append("<img src='integer_layers.png' alt='per-layer comparison'>")
+        parts.append(_table(
+            ("layer", "op", "float simulation SQNR (dB)", "integer model SQNR (dB)",
+             "values differing"),
+            [(row["layer"], row["op"], f"{row['float_sim_sqnr_db']:.1f}",
+              f"{row['integer_sqnr_db']:.1f}", f"{100 * row['differ']:.2f} %")
+             for row in layers]))
+    else:
+        parts.append(f"<p>{e(integer_note or 'No int8 layer outputs to compare.')}</p>")
     parts.append("</body></html>")
     index = os.path.join(directory, "index.html")
     atomic_write(index, "\n".join(parts))

@@ -73,3 +73,24 @@ def plot_activation_ranges(rows, path):
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
               frameon=False)
     files.save_figure(fig, path)
+
+
+def plot_integer_layers(rows, path):
+    """Per layer: SQNR against float of the float simulation and of the integer model,
+    and the share of values where the two differ."""
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True,
+                                      figsize=(max(6.4, 0.45 * len(rows) + 2), 5.2))
+    x = np.arange(len(rows))
+    top.plot(x, [min(r["float_sim_sqnr_db"], 99.0) for r in rows], "o-", color="#4c72b0",
+             label="float simulation (Keras)")
+    top.plot(x, [min(r["integer_sqnr_db"], 99.0) for r in rows], "s--", color="#c44e52",
+             label="integer model (LiteRT)")
+    top.set_ylabel("SQNR vs float (dB)")
+    top.legend(fontsize=7)
+    top.set_title("Where accuracy is lost, and where Keras and the phone part", fontsize=9)
+    bottom.bar(x, [100 * r["differ"] for r in rows], color="#dd8452")
+    bottom.set_ylabel("values differing (%)")
+    bottom.set_xticks(x)
+    bottom.set_xticklabels([r["layer"] for r in rows], rotation=60, ha="right", fontsize=7)
+    files.save_figure(fig, path)

@@ -1,12 +1,16 @@
-"""The numbers of `tfquant report`: one row per quantized kernel and per activation
-quantizer of a quantized model."""
+"""The numbers of `tfquant report`: one row per quantized kernel, per activation
+quantizer, and per layer of the Keras-vs-LiteRT comparison of a quantized model."""
+
+import re
 
 import keras
 import numpy as np
 
+from tfquant.export.integer_exact import IntegerModel
 from tfquant.keras import QuantizedConvolution, quantizer_slots
 from tfquant.keras.kernel_layout import flatten_depthwise
-from tfquant.quantizers.metrics import sqnr_db
+from tfquant.keras.slots import quantizers_bypassed
+from tfquant.quantizers.metrics import sqnr_db, sqnr_db_of_sums
 
 
 def weight_rows(qmodel):
@@ -80,3 +84,69 @@ def activation_rows(qmodel, samples, batch_size=64):
     for row, lo, hi in zip(rows, low, high):
         row["observed"] = (lo, hi)
     return rows
+
+
+def _layer_of_tensor(tensor_name, layer_names):
+    """The Keras layer whose output a flatbuffer tensor is: the first name of the fused
+    tensor's name list, `model/layer_1/Op`, with the tracing suffix `_1` dropped."""
+    first = tensor_name.split(";")[0].split("/")
+    if len(first) < 2:
+        return None
+    name = first[1]
+    if name in layer_names:
+        return name
+    stripped = re.sub(r"_\d+$", "", name)
+    return stripped if stripped in layer_names else None
+
+
+def integer_rows(qmodel, samples, flatbuffer, backend="xnnpack", batch_size=64):
+    """Layer by layer, how far the float simulation (the Keras model) and the integer
+    model (`tfquant.integer_model`, what LiteRT computes) are from float (the model with
+    its quantizers bypassed), and how often the two part by at least one output step.
+
+    One dict per layer whose output is an int8 tensor of `flatbuffer`, in graph order:
+    layer, op, SQNR of each against float (dB), fraction of values that differ.
+    """
+    integer = IntegerModel(flatbuffer, backend)
+    names = {layer.name for layer in qmodel.layers}
+    chosen = {}
+    for tensor in integer.activation_tensors():
+        layer = _layer_of_tensor(tensor.name, names)
+        if layer is not None and layer not in chosen:
+            chosen[layer] = tensor
+    if not chosen:
+        return []
+    layers = [qmodel.get_layer(name) for name in chosen]
+    inputs = qmodel.inputs if len(qmodel.inputs) > 1 else qmodel.inputs[0]
+    probe = keras.Model(inputs, [layer.output for layer in layers])
+    sums = {name: np.zeros(4) for name in chosen}  # Σx², Σ(sim−x)², Σ(int−x)², #differ
+    counts = dict.fromkeys(chosen, 0)
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        simulated = probe(batch, training=False)
+        with quantizers_bypassed(qmodel):
+            reference = probe(batch, training=False)
+        tensors = integer.tensor_values(batch, [t.index for t in chosen.values()])
+        for name, sim, ref in zip(chosen, _as_list(simulated), _as_list(reference)):
+            tensor = chosen[name]
+            sim, ref = np.asarray(sim, np.float64), np.asarray(ref, np.float64)
+            got = np.asarray(tensors[tensor.index], np.float64)
+            if got.shape != sim.shape:
+                got = got.reshape(sim.shape)
+            sums[name] += [np.sum(ref ** 2), np.sum((sim - ref) ** 2), np.sum((got - ref) ** 2),
+                           np.count_nonzero(np.round(np.abs(sim - got) / tensor.scale))]
+            counts[name] += sim.size
+    rows = []
+    for name, tensor in chosen.items():
+        signal, sim_noise, int_noise, differ = sums[name]
+        rows.append({
+            "layer": name, "op": tensor.operator,
+            "float_sim_sqnr_db": sqnr_db_of_sums(signal, sim_noise),
+            "integer_sqnr_db": sqnr_db_of_sums(signal, int_noise),
+            "differ": differ / max(counts[name], 1),
+        })
+    return rows
+
+
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
