@@ -14,6 +14,8 @@ if __name__ == "__main__":
         s for s in glob.glob(os.path.join(HERE, "ptq_*.py")) if not s.endswith("_common.py"))
     # The model zoo and keras.applications coverage (the longest runs, last).
     scripts += [os.path.join(HERE, "applications_coverage.py"), os.path.join(HERE, "model_zoo.py")]
+    # The integer-exact check reads the models model_zoo.py cached.
+    scripts.append(os.path.join(HERE, "integer_exact.py"))
     for script in scripts:
         print(f"== {os.path.basename(script)}", flush=True)
         if subprocess.call([sys.executable, script]) != 0:

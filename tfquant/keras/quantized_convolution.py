@@ -25,6 +25,7 @@ from tfquant.keras.kernel_layout import (
     scale_output_channels,
 )
 from tfquant.keras.dtypes import float32_math, to_compute_dtype, to_float32
+from tfquant.keras.integer_bias import deployed_step, input_quantizer_slot, integer_bias
 from tfquant.keras.slots import QuantizerSlot
 from tfquant.quantizers.base import (
     deserialize_quantizer,
@@ -95,11 +96,15 @@ class QuantizedConvolution(keras.layers.Wrapper):
         (a real tensor between DEPTHWISE_CONV_2D and CONV_2D in TFLite).
       pre_activation_quantizer: for an activation TFLite cannot fuse (sigmoid, tanh, ...),
         the quantizer of its input.
+      integer_bias: round the (folded) bias to the int32 grid LiteRT stores it on, step
+        input step × weight step (`tfquant.keras.integer_bias`), once BN uses moving
+        statistics and at inference; needs the input to come from an activation
+        quantizer (through pooling, reshapes, padding). Dense, Conv and DepthwiseConv.
     """
 
     def __init__(self, layer, batch_norm=None, weight_quantizer=None, output_quantizer=None,
                  intermediate_quantizer=None, pre_activation_quantizer=None,
-                 quantize_switch=False, **kwargs):
+                 quantize_switch=False, integer_bias=True, **kwargs):
         kind = kernel_kind(layer)
         if kind is None:
             raise ValueError(
@@ -121,6 +126,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         kwargs.setdefault("dtype", layer.dtype_policy)  # its output dtype is the layer's
         super().__init__(layer, **kwargs)
         self.quantize_switch = bool(quantize_switch)
+        self.integer_bias = bool(integer_bias)
         self.weights_quantize_enabled = None
         self.activations_quantize_enabled = None
         self.kind = kind
@@ -248,7 +254,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
             outputs = self._convolve(inputs, kernels, training, quantized=True)
             bias = self.layer_bias()
             if bias is not None:
-                outputs = outputs + bias
+                outputs = outputs + self._deployed_bias(bias, self._float_kernels())
         elif training:
             # Under tf.distribute the batch statistics are summed across replicas, a
             # synchronization point that may not sit inside tf.cond: they are computed
@@ -294,11 +300,30 @@ class QuantizedConvolution(keras.layers.Wrapper):
         gamma, beta = self.batch_norm_parameters()
         mean = ops.convert_to_tensor(bn.moving_mean)
         sigma_mv = self._moving_sigma()
-        kernels = self._quantized_kernels(self._folded_kernels(gamma, sigma_mv), training)
+        folded = self._folded_kernels(gamma, sigma_mv)
+        kernels = self._quantized_kernels(folded, training)
         outputs = self._convolve(inputs, kernels, training, quantized=True)
         bias = self.layer_bias()
         shift = mean if bias is None else mean - bias
-        return outputs + (beta - gamma * shift / sigma_mv)
+        return outputs + self._deployed_bias(beta - gamma * shift / sigma_mv, folded)
+
+    def _deployed_bias(self, bias, float_kernels):
+        """`bias` on LiteRT's int32 grid when `integer_bias` can find both steps."""
+        if not self.integer_bias or self.kind not in ("dense", "conv", "depthwise"):
+            return bias
+        source = input_quantizer_slot(self)
+        if source is None:
+            return bias
+        input_step = deployed_step(source.quantizer, tf.zeros([1, 1]), source.variables,
+                                   False)
+        name = self.folded_kernel_name()
+        weight_steps = deployed_step(self.weight_quantizer,
+                                     flat_kernel(float_kernels[name], self.kind),
+                                     self.kernel_variables[name], source.quantizer.num_bits < 8)
+        if input_step is None or weight_steps is None:
+            return bias
+        rounded = integer_bias(bias, input_step, weight_steps)
+        return apply_switch(self.weights_quantize_enabled, rounded, bias)
 
     def _batch_statistics(self, inputs, training):
         """Mean and variance of the float layer's output over the (global) batch."""
@@ -348,6 +373,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
         config["intermediate_quantizer"] = serialize_quantizer(self.intermediate_quantizer)
         config["pre_activation_quantizer"] = serialize_quantizer(self.pre_activation_quantizer)
         config["quantize_switch"] = self.quantize_switch
+        config["integer_bias"] = self.integer_bias
         return config
 
     @classmethod

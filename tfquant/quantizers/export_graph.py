@@ -8,6 +8,9 @@ adjustments the converter and LiteRT need (low-bit activations widened to 8 bits
 weight grids made exactly storable).
 """
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
 
 from tfquant.quantizers.base import (
@@ -17,12 +20,34 @@ from tfquant.quantizers.base import (
 )
 
 
+_RECORDS = contextvars.ContextVar("tfquant_fake_quant_records", default=None)
+
+
+@contextlib.contextmanager
+def recording_export_steps():
+    """While active, `export_fake_quant` records the step of each grid it would apply —
+    `(max − min) / (2^bits − 1 − narrow)`, per channel where the grid is — in the list
+    it yields, and returns its input unchanged. Tells the step a tensor deploys with."""
+    records = []
+    token = _RECORDS.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDS.reset(token)
+
+
 def export_fake_quant(x, min_value, max_value, num_bits, narrow_range, axis=None):
     """TensorFlow's built-in fake quant, the form the TFLite converter recognizes.
 
     TF's per-channel op only quantizes the last axis, so another axis is moved last and
     back (the converter folds the transposes into the constant weight).
     """
+    records = _RECORDS.get()
+    if records is not None:
+        levels = float(2 ** num_bits - 1 - int(bool(narrow_range)))
+        records.append((tf.convert_to_tensor(max_value, tf.float32)
+                        - tf.convert_to_tensor(min_value, tf.float32)) / levels)
+        return x
     if axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, min_value, max_value, num_bits=num_bits, narrow_range=narrow_range
