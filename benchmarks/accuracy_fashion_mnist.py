@@ -77,6 +77,8 @@ def float_model(x_train, y_train):
 
 
 def run_method(model, method, data):
+    """Fine-tunes `method` from `model`; (Keras accuracy, LiteRT accuracy text, exported
+    weight types, epochs, minutes, the quantized model)."""
     import keras
     import numpy as np
 
@@ -108,7 +110,8 @@ def run_method(model, method, data):
     except tfquant.ExportError as error:
         if "no exact integer form" not in str(error):
             minutes = (time.perf_counter() - start) / 60
-            return keras_accuracy, "export failed: " + str(error)[:80], "-", epochs, minutes
+            return (keras_accuracy, "export failed: " + str(error)[:80], "-", epochs, minutes,
+                    qmodel)
         # Levels with no exact integer form (e.g. 8-bit DoReFa needs 9-bit integers):
         # the nearest int8 grid, marked in the table.
         report = tfquant.export_tflite(qmodel, representative_data=x_test[:500],
@@ -118,7 +121,7 @@ def run_method(model, method, data):
     litert = f"{np.mean(np.argmax(logits, -1) == y_test) * 100:.2f}{fallback}"
     weights = ", ".join(sorted({t for t in report.weight_dtypes.values() if t != "INT32"}))
     minutes = (time.perf_counter() - start) / 60
-    return keras_accuracy, litert, weights, epochs, minutes
+    return keras_accuracy, litert, weights, epochs, minutes, qmodel
 
 
 def table_body(float_accuracy, rows):
@@ -162,7 +165,7 @@ def main(argv):
         if wanted and method[0] not in wanted:
             continue
         keras.utils.set_random_seed(0)
-        accuracy, litert, weights, epochs, minutes = run_method(model, method, data)
+        accuracy, litert, weights, epochs, minutes, _ = run_method(model, method, data)
         bits = f"W{method[1]}A{method[2]}" if method[1] >= 2 else f"W1A{method[2]}"
         bits = {"TWN": "W-ternary A8", "TTQ": "W-ternary A8"}.get(method[0], bits)
         row = (f"| {method[0]} | {bits} | {accuracy * 100:.2f} | "

@@ -7,7 +7,8 @@ and, for comparison, how far the float simulation (the Keras model) and the two 
 backends are from each other. Writes the "Integer-exact evaluation" section of
 BENCHMARKS.md.
 
-Models: the demo CNN (QAT W8A8, the demo's recipe), a briefly trained and so fragile
+Models: the demo CNN (QAT W8A8, the demo's recipe; W2A2 LSQ+PACT for 3 and 20 epochs
+as benchmarks/accuracy_fashion_mnist.py trains it), a briefly trained and so fragile
 MobileNetV2 (alpha 0.35, 32×32, 2 epochs, PTQ W8A8) and the keras.applications models
 cached by benchmarks/model_zoo.py in out/model_zoo/ (PTQ W8A8; rows for models not in
 the cache are skipped).
@@ -29,12 +30,15 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
+import accuracy_fashion_mnist as methods  # noqa: E402  (defines its flags before parsing)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("test", 10000, "Test images per model.")
 flags.DEFINE_string("zoo", "MobileNetV2,ResNet50V2,MobileNetV3Small,MobileNetV3Large,"
                     "EfficientNetB0", "Cached model_zoo models to check.")
 flags.DEFINE_bool("write", True, "Write the BENCHMARKS.md section.")
 flags.DEFINE_bool("skip_demo", False, "Leave out the demo CNN row.")
+flags.DEFINE_string("w2a2_epochs", "3,20", "QAT epochs of the W2A2 demo CNN rows.")
 
 BACKENDS = ("xnnpack", "builtin")
 
@@ -91,6 +95,21 @@ def demo_cnn(data):
     report = tfquant.export_tflite(qmodel, representative_data=x_test[:500])
     return compare("demo CNN, QAT W8A8", qmodel, report.flatbuffer, x_test[:FLAGS.test],
                    y_test[:FLAGS.test])
+
+
+def w2a2_demo(data, epochs):
+    """The demo CNN, W2A2 LSQ + PACT as benchmarks/accuracy_fashion_mnist.py trains it
+    (Keras now rounds the bias as LiteRT does, `QuantizedConvolution.integer_bias`)."""
+    import tfquant
+
+    (x_train, y_train), (x_test, y_test) = data
+    model = methods.float_model(x_train, y_train)
+    method = [m for m in methods.METHODS if m[0] == "LSQ+PACT"][0]
+    method = (*method[:-1], {"epochs": epochs})
+    qmodel = methods.run_method(model, method, data)[-1]
+    report = tfquant.export_tflite(qmodel, representative_data=x_test[:500])
+    return compare(f"demo CNN, W2A2 LSQ+PACT, {epochs} epochs", qmodel, report.flatbuffer,
+                   x_test[:FLAGS.test], y_test[:FLAGS.test])
 
 
 def fragile_mobilenet(data):
@@ -168,6 +187,7 @@ def main(argv):
 
     data = load_fashion_mnist()
     rows = [] if FLAGS.skip_demo else [demo_cnn(data)]
+    rows += [w2a2_demo(data, int(e)) for e in FLAGS.w2a2_epochs.split(",") if e]
     rows.append(fragile_mobilenet(data))
     rows += [r for r in (zoo_model(n, data) for n in FLAGS.zoo.split(",") if n) if r]
     body = (f"{FLAGS.test} Fashion-MNIST test images per model. \"values bit-equal\": the "

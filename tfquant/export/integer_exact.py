@@ -229,6 +229,13 @@ def _add(op, t, inputs, backend):
     mo, so = ops.quantize_multiplier(twice_max / (np.float64(np.float32(2**20)
                                                             * np.float32(output.scale))))
     x, y = x - a.zero_point, y - b.zero_point
+    if min(np.prod(a.shape, dtype=int), np.prod(b.shape, dtype=int)) == 1 and a.shape != b.shape:
+        # Adding a scalar (MobileNetV3's hard sigmoid, x + 3): each input's shift is a
+        # truncating arithmetic shift (NEON's vshl), the sum rounded as elsewhere.
+        total = (tf.bitwise.right_shift(ops.srdhm(x * 2**20, m1), tf.constant(-s1))
+                 + tf.bitwise.right_shift(ops.srdhm(y * 2**20, m2), tf.constant(-s2)))
+        values = ops.rounding_divide_by_pot(ops.srdhm(total, mo), -so)
+        return ops.clamp_to_output(values, output.zero_point, low, high)
     # Scalar loop: each input and the sum rounded by RoundingDivideByPOT.
     scalar = (ops.rounding_divide_by_pot(ops.srdhm(x * 2**20, m1), -s1)
               + ops.rounding_divide_by_pot(ops.srdhm(y * 2**20, m2), -s2))
