@@ -34,7 +34,7 @@ _A = schema_fb.ActivationFunctionType
 _PADDING = {schema_fb.Padding.SAME: "SAME", schema_fb.Padding.VALID: "VALID"}
 
 
-class UnsupportedOperatorError(NotImplementedError):
+class UnsupportedOperatorError(ValueError):
     """The flatbuffer holds an operator the integer model does not compute."""
 
 
