@@ -80,12 +80,9 @@ def demo_cnn(data):
     import keras
 
     import tfquant
-    from benchmark_report import train_float_cached
-    from demo_model import build_float_model
 
     (x_train, y_train), (x_test, y_test) = data
-    model = train_float_cached(build_float_model(), os.path.join(ROOT, "out", "accuracy_float_8.weights.h5"),
-                               x_train, y_train, 8, 128)
+    model = methods.float_model(x_train, y_train)  # cached in out/
     qmodel = tfquant.quantize_model(model)
     steps = 2 * -(-len(x_train) // 128)
     qmodel.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(5e-4, steps)),

@@ -475,11 +475,6 @@ class IntegerModel(keras.Model):
         self._input_indices = [int(i) for i in subgraph.inputs]
         self._output_indices = ordered_output_tensors(summary)
 
-    @property
-    def operators(self) -> list[str]:
-        """The operators it computes, in order (shape arithmetic left out)."""
-        return [_operator_name(compute) for compute, _ in self._steps]
-
     def activation_tensors(self) -> list[ActivationTensor]:
         """The int8 tensors its operators write, in graph order."""
         found = []

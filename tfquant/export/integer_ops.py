@@ -189,14 +189,6 @@ def srdhm(a, b):
                                                   tf.constant(np.asarray(b, np.int64)))
 
 
-def rounding_shift_ties_up(x, exponent):
-    """x / 2^exponent rounded to nearest, ties toward +∞ (NEON's vrshl)."""
-    exponent = np.asarray(exponent, np.int64)
-    rounding = np.where(exponent > 0, np.left_shift(1, np.maximum(exponent - 1, 0)), 0)
-    x = tf.cast(x, tf.int64) + tf.constant(rounding)
-    return tf.bitwise.right_shift(x, tf.constant(exponent) + tf.zeros_like(x))
-
-
 def window_sums(x, window, strides, padding):
     """Per-channel sums of `x` over each pooling window and the count of in-bounds taps
     (TFLite clips the window to the input), as float64 (exact)."""
