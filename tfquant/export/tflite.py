@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tfquant.export import dynamic as dyn
 from tfquant.export.files import atomic_write
 from tfquant.export.flatbuffer import inspect_flatbuffer
 from tfquant.export.int2 import to_int2_fully_connected
@@ -152,12 +153,16 @@ def _by_input_name(model, arrays):
     return {tensor.name: array for tensor, array in zip(model.inputs, arrays)}
 
 
-def _convert(model, arrays, input_type, output_type, integer_only):
+def _convert(model, arrays, input_type, output_type, integer_only, dynamic=False):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    # Needed for per-channel Dense and Conv2DTranspose kernels (docs/ARCHITECTURE.md §4).
-    converter._experimental_qdq_conversion_mode = "STATIC"
-    if integer_only and arrays is not None:
+    # Needed for per-channel Dense and Conv2DTranspose kernels (docs/ARCHITECTURE.md §4);
+    # DYNAMIC keeps the weight fake quants' integers for hybrid kernels (export/dynamic.py).
+    converter._experimental_qdq_conversion_mode = "DYNAMIC" if dynamic else "STATIC"
+    if dynamic:
+        arrays = None  # every activation stays float: nothing to calibrate
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    elif integer_only and arrays is not None:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     else:
         # Without samples the converter takes every range from the model's fake-quant
@@ -216,7 +221,7 @@ def check_integer_ops(summary, allow_float=False):
 
 def export_tflite(model, path=None, representative_data=None, input_type="float32",
                   output_type="float32", batch_size=256, nonuniform="error",
-                  int2_fully_connected=False, low_bit_weights="auto"):
+                  int2_fully_connected=False, low_bit_weights="auto", activations="static"):
     """Converts a quantized model to a full-integer TFLite flatbuffer and verifies it.
 
     Weights become int8 (per-channel) — INT4 for 4- and 2-bit weights, see
@@ -256,6 +261,19 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         ≈ the whole range / 3) an INT4 weight step leaves that a third of an output step,
         and LiteRT agreed with Keras on only about half of the W2A2 demo CNN's predictions
         (99 % with int8). INT2 FULLY_CONNECTED filters need "int4".
+      activations: "static" (default: the full-integer export above) or "dynamic"
+        (weight-only, TFLite's dynamic range quantization): weights int8 per channel
+        (INT4 for 2–4-bit FULLY_CONNECTED/CONV_2D; depthwise on int8, which LiteRT's
+        hybrid kernel needs), activations float32, FULLY_CONNECTED/CONV quantizing
+        their input at run time. For a weight-only model —
+        `QuantConfig(activation_quantizer=None)` for QAT or `ptq.quantize` — whose
+        Keras model simulates exactly those weights; a model with activation
+        quantizers is refused (its training simulated activations that LiteRT would
+        not compute), as are int8 input/output types and `int2_fully_connected`.
+        The export checks that every quantized kernel is stored as its Keras integers
+        and scales; the verification notes max |Keras − LiteRT|, LiteRT's run-time
+        activation quantization (`dynamic.TOLERANCE`: expected within 3 % of
+        max |output|, measured 0.5–1.5 %).
 
     Returns:
       An `ExportReport`: the flatbuffer bytes, size, ops, weight dtypes read from the
@@ -272,6 +290,10 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
     if nonuniform not in ("error", "nearest_grid"):
         raise ValueError(f"nonuniform={nonuniform!r} is not supported; allowed: 'error', "
                          "'nearest_grid'.")
+    check_choice("export_tflite", "activations", activations, ("static", "dynamic"))
+    if activations == "dynamic":
+        return _export_dynamic(model, path, representative_data, input_type, output_type,
+                               batch_size, nonuniform, int2_fully_connected, low_bit_weights)
     tfmot_model = is_tfmot_quantized(model)
     if tfmot_model:
         # TFMOT's quantize_apply result (tf_keras): converted as TFMOT quantized it.
@@ -322,6 +344,54 @@ def export_tflite(model, path=None, representative_data=None, input_type="float3
         argmax_agreement=agreement, num_samples=num_samples, notes=notes, summary=summary,
         output_checks=output_checks,
     )
+
+
+def _export_dynamic(model, path, representative_data, input_type, output_type, batch_size,
+                    nonuniform, int2_fully_connected, low_bit_weights):
+    """`export_tflite(..., activations="dynamic")` (see there; export/dynamic.py)."""
+    if input_type != tf.float32 or output_type != tf.float32 or int2_fully_connected:
+        raise ValueError("export_tflite(activations='dynamic') keeps float32 inputs and "
+                         "outputs and INT4 filters; got input_type, output_type = "
+                         f"{input_type.name!r}, {output_type.name!r}, int2_fully_connected="
+                         f"{int2_fully_connected!r}.")
+    if is_tfmot_quantized(model):
+        raise ExportError("export_tflite(activations='dynamic') takes a tfquant model; "
+                          "TFMOT models export with activations='static'.")
+    model = float32_copy(as_keras3(model, "export_tflite")[0])
+    quantizing = dyn.activation_quantizer_problems(model)
+    if quantizing:
+        raise ExportError(
+            f"export_tflite(activations='dynamic') exports weight-only models, but "
+            f"{model.name!r} quantizes activations at: {', '.join(quantizing[:8])}"
+            f"{' ...' if len(quantizing) > 8 else ''}. Quantize the float model with "
+            "QuantConfig(activation_quantizer=None) (QAT or tfquant.ptq.quantize), or "
+            "export this one with activations='static'.")
+    notes, grids, int8_low_bit = _plan_deployment(model, nonuniform, low_bit_weights)
+    grids.update(dyn.depthwise_int8_grids(model, int8_low_bit))
+    arrays = None if representative_data is None else _as_input_list(model, representative_data)
+    with exporting(grids, int8_low_bit):
+        flatbuffer = _convert(model, arrays, tf.float32, tf.float32, False, dynamic=True)
+    hybrid_notes, problems = dyn.check_hybrid(flatbuffer, model)
+    if problems:
+        raise ExportError("The dynamic-range flatbuffer is not what was asked: "
+                          + "; ".join(problems) + ".")
+    notes += hybrid_notes
+    summary = inspect_flatbuffer(flatbuffer)
+    agreement, num_samples = None, 0
+    if arrays is not None:
+        reference = _keras_outputs(model, arrays, batch_size, grids, int8_low_bit)
+        litert = run_litert(flatbuffer, _by_input_name(model, arrays), batch_size=batch_size)
+        agreement = compare_outputs(reference[0], litert[0], None)["argmax_agreement"]
+        notes.append(dyn.difference_note(reference, litert))
+        num_samples = len(arrays[0])
+    if path is not None:
+        atomic_write(path, flatbuffer)
+    return ExportReport(
+        flatbuffer=flatbuffer, path=path, size_bytes=len(flatbuffer),
+        op_counts=summary.op_counts(),
+        weight_dtypes={name: info.type_name for name, info in summary.weight_tensors().items()},
+        float_ops=[], argmax_agreement=agreement, num_samples=num_samples, notes=notes,
+        summary=summary)
 
 
 def _output_checks(flatbuffer, inputs, reference, litert, lsbs, batch_size, notes):

@@ -15,6 +15,7 @@ import keras
 from tfquant.ops.arguments import check_bits
 from tfquant.quantizers.base import Quantizer, deserialize_quantizer, get_quantizer_class
 from tfquant.quantizers.calibration import check_weight_calibrator, make_calibrator
+from tfquant.quantizers.identity import FloatActivations
 from tfquant.quantizers.uniform import (
     ACTIVATION_BITS,
     INT8_FIXED_OUTPUT_RANGES,
@@ -199,6 +200,9 @@ class LayerSpec:
         A quantizer for non-negative inputs only (`unsigned_only`, e.g. PACT) is replaced
         by `signed_activation_quantizer` where the output may be negative."""
         bits = bits or self.activation_bits
+        if _quantizer_class_or_error(self.activation_quantizer, self.layer_name) is \
+                FloatActivations:
+            return FloatActivations()  # weight-only: no fixed output ranges either
         if bits == 8 and activation in INT8_FIXED_OUTPUT_RANGES:
             return FixedRangeQuantizer(*INT8_FIXED_OUTPUT_RANGES[activation], num_bits=8)
         spec = self.activation_quantizer
@@ -244,7 +248,10 @@ class QuantConfig:
     Args:
       weight_quantizer: quantizer of Dense/conv kernels (name, class or instance);
         default "MinMaxWeightQuantizer" (symmetric, narrow range).
-      activation_quantizer: quantizer of activations; default "MovingAverageQuantizer".
+      activation_quantizer: quantizer of activations; default "MovingAverageQuantizer";
+        None: weight-only quantization, every activation stays float
+        ("FloatActivations"; for QAT or PTQ of weights alone, exported with
+        `export_tflite(..., activations="dynamic")`).
       signed_activation_quantizer: used instead of an `activation_quantizer` made for
         non-negative inputs only (PACT, DoReFa) on outputs that can be negative (e.g. a
         convolution+BN feeding an Add); default "MovingAverageQuantizer".
@@ -294,6 +301,8 @@ class QuantConfig:
         weight_calibrator="minmax",
     ):
         where = "QuantConfig"
+        if activation_quantizer is None:
+            activation_quantizer = "FloatActivations"
         _check_bits(weight_bits, WEIGHT_BITS, "weight_bits", where)
         _check_bits(activation_bits, ACTIVATION_BITS, "activation_bits", where)
         _check_bits(first_last_bits, WEIGHT_BITS, "first_last_bits", where)

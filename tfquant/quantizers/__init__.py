@@ -11,6 +11,7 @@ from tfquant.quantizers.base import (
 )
 from tfquant.quantizers._common import check_applies_to
 from tfquant.quantizers.binary import BinaryQuantizer
+from tfquant.quantizers.identity import FloatActivations
 from tfquant.quantizers.dorefa import DoReFaActivationQuantizer, DoReFaWeightQuantizer
 from tfquant.quantizers.lqnets import LQNetsQuantizer
 from tfquant.quantizers.lsq import LearnedRangeQuantizer, LSQPlusQuantizer, LSQQuantizer
@@ -31,6 +32,7 @@ __all__ = [
     "CappedRangeQuantizer",
     "DoReFaActivationQuantizer",
     "DoReFaWeightQuantizer",
+    "FloatActivations",
     "LQNetsQuantizer",
     "LSQPlusQuantizer",
     "LSQQuantizer",

@@ -27,6 +27,7 @@ class Deployment(enum.Enum):
     INT16 = "int16"  # exact: 16-bit activations (int16x8 kernels)
     INT8_WIDENED = "int8, widened"  # sub-8-bit activations in int8 tensors, values exact
     SIMULATION = "simulation"  # training only; export cannot keep these numbers
+    FLOAT = "float"  # not quantized (weight-only models): a float32 tensor
 
 
 @contextlib.contextmanager
