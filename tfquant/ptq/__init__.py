@@ -1,5 +1,5 @@
 """Post-training quantization: calibration, data-free equalization and bias correction,
-outlier channel splitting, AdaRound, sensitivity analysis and mixed precision, zero-shot
+outlier channel splitting, AdaRound, GPTQ, sensitivity analysis and mixed precision, zero-shot
 calibration data (ZeroQ).
 
     import tfquant
@@ -29,6 +29,7 @@ from tfquant.quantizers.calibration import (
     symmetric_quantize,
     weight_clip,
 )
+from tfquant.ptq.gptq import GPTQResult, gptq_kernel, gptq_wrapper, hessian
 from tfquant.ptq.equalization import (
     absorb_high_bias,
     bn_statistics,
@@ -41,6 +42,7 @@ from tfquant.ptq.quantize import (
     adaround_weights,
     calibrate_activations,
     calibrate_weights,
+    gptq_weights,
     quantize,
 )
 from tfquant.ptq.sensitivity import (
@@ -53,12 +55,13 @@ from tfquant.ptq.zero_shot import distill_calibration_data
 
 __all__ = [
     "ACTIVATION_CALIBRATORS", "WEIGHT_CALIBRATORS", "AdaRoundResult", "Calibrator", "EMACalibrator",
-    "EntropyCalibrator", "MSECalibrator", "MinMaxCalibrator", "PercentileCalibrator",
+    "EntropyCalibrator", "GPTQResult", "MSECalibrator", "MinMaxCalibrator", "PercentileCalibrator",
     "SensitivityReport", "absorb_high_bias", "adaround_kernel", "adaround_weights",
     "adaround_wrapper", "analytic_bias_correction", "bn_statistics", "calibrate_activations",
     "calibrate_weights", "clipped_normal_mean", "cross_layer_equalize", "dfq",
     "distill_calibration_data",
     "empirical_bias_correction", "factorize_weights", "float_output_means",
-    "fold_batch_norm", "layer_sensitivity", "make_calibrator", "mixed_precision",
+    "fold_batch_norm", "gptq_kernel", "gptq_weights", "gptq_wrapper", "hessian",
+    "layer_sensitivity", "make_calibrator", "mixed_precision",
     "quantize", "split_channels", "symmetric_quantize", "weight_clip",
 ]

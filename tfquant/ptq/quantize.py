@@ -19,6 +19,7 @@ from tfquant.ptq.bias_correction import (
     float_output_means,
 )
 from tfquant.ptq.equalization import dfq, fold_batch_norm
+from tfquant.ptq.gptq import gptq_wrapper
 from tfquant.ptq.zero_shot import distill_calibration_data
 from tfquant.quantizers.calibration import make_calibrator, symmetric_quantize, weight_clip
 
@@ -70,14 +71,17 @@ def calibrate_activations(qmodel, batches, calibrator=None, verbose=1, config=No
     return ranges
 
 
-def calibrate_weights(qmodel, weight_calibrator=None, config=None):
+def calibrate_weights(qmodel, weight_calibrator=None, config=None, exclude=()):
     """Clips the weights of every wrapper with a `MinMaxWeightQuantizer` at the clip of
     `weight_calibrator` ("minmax", "mse", "sawb", or a dict {layer name, regex or class:
     name}; unmatched: "minmax"; None: `config.weight_calibrator` and its LayerRules) and
     stores them on the grid, so that the quantizer (which takes max|w|) reproduces that
-    grid. Returns the names of the layers changed."""
+    grid; the layers named in `exclude` are left alone. Returns the names of the layers
+    changed."""
     changed = []
     for wrapper in s.wrappers(qmodel):
+        if wrapper.name in exclude:
+            continue
         method = _calibrator_choice(weight_calibrator, config, "weight", (wrapper.name,),
                                     wrapper.layer)
         if method == "minmax" or not _uses_grid_weights(wrapper):
@@ -137,6 +141,33 @@ def adaround_weights(qmodel, batches, weight_calibrator=None, iterations=2000,
     return results
 
 
+def _gptq_targets(qmodel):
+    return [w for w in s.wrappers(qmodel) if _uses_grid_weights(w) and w.kind == "dense"]
+
+
+def gptq_weights(qmodel, batches, weight_calibrator=None, max_samples=512, act_order=True,
+                 damping=0.01, block_size=128, verbose=1, config=None):
+    """GPTQ (`tfquant.ptq.gptq`) for every Dense wrapper (Dense, EinsumDense in Dense
+    form, attention projections) with a `MinMaxWeightQuantizer`, in graph order. Each
+    layer's Hessian comes from its inputs in the quantized model as it stands (activation
+    ranges must be set; earlier layers already GPTQ'd), over the first `max_samples`
+    samples. `weight_calibrator` (or `config`) gives the clip of each grid, as in
+    `calibrate_weights`. One step per output channel (or per tensor): exports as it is.
+    Returns {layer name: `GPTQResult`}."""
+    targets = _gptq_targets(qmodel)
+    results = {}
+    bar = keras.utils.Progbar(len(targets), unit_name="layer") if verbose and targets else None
+    for index, wrapper in enumerate(targets):
+        method = _calibrator_choice(weight_calibrator, config, "weight", (wrapper.name,),
+                                    wrapper.layer)
+        inputs = _layer_inputs(qmodel, [wrapper], batches, max_samples, quantized=True)
+        results[wrapper.name] = gptq_wrapper(wrapper, inputs[wrapper.name], method,
+                                             act_order, damping, block_size)
+        if bar is not None:
+            bar.update(index + 1)
+    return results
+
+
 def quantize(model, calibration_data=None, config=None, calibrator=None,
              weight_calibrator=None, data_free=False, bias_correction=None,
              rounding="nearest", adaround_iterations=2000, relu6_to_relu=True,
@@ -166,8 +197,10 @@ def quantize(model, calibration_data=None, config=None, calibrator=None,
         "analytic".
       bias_correction: None (analytic with `data_free`, else none), False, "analytic"
         (from BN statistics) or "empirical" (from `calibration_data`).
-      rounding: "nearest" or "adaround" (`adaround_iterations` per layer, on at most
-        512 calibration samples; the activation ranges are calibrated first).
+      rounding: "nearest", "adaround" (`adaround_iterations` per layer, on at most
+        512 calibration samples) or "gptq" (Dense layers, on at most 512 samples;
+        other layers round to nearest; options: `gptq_weights`); for both the
+        activation ranges are calibrated first.
       batch_size: batch size for array data; num_batches: use at most this many batches.
       verbose: 1 shows progress bars.
       zero_shot: without `calibration_data`: calibrate on inputs distilled from the
@@ -175,8 +208,8 @@ def quantize(model, calibration_data=None, config=None, calibrator=None,
         ZeroQ, 256 samples): post-training quantization with no data at all.
     """
     model, config = keras3_model_and_config(model, config or QuantConfig(), "ptq.quantize")
-    if rounding not in ("nearest", "adaround"):
-        raise ValueError(f"rounding={rounding!r}: use 'nearest' or 'adaround'.")
+    if rounding not in ("nearest", "adaround", "gptq"):
+        raise ValueError(f"rounding={rounding!r}: use 'nearest', 'adaround' or 'gptq'.")
     if bias_correction is None:
         bias_correction = "analytic" if data_free else False
     if bias_correction not in (False, "analytic", "empirical"):
@@ -209,6 +242,13 @@ def quantize(model, calibration_data=None, config=None, calibrator=None,
         calibrate_activations(qmodel, batches, calibrator, verbose, config)
         adaround_weights(qmodel, batches, weight_calibrator, adaround_iterations,
                          verbose=verbose, config=config)
+    elif rounding == "gptq":
+        # GPTQ rounds the float Dense kernels on the inputs of the quantized model: the
+        # other layers' grids and the ranges come first.
+        calibrate_weights(qmodel, weight_calibrator, config,
+                          exclude={w.name for w in _gptq_targets(qmodel)})
+        calibrate_activations(qmodel, batches, calibrator, verbose, config)
+        gptq_weights(qmodel, batches, weight_calibrator, verbose=verbose, config=config)
     else:
         calibrate_weights(qmodel, weight_calibrator, config)
         calibrate_activations(qmodel, batches, calibrator, verbose, config)
