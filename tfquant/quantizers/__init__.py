@@ -18,7 +18,7 @@ from tfquant.quantizers.lsq import LearnedRangeQuantizer, LSQPlusQuantizer, LSQQ
 from tfquant.quantizers.pact import PACTQuantizer
 from tfquant.quantizers.sawb import SAWBQuantizer
 from tfquant.quantizers.soft import SoftQuantizer
-from tfquant.quantizers.ternary import TernaryQuantizer, TTQQuantizer
+from tfquant.quantizers.ternary import TernaryQuantizer, TGAQuantizer, TTQQuantizer
 from tfquant.quantizers.tqt import TQTQuantizer
 from tfquant.quantizers.uniform import (
     CappedRangeQuantizer,
@@ -40,6 +40,7 @@ __all__ = [
     "PACTQuantizer",
     "SAWBQuantizer",
     "SoftQuantizer",
+    "TGAQuantizer",
     "TQTQuantizer",
     "TTQQuantizer",
     "TernaryQuantizer",

@@ -1,4 +1,6 @@
-"""Ternary weights: TWN (Li et al. 2016) and TTQ (Zhu et al. 2017)."""
+"""Ternary weights: TWN (Li et al. 2016), TTQ (Zhu et al. 2017) and TGA (He & Fan 2019)."""
+
+import math
 
 import tensorflow as tf
 
@@ -149,3 +151,73 @@ class TTQQuantizer(Quantizer):
     def get_config(self):
         return {"threshold_factor": self.threshold_factor, "per_channel": self.per_channel,
                 "axis": self.axis}
+
+
+@register_quantizer
+class TGAQuantizer(TernaryQuantizer):
+    """Ternary weights from a truncated-Gaussian fit: `ŵ = α·sign(w)·[|w| > Δ]` with
+    `Δ = κ·σ` and `α = σ·(φ(κ) − φ(b)) / (Φ(b) − Φ(κ))`, `b = max|w|/σ`.
+
+    The weights (per tensor or per output channel) are modelled as `N(0, σ²)`,
+    `σ² = mean(w²)`; α is then the mean of `|w|` over the tails `Δ < |w| ≤ max|w|` of
+    that Gaussian — the truncated-Gaussian mean (φ, Φ: the standard normal's density and
+    distribution). Δ and α are closed forms of the weight statistics, so the quantizer is
+    optimized with the weights: in training the gradient for w is straight through
+    (identity) plus the path through α(σ(w), max|w|) (Δ only moves the indicator, whose
+    derivative is 0). Default κ = 0.6, near the L2-optimal threshold of a Gaussian
+    (κ = α/2σ at κ ≈ 0.612; TWN's 0.7·E|w| is 0.56σ).
+    He & Fan 2019, "Simultaneously Optimizing Weight and Quantizer of Ternary Neural
+    Network using Truncated Gaussian Approximation" (CVPR). The paper fits N(μ, σ²);
+    tfquant fits the zero-mean Gaussian because the ternary grid is symmetric about 0.
+
+    Deploys as TWN does: INT4 `{−7, 0, 7}·α/7` (see `TernaryQuantizer`).
+
+    Example: w ~ N(0, 1), a large sample (max|w| ≈ 4.5): Δ ≈ 0.6, α ≈ 1.215.
+
+    Args:
+      threshold_factor: κ of `Δ = κ·σ`, in (0, 1) (max|w| ≥ σ, so the tails are never
+        empty).
+      per_channel: Δ and α per slice along `axis` (the output-channel axis).
+      axis: the output-channel axis.
+    """
+
+    def __init__(self, threshold_factor=0.6, per_channel=False, axis=-1):
+        super().__init__(threshold_factor, per_channel, axis)
+        if self.threshold_factor >= 1.0:
+            raise ValueError(f"TGAQuantizer: threshold_factor={threshold_factor!r} is not "
+                             "supported; allowed: a number in (0, 1).")
+
+    def threshold_and_scale(self, w, axis=None):
+        """(Δ, α) of `w`, per slice along `axis` (per tensor when None); differentiable
+        in `w` through σ and max|w|."""
+        w = tf.convert_to_tensor(w, tf.float32)
+        axes = c.reduce_axes(w, axis)
+        sigma = tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(w), axis=axes)), _MIN_SCALE)
+        # max|w| ≥ σ always; the floor only guards an all-zero tensor (σ at its floor).
+        upper = tf.maximum(tf.reduce_max(tf.abs(w), axis=axes) / sigma, 1.0)
+        kappa = self.threshold_factor
+        tail = _normal_cdf(upper) - _normal_cdf(kappa)
+        alpha = sigma * (_normal_pdf(kappa) - _normal_pdf(upper)) / tail
+        return kappa * sigma, tf.maximum(alpha, _MIN_SCALE)
+
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        ternary = super().__call__(inputs, training, weights)
+        if not training:
+            return ternary
+        x = tf.convert_to_tensor(inputs)
+        axis = self.axis % x.shape.rank if self.per_channel else None
+        _, alpha = self.threshold_and_scale(x, axis)
+        alpha = c.per_channel(alpha, x, axis)
+        # The forward stays the hard ternary values bit for bit (the carrier is 0);
+        # the carrier's gradient is α's: Σ ∂L/∂ŵ·t through α(w).
+        codes = tf.stop_gradient(tf.round(ternary / alpha))
+        carrier = alpha * codes
+        return ternary + (carrier - tf.stop_gradient(carrier))
+
+
+def _normal_pdf(z):
+    return tf.exp(-0.5 * tf.square(z)) / math.sqrt(2.0 * math.pi)
+
+
+def _normal_cdf(z):
+    return 0.5 * (1.0 + tf.math.erf(z / math.sqrt(2.0)))
