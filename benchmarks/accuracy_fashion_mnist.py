@@ -60,6 +60,7 @@ METHODS = [
     ("LSQ+PACT 20 epochs", 2, 2, "LSQQuantizer", PACT, W2A2, W2A2_RECIPE),
     ("TWN", 2, 8, "TernaryQuantizer", "MovingAverageQuantizer", {}, {}),
     ("TTQ", 2, 8, "TTQQuantizer", "MovingAverageQuantizer", {}, {}),
+    ("TGA", 2, 8, "TGAQuantizer", "MovingAverageQuantizer", {}, {}),
     ("binary (XNOR)", 1, 8, {"class_name": "BinaryQuantizer",
                              "config": {"scale": "per_channel_mean"}},
      "MovingAverageQuantizer", {}, {}),
@@ -167,7 +168,7 @@ def main(argv):
         keras.utils.set_random_seed(0)
         accuracy, litert, weights, epochs, minutes, _ = run_method(model, method, data)
         bits = f"W{method[1]}A{method[2]}" if method[1] >= 2 else f"W1A{method[2]}"
-        bits = {"TWN": "W-ternary A8", "TTQ": "W-ternary A8"}.get(method[0], bits)
+        bits = {"TWN": "W-ternary A8", "TTQ": "W-ternary A8", "TGA": "W-ternary A8"}.get(method[0], bits)
         row = (f"| {method[0]} | {bits} | {accuracy * 100:.2f} | "
                f"{(accuracy - float_accuracy) * 100:+.2f} | {litert} | {weights} | "
                f"{epochs} | {minutes:.1f} |")
