@@ -21,12 +21,14 @@ def model_with_three_kinds_of_bn():
     return keras.Model(inputs, layers.Dense(3, name="head")(x))
 
 
-def float_conv_outputs(qmodel, x):
-    """What the folded BN normalizes: the float convolution (unfolded kernel, bias) of
-    the layer's own, quantized, input."""
+def conv_outputs_the_bn_sees(qmodel, x):
+    """What the folded BN normalizes: the deployed (folded, quantized) convolution of the
+    layer's own, quantized, input, divided by the fold factor γ/σ_mv, plus the bias."""
     conv = qmodel.get_layer("conv")
     conv_inputs = keras.Model(qmodel.inputs, conv.input)(x)
-    return np.asarray(conv.layer(conv_inputs))
+    kernel, _ = conv.deployed_kernels()["kernel"]
+    unfolded = kernel / np.asarray(conv.fold_factor())
+    return np.asarray(conv.layer.convolution_op(conv_inputs, unfolded) + conv.layer.bias)
 
 
 def quantizer_state(qmodel):
@@ -44,7 +46,7 @@ def test_moving_statistics_become_the_batch_statistics_of_the_current_weights():
     folded = qmodel.get_layer("conv")
     assert tfquant.reestimate_batch_norm(qmodel, x, batch_size=32) == 2
     # Over the three batches: the means of the batch means and variances.
-    outputs = float_conv_outputs(qmodel, x).reshape(3, -1, 6)
+    outputs = conv_outputs_the_bn_sees(qmodel, x).reshape(3, -1, 6)
     np.testing.assert_allclose(folded.batch_norm.moving_mean.numpy(),
                                outputs.mean(axis=1).mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(folded.batch_norm.moving_variance.numpy(),
@@ -66,7 +68,7 @@ def test_the_callback_reestimates_at_the_end_of_training():
     qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     qmodel.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[ReestimateBatchNorm(x)])
     bn = qmodel.get_layer("conv").batch_norm
-    outputs = float_conv_outputs(qmodel, x).reshape(-1, 6)
+    outputs = conv_outputs_the_bn_sees(qmodel, x).reshape(-1, 6)
     np.testing.assert_allclose(bn.moving_mean.numpy(), outputs.mean(axis=0), rtol=1e-4,
                                atol=1e-5)
 

@@ -45,8 +45,12 @@ with strategy.scope():
     model = keras.Model(inputs, layers.Dense(3, name="head")(h))
     # The conv's input is the quantized model input (range: the global batch's).
     x_q = tf.quantization.fake_quant_with_min_max_vars(x, float(x.min()), float(x.max()))
-    raw = np.asarray(model.get_layer("conv")(x_q))
     qmodel = tfquant.quantize_model(model)
+    # What the folded BN's batch statistics see: the deployed (folded, quantized) kernel
+    # divided by the fold factor γ/σ_mv.
+    conv = qmodel.get_layer("conv")
+    kernel = conv.deployed_kernels()["kernel"][0] / np.asarray(conv.fold_factor())
+    raw = np.asarray(conv.layer.convolution_op(x_q, kernel))
     qmodel.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # Learned ranges initialized from the first batch: LSQ steps, a TQT threshold after
     # the pooling (a small model: one more train function to trace, on every worker).

@@ -2,15 +2,15 @@
 optionally with the following BatchNormalization folded in.
 
 BN folding follows Jacob et al. 2018 (and TF contrib's `fold_batch_norms` with freeze):
-the quantized kernel is always the deployed one, `w·γ/σ_mv`. Before the freeze, training
-uses batch statistics: the output is multiplied by `σ_mv/σ_B` and the bias is
-`β + γ(b − μ_B)/σ_B`, which makes the layer equal to conv→BN in training mode (up to
-quantization), and the moving statistics are updated. After the freeze, and always at
-inference, the layer is `conv(x, q(w·γ/σ_mv)) + β + γ(b − μ_mv)/σ_mv`: exactly what the
-exported integer model computes. The batch statistics come from a float convolution
-of the unfolded kernel, so before the freeze a training step runs the convolution twice.
+the quantized kernel is always the deployed one, `w·γ/σ_mv`, and a training step runs one
+convolution, `y_q = conv(x, q(w·γ/σ_mv))`. Before the freeze, training uses batch
+statistics, taken from that convolution rescaled by `σ_mv/γ` (the float layer's output up
+to the kernel's quantization error, ARCHITECTURE.md §3): the output is
+`|γ|·(y_q − mean y_q)/sqrt(var y_q + ε·(γ/σ_mv)²) + β`, conv→BN in training mode up to
+quantization, and the moving statistics are updated. After the freeze, and always at
+inference, the layer is `y_q + β + γ(b − μ_mv)/σ_mv`: exactly what the exported integer
+model computes.
 """
-
 import keras
 import tensorflow as tf
 from keras import ops
@@ -188,7 +188,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
 
     # -- the float math of each kind, on given kernels -------------------------------
 
-    def _convolve(self, inputs, kernels, training, quantized):
+    def convolve(self, inputs, kernels, training, quantized):
         layer = self.layer
         if self.kind == "dense":
             return ops.matmul(inputs, kernels["kernel"])
@@ -251,23 +251,28 @@ class QuantizedConvolution(keras.layers.Wrapper):
     def _call_float32(self, inputs, training):
         if self.batch_norm is None:
             kernels = self._quantized_kernels(self._float_kernels(), training)
-            outputs = self._convolve(inputs, kernels, training, quantized=True)
+            outputs = self.convolve(inputs, kernels, training, quantized=True)
             bias = self.layer_bias()
             if bias is not None:
                 outputs = outputs + self._deployed_bias(bias, self._float_kernels())
-        elif training:
+            return self._activate_and_quantize(outputs, training)
+        gamma, _ = self.batch_norm_parameters()
+        kernels = self._quantized_kernels(self._folded_kernels(gamma, self._moving_sigma()),
+                                          training)
+        outputs = self.convolve(inputs, kernels, training, quantized=True)
+        if training:
             # Under tf.distribute the batch statistics are summed across replicas, a
             # synchronization point that may not sit inside tf.cond: they are computed
             # before it (also after the freeze, where they go unused).
-            statistics = (self._batch_statistics(inputs, training)
-                          if _replicas_in_sync() > 1 else None)
+            moments = (batch_moments(outputs, list(range(len(outputs.shape) - 1)))
+                       if _replicas_in_sync() > 1 else None)
             outputs = tf.cond(
                 tf.convert_to_tensor(self._bn_frozen) > 0.5,
-                lambda: self._folded_moving_statistics(inputs, training),
-                lambda: self._folded_batch_statistics(inputs, training, statistics),
+                lambda: self._with_moving_statistics(outputs),
+                lambda: self._with_batch_statistics(outputs, moments),
             )
         else:
-            outputs = self._folded_moving_statistics(inputs, training)
+            outputs = self._with_moving_statistics(outputs)
         return self._activate_and_quantize(outputs, training)
 
     def batch_norm_parameters(self):
@@ -295,17 +300,16 @@ class QuantizedConvolution(keras.layers.Wrapper):
                                               self.kernel_layout(name))
         return kernels
 
-    def _folded_moving_statistics(self, inputs, training):
-        bn = self.batch_norm
+    def _with_moving_statistics(self, outputs):
+        """The deployed layer: `outputs` (the folded, quantized convolution) plus the
+        folded bias from the moving statistics."""
         gamma, beta = self.batch_norm_parameters()
-        mean = ops.convert_to_tensor(bn.moving_mean)
         sigma_mv = self._moving_sigma()
-        folded = self._folded_kernels(gamma, sigma_mv)
-        kernels = self._quantized_kernels(folded, training)
-        outputs = self._convolve(inputs, kernels, training, quantized=True)
         bias = self.layer_bias()
+        mean = ops.convert_to_tensor(self.batch_norm.moving_mean)
         shift = mean if bias is None else mean - bias
-        return outputs + self._deployed_bias(beta - gamma * shift / sigma_mv, folded)
+        return outputs + self._deployed_bias(beta - gamma * shift / sigma_mv,
+                                             self._folded_kernels(gamma, sigma_mv))
 
     def _deployed_bias(self, bias, float_kernels):
         """`bias` on LiteRT's int32 grid when `integer_bias` can find both steps."""
@@ -325,29 +329,27 @@ class QuantizedConvolution(keras.layers.Wrapper):
         rounded = integer_bias(bias, input_step, weight_steps)
         return apply_switch(self.weights_quantize_enabled, rounded, bias)
 
-    def _batch_statistics(self, inputs, training):
-        """Mean and variance of the float layer's output over the (global) batch."""
-        raw = self._convolve(inputs, self._float_kernels(), training, quantized=False)
-        bias = self.layer_bias()
-        if bias is not None:
-            raw = raw + bias
-        return batch_moments(raw, list(range(len(raw.shape) - 1)))
-
-    def _folded_batch_statistics(self, inputs, training, statistics=None):
+    def _with_batch_statistics(self, outputs, moments=None):
+        """BN in training mode on the float layer's output, whose batch statistics are
+        those of `outputs` (the folded, quantized convolution) divided by the fold factor
+        r = γ/σ_mv; updates the moving statistics with them."""
         bn = self.batch_norm
         gamma, beta = self.batch_norm_parameters()
+        factor = gamma / self._moving_sigma()
+        mean_q, variance_q = moments or ops.moments(outputs, list(range(len(outputs.shape) - 1)))
+        # A channel with γ = 0 has no statistics in its output: its moving ones stay.
+        known = ops.abs(factor) > 1e-30
+        safe = ops.where(known, factor, ops.ones_like(factor))
         bias = self.layer_bias()
-        batch_mean, batch_variance = statistics or self._batch_statistics(inputs, training)
-        moving_variance = ops.convert_to_tensor(bn.moving_variance)
-        sigma_mv = ops.sqrt(moving_variance + bn.epsilon)
-        sigma_b = ops.sqrt(batch_variance + bn.epsilon)
+        batch_mean = ops.where(known, mean_q / safe + (0.0 if bias is None else bias),
+                               bn.moving_mean)
+        batch_variance = ops.where(known, variance_q / ops.square(safe), bn.moving_variance)
         momentum = bn.momentum
         bn.moving_mean.assign(bn.moving_mean * momentum + batch_mean * (1.0 - momentum))
-        bn.moving_variance.assign(moving_variance * momentum + batch_variance * (1.0 - momentum))
-        kernels = self._quantized_kernels(self._folded_kernels(gamma, sigma_mv), training)
-        outputs = self._convolve(inputs, kernels, training, quantized=True) * (sigma_mv / sigma_b)
-        shift = batch_mean if bias is None else batch_mean - bias
-        return outputs + (beta - gamma * shift / sigma_b)
+        bn.moving_variance.assign(
+            bn.moving_variance * momentum + batch_variance * (1.0 - momentum))
+        scale = ops.abs(gamma) / ops.sqrt(variance_q + bn.epsilon * ops.square(factor))
+        return (outputs - mean_q) * scale + beta
 
     def _activate_and_quantize(self, outputs, training):
         switch = self.activations_quantize_enabled

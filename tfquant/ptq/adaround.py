@@ -141,7 +141,7 @@ def adaround_wrapper(wrapper, inputs, clip_method="minmax", target_inputs=None, 
 
     def convolve(x, k):
         k = tf.reshape(k, kernel.shape)
-        return wrapper._convolve(x, {"kernel": k}, False, quantized=False)
+        return wrapper.convolve(x, {"kernel": k}, False, quantized=False)
 
     result = adaround_kernel(convolve, flat, inputs, bits, scale, target_inputs, **kwargs)
     # Keep the largest |w| of every range on the grid's end: the min-max weight quantizer

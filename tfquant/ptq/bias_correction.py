@@ -88,7 +88,7 @@ def analytic_bias_correction(qmodel, float_model, float_kernels):
 
 
 def _pre_bias_mean(wrapper, inputs, kernels, quantized):
-    outputs = wrapper._convolve(tf.convert_to_tensor(inputs), kernels, False, quantized)
+    outputs = wrapper.convolve(tf.convert_to_tensor(inputs), kernels, False, quantized)
     outputs = keras.ops.convert_to_numpy(outputs).astype(np.float64)
     flat = outputs.reshape(-1, outputs.shape[-1])
     return flat.sum(axis=0), flat.shape[0]
