@@ -256,9 +256,8 @@ class QuantizedConvolution(keras.layers.Wrapper):
             if bias is not None:
                 outputs = outputs + self._deployed_bias(bias, self._float_kernels())
             return self._activate_and_quantize(outputs, training)
-        gamma, _ = self.batch_norm_parameters()
-        kernels = self._quantized_kernels(self._folded_kernels(gamma, self._moving_sigma()),
-                                          training)
+        folded, folded_bias = self.folded_kernels_and_bias()
+        kernels = self._quantized_kernels(folded, training)
         outputs = self.convolve(inputs, kernels, training, quantized=True)
         if training:
             # Under tf.distribute the batch statistics are summed across replicas, a
@@ -268,11 +267,11 @@ class QuantizedConvolution(keras.layers.Wrapper):
                        if _replicas_in_sync() > 1 else None)
             outputs = tf.cond(
                 tf.convert_to_tensor(self._bn_frozen) > 0.5,
-                lambda: self._with_moving_statistics(outputs),
+                lambda: outputs + self._deployed_bias(folded_bias, folded),
                 lambda: self._with_batch_statistics(outputs, moments),
             )
         else:
-            outputs = self._with_moving_statistics(outputs)
+            outputs = outputs + self._deployed_bias(folded_bias, folded)
         return self._activate_and_quantize(outputs, training)
 
     def batch_norm_parameters(self):
@@ -299,17 +298,6 @@ class QuantizedConvolution(keras.layers.Wrapper):
         kernels[name] = scale_output_channels(kernels[name], gamma / sigma_mv,
                                               self.kernel_layout(name))
         return kernels
-
-    def _with_moving_statistics(self, outputs):
-        """The deployed layer: `outputs` (the folded, quantized convolution) plus the
-        folded bias from the moving statistics."""
-        gamma, beta = self.batch_norm_parameters()
-        sigma_mv = self._moving_sigma()
-        bias = self.layer_bias()
-        mean = ops.convert_to_tensor(self.batch_norm.moving_mean)
-        shift = mean if bias is None else mean - bias
-        return outputs + self._deployed_bias(beta - gamma * shift / sigma_mv,
-                                             self._folded_kernels(gamma, sigma_mv))
 
     def _deployed_bias(self, bias, float_kernels):
         """`bias` on LiteRT's int32 grid when `integer_bias` can find both steps."""
