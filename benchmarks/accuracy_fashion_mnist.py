@@ -144,6 +144,28 @@ def table_body(float_accuracy, rows):
             "epochs | minutes |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
+def merged_rows(new_rows):
+    """`new_rows` in METHODS order, with the rows of the methods not run this time kept
+    from the current BENCHMARKS.md table (`--methods` reruns a few rows, not the table)."""
+    from benchmark_report import read_section
+
+    def key(row):
+        return tuple(cell.strip() for cell in row.strip("|").split("|")[:2])
+
+    rows = {key(r): r for r in read_section("QAT methods on Fashion-MNIST").splitlines()
+            if r.startswith("| ") and not r.startswith("| method ")}
+    rows.update({key(r): r for r in new_rows})
+    order = [(m[0], method_bits(m)) for m in METHODS]
+    return [rows[k] for k in order if k in rows] + [r for k, r in rows.items() if k not in order]
+
+
+def method_bits(method):
+    """The table's bits cell: W<w>A<a>, ternary weights named as such."""
+    if method[3] in ("TernaryQuantizer", "TTQQuantizer", "TGAQuantizer"):
+        return f"W-ternary A{method[2]}"
+    return f"W{max(method[1], 1)}A{method[2]}"
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -167,14 +189,12 @@ def main(argv):
             continue
         keras.utils.set_random_seed(0)
         accuracy, litert, weights, epochs, minutes, _ = run_method(model, method, data)
-        bits = f"W{method[1]}A{method[2]}" if method[1] >= 2 else f"W1A{method[2]}"
-        bits = {"TWN": "W-ternary A8", "TTQ": "W-ternary A8", "TGA": "W-ternary A8"}.get(method[0], bits)
-        row = (f"| {method[0]} | {bits} | {accuracy * 100:.2f} | "
+        row = (f"| {method[0]} | {method_bits(method)} | {accuracy * 100:.2f} | "
                f"{(accuracy - float_accuracy) * 100:+.2f} | {litert} | {weights} | "
                f"{epochs} | {minutes:.1f} |")
         rows.append(row)
         print(row, flush=True)
-    body = table_body(float_accuracy, rows)
+    body = table_body(float_accuracy, merged_rows(rows) if wanted else rows)
     write_section("QAT methods on Fashion-MNIST", "python benchmarks/accuracy_fashion_mnist.py",
                   body)
 

@@ -52,6 +52,18 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def read_section(name):
+    """The current text of the BENCHMARKS.md section `name` ("" when absent)."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    if not os.path.exists(BENCHMARKS_MD):
+        return ""
+    with open(BENCHMARKS_MD) as handle:
+        text = handle.read()
+    if begin not in text or end not in text:
+        return ""
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
 def write_section(name, command, body):
     """Replaces (or appends) the section `name` of BENCHMARKS.md."""
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
