@@ -11,6 +11,7 @@ from tfquant.quantizers.base import (
 )
 from tfquant.quantizers._common import check_applies_to
 from tfquant.quantizers.binary import BinaryQuantizer
+from tfquant.quantizers.daq import DAQQuantizer
 from tfquant.quantizers.identity import FloatActivations
 from tfquant.quantizers.dorefa import DoReFaActivationQuantizer, DoReFaWeightQuantizer
 from tfquant.quantizers.lqnets import LQNetsQuantizer
@@ -30,6 +31,7 @@ from tfquant.quantizers.uniform import (
 __all__ = [
     "BinaryQuantizer",
     "CappedRangeQuantizer",
+    "DAQQuantizer",
     "DoReFaActivationQuantizer",
     "DoReFaWeightQuantizer",
     "FloatActivations",
