@@ -2,5 +2,7 @@
 
 from tfquant.ops.fake_quant import fake_quant
 from tfquant.ops.packed import pack_weights, packed_matmul, unpack_weights
+from tfquant.ops.ranges import moving_average_range
 
-__all__ = ["fake_quant", "pack_weights", "packed_matmul", "unpack_weights"]
+__all__ = ["fake_quant", "moving_average_range", "pack_weights", "packed_matmul",
+           "unpack_weights"]
