@@ -150,6 +150,25 @@ def test_two_and_three_bit_weights_export_on_the_finest_exact_grid():
         assert report.max_abs_diff_lsb <= 3, report
 
 
+def test_ternary_demo_cnn_with_8_bit_activations_exports_full_integer():
+    """TWN weights, 8-bit activations, BN folded on batch statistics: the int32 bias that
+    `integer_bias` rounds in the Keras model is computed from the ternary scale, and the
+    converter once left the SIGN of that rounding as a float op (export refused: "SIGN (op
+    0) -> .../conv2/Sign"); the rounding now folds into the bias."""
+    from demo_model import build_float_model
+
+    keras.utils.set_random_seed(0)
+    config = tfquant.QuantConfig(weight_quantizer="TernaryQuantizer", weight_bits=2)
+    qmodel = tfquant.quantize_model(build_float_model(), config)
+    qmodel.compile(optimizer="adam",
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.rand(64, 28, 28, 1).astype(np.float32)
+    qmodel.fit(x, np.random.randint(0, 10, 64), epochs=1, verbose=0)
+    report = tfquant.export_tflite(qmodel, representative_data=x[:16])
+    assert report.float_ops == [] and "SIGN" not in report.op_counts
+    assert "INT4" in report.weight_dtypes.values()
+
+
 def test_w2a2_demo_cnn_exports_with_int8_weights_and_agrees_with_litert(fashion_mnist_small):
     """After a 2-bit activation (step ≈ range/3) an INT4 weight step leaves TFLite's
     int32 bias step (input step × weight step) a large fraction of an output step: on

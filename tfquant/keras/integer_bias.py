@@ -59,5 +59,10 @@ def integer_bias(bias, input_step, weight_steps):
     zero, as the converter rounds); the gradient passes straight through."""
     step = tf.stop_gradient(input_step * weight_steps)
     scaled = bias / step
-    rounded = tf.sign(scaled) * tf.floor(tf.abs(scaled) + 0.5) * step
+    magnitude = tf.abs(scaled)
+    # The sign as scaled/|scaled| (exactly ±1; 0 for 0), not tf.sign: the converter
+    # leaves a SIGN of a folded constant as a float op when the bias is computed late
+    # (e.g. a ternary kernel's scale), and the export then refuses the model.
+    sign = scaled / tf.maximum(magnitude, 1e-30)
+    rounded = sign * tf.floor(magnitude + 0.5) * step
     return bias + tf.stop_gradient(rounded - bias)
