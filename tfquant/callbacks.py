@@ -87,7 +87,12 @@ class ReestimateBatchNorm(keras.callbacks.Callback):
     """At the end of training (and, with `every_epochs`, after every that many epochs)
     re-estimates every BatchNormalization's moving statistics from the current weights on
     `data` (`tfquant.reestimate_batch_norm`; Nagel et al. 2021 §4), so that inference and
-    export use statistics that match the trained weights."""
+    export use statistics that match the trained weights.
+
+    Not after a `FreezeBatchNorm` phase with learned weight steps: the frozen epochs
+    trained the steps (LSQ, PACT, SAWB) for the kernels folded with the frozen
+    statistics, and new ones rescale those kernels. BENCHMARKS.md "QAT methods": −1.7
+    points on LSQ W4A8, −26 on LSQ+PACT W2A2 when re-estimated after such a QAT."""
 
     def __init__(self, data, every_epochs=None, batch_size=256, max_batches=20):
         super().__init__()

@@ -32,7 +32,9 @@ def reestimate_batch_norm(model, data, batch_size=256, max_batches=20):
     standalone or float) from the current weights: the mean of the batch statistics over
     up to `max_batches` batches of `data` (an array, or a list of arrays for several
     inputs). Nagel et al. 2021, "A White Paper on Neural Network Quantization", §4: after
-    QAT the moving statistics lag the weights that moved under them.
+    QAT the moving statistics lag the weights that moved under them. Re-estimate before
+    freezing BN, not after a frozen phase that trained learned weight steps against the
+    frozen statistics (see `tfquant.callbacks.ReestimateBatchNorm`).
 
     Only the moving means and variances change: the passes run in training mode with the
     folded BNs on batch statistics, dropout off, and every quantizer's state (ranges,
