@@ -6,7 +6,9 @@ GlobalAveragePooling2D; Dense(10). Batch 64, random data, SGD. Each variant runs
 own process (TFMOT needs tf_keras, `TF_USE_LEGACY_KERAS=1`); the ratios to the float step
 of the same flavor are written to BENCHMARKS.md.
 
-Also the ViT of the model zoo and an LSTM, float vs tfquant QAT on the same Keras.
+Also the ViT of the model zoo and an LSTM, float vs tfquant QAT on the same Keras, and
+gradient-ℓ1 (`tfquant.regularizers.GradientL1`, double backprop) on the QAT reference CNN
+against the plain QAT step.
 
 Run: `make bench` or `.venv/bin/python benchmarks/bench_qat_step.py [--rounds 3]
 [--models cnn,vit,lstm] [--no-xla]`.
@@ -104,6 +106,11 @@ def run_variant(model_name, flavor):
             model = tfquant.quantize_model(model)
             if flavor == "tfquant_frozen_bn":
                 tfquant.freeze_batch_norm(model)
+            if flavor == "tfquant_qat_gradient_l1":
+                from tfquant.keras.train_step import with_hooks
+                from tfquant.regularizers import GradientL1
+
+                model = with_hooks(model, [GradientL1(1e-3)])
         model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True), jit_compile=xla)
     seconds = time_steps(model, np, shape, steps, warmup)
@@ -117,6 +124,8 @@ VARIANTS = {
     ("cnn", "tfquant_qat"): "reference CNN, tfquant QAT, default config (BN folded, batch "
                             "statistics)",
     ("cnn", "tfquant_frozen_bn"): "reference CNN, tfquant QAT, default config, BN frozen",
+    ("cnn", "tfquant_qat_gradient_l1"): "reference CNN, tfquant QAT + gradient-ℓ1 (λ = 1e-3), "
+                                        "÷ the tfquant QAT step",
     ("cnn", "tfmot_float"): "reference CNN, tf_keras float",
     ("cnn", "tfmot_qat"): "reference CNN, TFMOT QAT (tf_keras)",
     ("vit", "float"): "ViT (model zoo), Keras 3 float",
@@ -129,6 +138,8 @@ VARIANTS = {
 
 
 def baseline(model_name, flavor):
+    if flavor == "tfquant_qat_gradient_l1":
+        return (model_name, "tfquant_qat")
     if flavor.startswith("tfmot"):
         return (model_name, "tfmot_float")
     return (model_name, "float_xla" if flavor.endswith("_xla") else "float")
@@ -174,7 +185,8 @@ def main():
 
     median = {v: statistics.median(t) for v, t in times.items()}
     rows = ["| variant | ms/step (median of rounds) | ÷ float step of the same model and Keras "
-            "(same XLA setting), median of the rounds' ratios | rounds' ratios |",
+            "(same XLA setting; gradient-ℓ1: ÷ QAT step), median of the rounds' ratios "
+            "| rounds' ratios |",
             "|---|---|---|---|"]
     for variant in chosen:
         base = baseline(*variant)

@@ -330,7 +330,9 @@ def registered_second_order(dy, x, mn, mx, weights, num_bits, narrow, axis, mode
         outputs = OPS.tfquant_fake_quant_grad(*tensors, num_bits=num_bits, narrow_range=narrow,
                                               axis=axis_attr, range_gradient=mode)
         objective = tf.add_n([tf.reduce_sum(g * o) for g, o in zip(weights, outputs)])
-    return [g.numpy() for g in tape.gradient(objective, tensors)]
+    # None (no gradient: the registered function's zero w.r.t. x, min and max) as zeros.
+    return [np.zeros(t.shape, np.float32) if g is None else g.numpy()
+            for g, t in zip(tape.gradient(objective, tensors), tensors)]
 
 
 def central_difference(f, value, h):
@@ -374,6 +376,24 @@ def test_grad_op_gradient_matches_finite_differences(shape, axis, num_bits, narr
                             (lambda v: objective(mn=v), mn, h_range),
                             (lambda v: objective(mx=v), mx, h_range)):
             np.testing.assert_allclose(central_difference(f, value, h), 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["clipped", "learned"])
+@pytest.mark.parametrize("shape,axis,num_bits,narrow", SECOND_ORDER_CASES)
+def test_grad_op_gradient_through_dx_alone_matches_finite_differences(shape, axis, num_bits,
+                                                                     narrow, mode):
+    """Only dx differentiated (zero gradients of dmin and dmax, as a tape passes for a
+    range nothing trained depends on): the registered gradient's one-op path."""
+    x, mn, mx, dy, weights, _ = second_order_inputs(shape, axis, num_bits, narrow)
+    weights = [weights[0], np.zeros_like(weights[1]), np.zeros_like(weights[2])]
+    got_dy, got_x, got_min, got_max = registered_second_order(
+        dy, x, mn, mx, weights, num_bits, narrow, axis, mode)
+    want_dy = central_difference(
+        lambda v: grad_op_objective(v, x, mn, mx, weights, num_bits, narrow, axis, mode),
+        dy, 1.0)
+    np.testing.assert_allclose(got_dy, want_dy, rtol=1e-5, atol=1e-5)
+    assert np.abs(got_dy).max() > 0.1 and np.any(got_dy == 0)  # the mask cuts some
+    assert not np.any(got_x) and not np.any(got_min) and not np.any(got_max)
 
 
 def composed_fake_quant(z, s, qn, qp, mode):

@@ -9,6 +9,7 @@ w.r.t. min and max is that of the learned-step-size family (LSQ, LSQ+, TQT).
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from tfquant.ops import _library
@@ -139,6 +140,17 @@ def _nudged_range(op):
     return edges[0], edges[1]
 
 
+def _known_zero(gradient):
+    """True for a missing gradient or one that is zero at trace time (the zeros a
+    gradient tape passes for an op output nothing differentiated)."""
+    if gradient is None:
+        return True
+    if getattr(getattr(gradient, "op", None), "type", None) == "ZerosLike":
+        return True
+    value = tf.get_static_value(gradient)
+    return value is not None and not np.any(value)
+
+
 def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
     """Gradient of the gradient op, for double backprop (gradient-ℓ1 on QAT models).
 
@@ -152,7 +164,7 @@ def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
     kernels' nudged range; w = (y − x)/(N·scale) from the forward y, which equals
     (q − u)/N up to float rounding of the reconstruction.
 
-    W.r.t. x, min and max the gradient is zero. The masks and q are piecewise constant
+    W.r.t. x, min and max the gradient is zero (returned as None: no tensors to fill). The masks and q are piecewise constant
     in them (the jumps at range edges and rounding midpoints are ignored, as the
     straight-through estimator ignores them). The learned mode's residual q − u is
     linear between midpoints, but the straight-through estimator takes round(u) to
@@ -160,6 +172,14 @@ def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
     backprop through a composed LSQ, `s·(u + stop_gradient(round(u) − u))`, gives.
     """
     dy, x, min, max = op.inputs
+    if _known_zero(grad_dmin) and _known_zero(grad_dmax):
+        # Only dx is used (a range that is no function of a trained kernel; the tape
+        # passes zeros for the unused range gradients): ∂/∂dy = m·g_dx is the grad op
+        # itself, one op instead of the masks below.
+        if grad_dx is None:
+            return None, None, None, None
+        return _ops.tfquant_fake_quant_grad(grad_dx, x, min, max, **_attrs(op))[0], \
+            None, None, None
     axis = op.get_attr("axis")
     zeros = tf.zeros_like(x)
     grad_dx = zeros if grad_dx is None else grad_dx
@@ -182,7 +202,7 @@ def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
         tf.where(x > _broadcast_channels(upper, x, axis),
                  _broadcast_channels(grad_dmax, x, axis),
                  tf.where(in_range > 0.0, inside, zeros)))
-    return d_dy, zeros, tf.zeros_like(min), tf.zeros_like(max)
+    return d_dy, None, None, None
 
 
 for _op_name, _gradient in (("TfquantFakeQuant", _fake_quant_grad),
