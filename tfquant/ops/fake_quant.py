@@ -164,22 +164,22 @@ def _fake_quant_grad_grad(op, grad_dx, grad_dmin, grad_dmax):
     kernels' nudged range; w = (y − x)/(N·scale) from the forward y, which equals
     (q − u)/N up to float rounding of the reconstruction.
 
-    W.r.t. x, min and max the gradient is zero (returned as None: no tensors to fill). The masks and q are piecewise constant
-    in them (the jumps at range edges and rounding midpoints are ignored, as the
-    straight-through estimator ignores them). The learned mode's residual q − u is
-    linear between midpoints, but the straight-through estimator takes round(u) to
-    move with u at every order, which makes q − u constant too: this is what double
-    backprop through a composed LSQ, `s·(u + stop_gradient(round(u) − u))`, gives.
+    W.r.t. x, min and max the gradient is zero (returned as None: no tensors to fill). The
+    masks and q are piecewise constant in them (the jumps at range edges and rounding
+    midpoints are ignored, as the straight-through estimator ignores them). The learned
+    mode's residual q − u is linear between midpoints, but the straight-through estimator
+    takes round(u) to move with u at every order, which makes q − u constant too: this is
+    what double backprop through a composed LSQ, `s·(u + stop_gradient(round(u) − u))`,
+    gives.
     """
     dy, x, min, max = op.inputs
     if _known_zero(grad_dmin) and _known_zero(grad_dmax):
         # Only dx is used (a range that is no function of a trained kernel; the tape
         # passes zeros for the unused range gradients): ∂/∂dy = m·g_dx is the grad op
         # itself, one op instead of the masks below.
-        if grad_dx is None:
-            return None, None, None, None
-        return _ops.tfquant_fake_quant_grad(grad_dx, x, min, max, **_attrs(op))[0], \
-            None, None, None
+        d_dy = None if grad_dx is None else _ops.tfquant_fake_quant_grad(
+            grad_dx, x, min, max, **_attrs(op))[0]
+        return d_dy, None, None, None
     axis = op.get_attr("axis")
     zeros = tf.zeros_like(x)
     grad_dx = zeros if grad_dx is None else grad_dx
