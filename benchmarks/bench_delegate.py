@@ -48,14 +48,14 @@ THREADS = 2
 
 
 def export(model, bits, x):
-    """W{bits}A8 flatbuffer of `model` (INT2 filters at 2 bits)."""
+    """W{bits}A8 flatbuffer of `model` (INT2 filters at 2 bits, int8 at 8)."""
     qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(weight_bits=bits,
                                                                first_last_bits=None))
     tfquant.freeze_batch_norm(qmodel)
     qmodel(x, training=True)  # sets the activation ranges
     report = tfquant.export_tflite(qmodel, representative_data=x[:8],
                                    int2_fully_connected=bits == 2)
-    assert ("INT4" if bits == 4 else "INT2") in report.weight_dtypes.values()
+    assert {2: "INT2", 4: "INT4", 8: "INT8"}[bits] in report.weight_dtypes.values()
     return report.flatbuffer
 
 
@@ -111,8 +111,9 @@ def mlp_flatbuffer(bits, widths=(4096, 11008, 4096), seed=0):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def interpreter_case(flatbuffer, x, variant):
-    """(invoke, output getter, delegate or None) of one interpreter on input x."""
+def interpreter_case(flatbuffer, x, variant, cell_bits=None):
+    """(invoke, output getter, delegate or None) of one interpreter on input x;
+    `cell_bits` (Cell Division) goes to the delegate."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kwargs = {"num_threads": THREADS}
@@ -122,7 +123,7 @@ def interpreter_case(flatbuffer, x, variant):
     if variant.startswith("delegate"):
         # As packed_interpreter does: with XNNPACK behind it, small INT4 layers stay there.
         delegate = load_packed_delegate(
-            num_threads=THREADS,
+            num_threads=THREADS, cell_bits=cell_bits,
             min_int4_weights=XNNPACK_INT4_MIN_WEIGHTS if "XNNPACK" in variant else 0)
         kwargs["experimental_delegates"] = [delegate]
     interpreter = Interpreter(model_content=flatbuffer, **kwargs)

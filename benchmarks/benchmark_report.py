@@ -22,6 +22,16 @@ def median_seconds(fn, runs=10, warmup=2):
     return statistics.median(times)
 
 
+def interleaved_median_seconds(cases, rounds, runs, warmup=2):
+    """{key: seconds} for `cases` {key: fn}: in each of `rounds` rounds every case takes
+    its turn (`median_seconds` of `runs` calls); the median of a case's round medians."""
+    times = {key: [] for key in cases}
+    for _ in range(rounds):
+        for key, fn in cases.items():
+            times[key].append(median_seconds(fn, runs=runs, warmup=warmup))
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 def train_float_cached(model, path, x_train, y_train, epochs, batch_size, cache=True):
     """`model` with the float weights cached at `path` (with `cache`), else trained `epochs`
     epochs (Adam, cosine decay from 3e-3) and, with `cache`, saved there."""

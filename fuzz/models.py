@@ -2,8 +2,9 @@
 
     python fuzz/models.py build/fuzz/models     (normal, unsanitized tfquant)
 
-W4A8 (INT4 filters) and W2A8 (INT2 filters) exports of a small QAT-trained MLP with odd
-widths, and a W4A8 Dense over a 3-D input (FULLY_CONNECTED with keep_num_dims), as
+W4A8 (INT4 filters), W2A8 (INT2 filters), W8A8 (int8 filters, which the fuzzed
+delegates claim with cell_bits) and weight-only INT4 (hybrid: float activations) exports
+of a small QAT-trained MLP with odd widths, and a W4A8 Dense over a 3-D input (FULLY_CONNECTED with keep_num_dims), as
 tests/test_delegate.py makes them. Writes <name>.tflite and models.json.
 """
 
@@ -11,7 +12,7 @@ import json
 import os
 import sys
 
-MODELS = ("mlp_int4", "mlp_int2", "sequence_int4")
+MODELS = ("mlp_int4", "mlp_int2", "mlp_int8", "mlp_hybrid_int4", "sequence_int4")
 
 
 def _build(name):
@@ -41,14 +42,17 @@ def export_all(folder):
             model = _build(name)
             rng = np.random.default_rng(3)
             x = rng.normal(size=(96,) + tuple(model.input_shape[1:])).astype(np.float32)
-            bits = 2 if "int2" in name else 4
-            qmodel = tfquant.quantize_model(
-                model, tfquant.QuantConfig(weight_bits=bits, first_last_bits=None))
+            bits = {"int2": 2, "int8": 8}.get(name.rsplit("_", 1)[1], 4)
+            hybrid = "hybrid" in name
+            qmodel = tfquant.quantize_model(model, tfquant.QuantConfig(
+                weight_bits=bits, first_last_bits=None,
+                **({"activation_quantizer": None} if hybrid else {})))
             qmodel.compile("adam", "mse")
             y = rng.normal(size=(len(x),) + tuple(qmodel.output_shape[1:]))
             qmodel.fit(x, y, epochs=1, batch_size=32, verbose=0)
             report = tfquant.export_tflite(qmodel, representative_data=x,
-                                           int2_fully_connected=bits == 2)
+                                           int2_fully_connected=bits == 2,
+                                           activations="dynamic" if hybrid else "static")
             with open(path + ".part", "wb") as handle:
                 handle.write(report.flatbuffer)
             os.replace(path + ".part", path)

@@ -22,11 +22,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fuzz import build_sanitized, sanitized  # noqa: E402
+from fuzz import models as seed_models  # noqa: E402
 
 ROOT = sanitized.ROOT
 MODELS = os.path.join(ROOT, "build", "fuzz", "models")
 CRASHES = os.path.join(ROOT, "build", "fuzz", "crashes")
 THREADS = (1, 2, 4)
+
+
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def child(script, args, timeout):
@@ -125,6 +131,8 @@ def fuzz_delegate(summary, cases, batch, seed, models_json, regressions=False):
         where = (f"fuzz_delegate --seed {seed} --start {case} --count 1 {' '.join(extra)} "
                  f"({phase} interpreter)")
         summary.failure("delegate", where, code, err)
+        if last is None:  # before any case: the next start would die the same way
+            return
         if phase == "delegate" and not regressions:  # does LiteRT die without it too?
             alone, _, _ = child("fuzz_delegate.py", ["--models", models_json, "--start", case,
                                                      "--count", 1, "--seed", seed,
@@ -189,7 +197,8 @@ def main():
     build_sanitized.build(quiet=True)
     summary.seconds["build"] = round(time.time() - t0, 1)
     models_json = os.path.join(MODELS, "models.json")
-    if not os.path.exists(models_json):
+    if not os.path.exists(models_json) or set(seed_models.MODELS) - set(
+            read_json(models_json)):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         subprocess.run([sys.executable, os.path.join(ROOT, "fuzz", "models.py"), MODELS],
                        cwd=ROOT, env=env, check=True, capture_output=True)

@@ -40,6 +40,7 @@ for model in job["models"]:
         # One interpreter through all batch sizes: the delegate kernels re-prepare
         # (resize their outputs) on every resize.
         interpreter = packed_interpreter(model, num_threads=job["threads"], kernels=kernels,
+                                         cell_bits=job.get("cell_bits"),
                                          experimental_op_resolver_type=BUILTIN)
         for i, batch in enumerate(job["batches"]):
             x = x_all[:batch]
@@ -211,6 +212,60 @@ def test_delegate_claims_low_bit_fully_connected_and_matches_builtin_bit_for_bit
         _native.packed_kernel_variants())
 
 
+@pytest.mark.parametrize("cell_bits, values, cells, offset", [
+    (4, range(-128, 128), 2, 8), (2, range(-128, 128), 4, 42), (2, range(-32, 32), 3, 10),
+    (4, range(-32, 32), 2, 8)])
+def test_cell_division_splits_int8_values_into_cells_that_sum_exactly(cell_bits, values,
+                                                                      cells, offset):
+    q = np.array(list(values), np.int8).reshape(-1, 8)
+    parts, got_offset = _native.divide_into_cells(q, cell_bits)
+    assert parts.shape == (cells,) + q.shape and parts.dtype == np.int8
+    assert got_offset == offset
+    half = 2 ** (cell_bits - 1)
+    assert parts.min() == -half and parts.max() == half - 1  # every digit is used
+    total = sum(parts[i].astype(np.int32) << (cell_bits * i) for i in range(cells))
+    np.testing.assert_array_equal(total + offset, q)
+
+
+def test_cell_division_rejects_what_it_cannot_divide():
+    q = np.array([-128, 127], np.int8)
+    with pytest.raises(ValueError, match="q must be an int8 array; got dtype int32"):
+        _native.divide_into_cells(q.astype(np.int32))
+    with pytest.raises(ValueError, match="value -128 at 0 does not fit in 3 cells of 2 bits"):
+        _native.divide_into_cells(q, 2, cells=3)
+    with pytest.raises(ValueError, match="cells=3 of 4 bits is not allowed; 1..2"):
+        _native.divide_into_cells(q, 4, cells=3)
+    with pytest.raises(ValueError, match="bits"):
+        _native.divide_into_cells(q, 3)
+
+
+@pytest.mark.parametrize("cell_bits", [4, 2])
+def test_cell_division_runs_int8_filters_on_low_bit_kernels_bit_for_bit(exported, cell_bits):
+    """W8A8 filters (values far beyond 4 bits) claimed with cell_bits, each run as two INT4
+    or four INT2 cells, equal the builtin int8 kernel on every kernel variant, per-channel
+    and per-tensor scales and rounding ties."""
+    model = flatbuffer_utils.read_model(exported[8])
+    graph = model.subgraphs[0]
+    filters = [model.buffers[graph.tensors[op.inputs[1]].buffer].data.view(np.int8)
+               for op in graph.operators if len(op.inputs) >= 2 and
+               graph.tensors[op.inputs[1]].type == 9]  # INT8
+    assert len(filters) == 3 and min(np.abs(f.astype(int)).max() for f in filters) > 64
+    models = [exported[8], with_per_tensor_scales(exported[8]), with_tied_rounding(exported[8])]
+    kernels = ["auto"] + _native.packed_kernel_variants()
+    result = run_job({"models": models, "inputs": exported["inputs"], "batches": [1, 37, 256],
+                      "kernels": kernels, "threads": 2, "cell_bits": cell_bits})
+    assert len(result["runs"]) == len(models) * len(kernels) * 3
+    for run in result["runs"]:
+        where = f"{os.path.basename(run['model'])} batch {run['batch']} kernels {run['kernels']}"
+        assert run["equal"], f"{where}: max |diff| {run['max_abs_diff']}"
+        assert run["stats"]["claimed_nodes"] == 3, where
+        assert run["ops"].count("DELEGATE") == 3, where
+        # Not clipped flat (int8 filters reach 16× further than INT4 ones, so at the
+        # ties' scales more outputs clip); 10 outputs at batch 1 are too few to judge.
+        if run["batch"] > 1:
+            assert run["unsaturated"] > 0.3, where
+
+
 def test_fully_connected_on_a_3d_input_matches_builtin(exported):
     """The FC on [batch, 4, 16] (flattened to [batch * 4, 16] rows) and the head."""
     result = run_job({"models": [exported["sequence"]], "inputs": exported["sequence_inputs"],
@@ -222,7 +277,7 @@ def test_fully_connected_on_a_3d_input_matches_builtin(exported):
 
 def test_models_without_claimable_nodes_run_unchanged_and_bad_options_are_errors(exported):
     bad = {"threads_zero": {"num_threads": 0}, "threads_text": {"num_threads": "2"},
-           "kernels_unknown": {"kernels": "avx9"}}
+           "kernels_unknown": {"kernels": "avx9"}, "cells_three": {"cell_bits": 3}}
     result = run_job({"models": [exported[8]], "inputs": exported["inputs"], "batches": [5],
                       "kernels": ["auto"], "threads": 1, "bad_options": bad})
     wide = run_job({"models": [exported["wide"]], "inputs": exported["wide_inputs"],
@@ -236,6 +291,7 @@ def test_models_without_claimable_nodes_run_unchanged_and_bad_options_are_errors
     assert "num_threads=0" in errors["threads_zero"] and "1..256" in errors["threads_zero"]
     assert "num_threads='2'" in errors["threads_text"]
     assert "avx9" in errors["kernels_unknown"] and "avx512vnni" in errors["kernels_unknown"]
+    assert "cell_bits=3 is not allowed; allowed: None (off), 4, 2" in errors["cells_three"]
 
 
 def test_native_option_errors_reach_python_without_a_crash():
@@ -243,7 +299,8 @@ def test_native_option_errors_reach_python_without_a_crash():
     script = (
         "from ai_edge_litert.interpreter import load_delegate\n"
         "from tfquant.export.delegate import delegate_path\n"
-        "for options in ({'num_threads': 'many'}, {'threads': 2}, {'kernels': 'avx9'}):\n"
+        "for options in ({'num_threads': 'many'}, {'threads': 2}, {'cell_bits': 3},\n"
+        "                {'kernels': 'avx9'}):\n"
         "    try:\n"
         "        load_delegate(delegate_path(), options)\n"
         "        print('LOADED', options)\n"
@@ -256,7 +313,8 @@ def test_native_option_errors_reach_python_without_a_crash():
     assert lines == [
         "ERROR tfquant packed delegate: num_threads='many' is not allowed; give an integer 1..256",
         "ERROR tfquant packed delegate: unknown option 'threads'; allowed: num_threads, kernels, "
-        "min_int4_weights",
+        "min_int4_weights, cell_bits",
+        "ERROR tfquant packed delegate: cell_bits='3' is not allowed; give 0 (off), 2 or 4",
         "ERROR tfquant packed delegate: kernels='avx9' cannot run here; allowed: auto, "
         + ", ".join(_native.packed_kernel_variants()),
     ]
@@ -313,3 +371,89 @@ def test_with_xnnpack_small_int4_layers_stay_with_xnnpack_and_int2_ones_are_clai
     assert result["int4"] == {"claimed": 0, "equal": True}
     assert result["int2"]["claimed"] == 3
     assert "min_int4_weights=-1 is not allowed" in result["error"]
+
+
+# Runs in the subprocess: the delegate and LiteRT's builtin hybrid kernel on the
+# weight-only models of job["models"]; outputs saved to job["out"].
+HYBRID_RUNNER = r"""
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from tfquant.export.delegate import delegate_stats, packed_interpreter
+
+job = json.loads(sys.argv[1])
+sys.path.insert(0, job["tests"])
+from litert_helpers import run_interpreter as run
+
+BUILTIN = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+x_all, saved, stats = np.load(job["inputs"]), {}, {}
+for name, model in job["models"].items():
+    interpreter = packed_interpreter(model, num_threads=2, experimental_op_resolver_type=BUILTIN)
+    for batch in (1, 37):
+        saved[f"{name} ours {batch}"] = run(interpreter, x_all[:batch])
+        stock = Interpreter(model_path=model, experimental_op_resolver_type=BUILTIN)
+        saved[f"{name} litert {batch}"] = run(stock, x_all[:batch])
+    stats[name] = delegate_stats(interpreter.packed_delegate)
+    stats[name]["ops"] = [op["op_name"] for op in interpreter._get_ops_details()]
+np.savez(job["out"], **saved)
+print("RESULT" + json.dumps(stats))
+"""
+
+
+def test_delegate_runs_hybrid_int4_fully_connected_within_the_dynamic_quantization_bound(
+        tmp_path):
+    """Weight-only INT4 exports (float activations): the delegate claims the hybrid
+    FULLY_CONNECTED nodes, each output is within 0.5 · xs · Σ_k |w[k, n]| of the float
+    product with the flatbuffer's weights (xs = max |x_row| / 127), and the model stays
+    within the documented dynamic-quantization tolerance of LiteRT's own hybrid kernel."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from tfquant.export.dynamic import TOLERANCE
+    from tfquant.export.int2 import unpack_int4
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((64,))
+    single = keras.Model(inputs, layers.Dense(40, name="single")(inputs))
+    config = tfquant.QuantConfig(activation_quantizer=None, weight_bits=4, first_last_bits=None)
+    models = {}
+    for name, model in (("single", single), ("mlp", mlp())):
+        qmodel = tfquant.ptq.quantize(model, x, config, verbose=0)
+        path = str(tmp_path / f"{name}.tflite")
+        tfquant.export_tflite(qmodel, path, representative_data=x, activations="dynamic")
+        models[name] = path
+    done = subprocess.run(
+        [sys.executable, "-c", HYBRID_RUNNER, json.dumps(
+            {"models": models, "inputs": str(tmp_path / "x.npy"), "tests": os.path.join(
+                ROOT, "tests"), "out": str(tmp_path / "out.npz")})],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")][-1][6:])
+    out = np.load(tmp_path / "out.npz")
+    assert stats["single"]["claimed_nodes"] == 1 and stats["mlp"]["claimed_nodes"] == 3
+    assert stats["mlp"]["ops"].count("DELEGATE") == 3
+
+    # The single layer against its float product, from the flatbuffer's INT4 filter.
+    model = flatbuffer_utils.read_model(models["single"])
+    graph = model.subgraphs[0]
+    fc = [op for op in graph.operators if len(op.inputs) >= 2][0]
+    w_t = graph.tensors[fc.inputs[1]]
+    assert w_t.type == schema.TensorType.INT4
+    q = unpack_int4(model.buffers[w_t.buffer].data, 40 * 64).reshape(40, 64).astype(np.float64)
+    w = (q * np.asarray(w_t.quantization.scale, np.float64)[:, None]).T  # [K, N]
+    bias = np.zeros(40)
+    if len(fc.inputs) > 2 and fc.inputs[2] >= 0:
+        bias = model.buffers[graph.tensors[fc.inputs[2]].buffer].data.view(np.float32)
+    for batch in (1, 37):
+        xb = x[:batch].astype(np.float64)
+        exact = xb @ w + bias
+        bound = 0.5 * (np.abs(xb).max(1, keepdims=True) / 127) * np.abs(w).sum(0)
+        err = np.abs(out[f"single ours {batch}"] - exact)
+        assert np.all(err <= bound * 1.001 + 1e-5), float((err - bound).max())
+    for batch in (1, 37):
+        ours, litert = out[f"mlp ours {batch}"], out[f"mlp litert {batch}"]
+        assert np.abs(ours - litert).max() <= TOLERANCE * np.abs(litert).max()
+        assert not np.array_equal(ours, np.zeros_like(ours))

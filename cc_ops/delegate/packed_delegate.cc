@@ -1,6 +1,8 @@
 // LiteRT external delegate that runs int8 FULLY_CONNECTED nodes with INT4 or
-// INT2 filters (or int8 filters whose values fit in 4 bits) in tfquant's
-// packed kernels (packed_int8_fc.h), bit-exact with the builtin kernel.
+// INT2 filters (or int8 filters whose values fit in 4 bits, or with cell_bits any
+// int8 filter) in tfquant's packed kernels (packed_int8_fc.h), bit-exact with the
+// builtin kernel, and hybrid ones (float in and out, the same filters but int8
+// only within 4 bits) with dynamic int8 activations (packed_hybrid_fc.h).
 // Loaded with
 //   ai_edge_litert.interpreter.load_delegate(path, {"num_threads": "2"})
 // which calls tflite_plugin_create_delegate (the external-delegate plugin ABI
@@ -10,6 +12,9 @@
 //   min_int4_weights  INT4 (and int8-held 4-bit) filters with fewer weights are left
 //                to the interpreter: XNNPACK's INT4 kernel is faster there (measured,
 //                docs/ARCHITECTURE.md §4); default 0 (claim every one)
+//   cell_bits    0 | 4 | 2: also claim int8 filters beyond 4 bits and run each as
+//                cells of that many bits (Cell Division, packed_int8_fc.h), still
+//                bit-exact; default 0 (off)
 // Everything else in the graph stays with the builtin kernels.
 
 #include <algorithm>
@@ -25,6 +30,7 @@
 
 #include "cc_ops/delegate/litert_c_abi.h"
 #include "cc_ops/kernels/packed.h"
+#include "cc_ops/kernels/packed_hybrid_fc.h"
 #include "cc_ops/kernels/packed_int8_fc.h"
 #include "cc_ops/kernels/task_pool.h"
 
@@ -37,19 +43,25 @@ namespace k = ::tfquant::kernels;
 
 struct PackedDelegate;
 
-// One claimed FULLY_CONNECTED: tensor indices and the packed filter.
+// One claimed FULLY_CONNECTED: tensor indices and the packed filter, integer
+// (int8 in and out) or hybrid (float in and out).
 struct NodeKernel {
   PackedDelegate* owner = nullptr;
   int input = -1, output = -1;
   bool keep_num_dims = false;
+  bool hybrid = false;
+  int64_t k = 0, n = 0;
   k::PackedInt8Fc fc;
   k::PackedInt8FcScratch scratch;
+  k::PackedHybridFc hybrid_fc;
+  k::PackedHybridFcScratch hybrid_scratch;
 };
 
 struct PackedDelegate {
   TfLiteDelegate base;  // first: the interpreter holds &base
   int num_threads = 1;
   int64_t min_int4_weights = 0;
+  int cell_bits = 0;  // Cell Division's cell width; 0: off
   std::unique_ptr<k::TaskPool> pool;
   const k::PackedKernelTable* kernels = nullptr;
   std::atomic<int64_t> claimed{0};
@@ -74,7 +86,7 @@ bool IsConstant(const TfLiteTensor& t) {
 
 // Builds the kernel of node `node` if we run it exactly; else returns why not.
 std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
-                            int64_t min_int4_weights, std::unique_ptr<NodeKernel>* out) {
+                            const PackedDelegate& options, std::unique_ptr<NodeKernel>* out) {
   const TfLiteIntArray* in = node.inputs;
   if (in->size < 2 || node.outputs->size != 1) return "not 2-3 inputs and 1 output";
   const int input_index = in->data[0], filter_index = in->data[1];
@@ -95,7 +107,10 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   if (filter.type != kTfLiteInt4 && filter.type != kTfLiteInt2 && filter.type != kTfLiteInt8) {
     return "filter is not INT4, INT2 or int8";
   }
-  if (input.type != kTfLiteInt8 || output.type != kTfLiteInt8) return "not int8 in and out";
+  const bool hybrid = input.type == kTfLiteFloat32 && output.type == kTfLiteFloat32;
+  if (!hybrid && (input.type != kTfLiteInt8 || output.type != kTfLiteInt8)) {
+    return "not int8 (or float, hybrid) in and out";
+  }
   // Outside int8 (a corrupt model) the builtin kernel's int32 arithmetic wraps where
   // ours does not: leave such nodes to it.
   for (const TfLiteTensor* t : {&input, &output}) {
@@ -108,8 +123,10 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   }
   const int64_t n = filter.dims->data[0], kdim = filter.dims->data[1];
   // The filter as one int8 per value, and the narrowest packed width that
-  // holds it: an int8 filter is claimed only if its values fit in 4 bits.
+  // holds it: an int8 filter is claimed only if its values fit in 4 bits, or
+  // with cell_bits as cells of that width.
   int bits = filter.type == kTfLiteInt2 ? 2 : 4;
+  bool divide = false;
   const auto* int8_values = static_cast<const int8_t*>(filter.data);
   if (filter.type == kTfLiteInt8) {
     if (static_cast<int64_t>(filter.bytes) < n * kdim) return "filter too short";
@@ -118,12 +135,19 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
       lo = std::min<int>(lo, int8_values[i]);
       hi = std::max<int>(hi, int8_values[i]);
     }
-    if (lo < -8 || hi > 7) return "int8 filter values do not fit in 4 bits";
-    if (lo >= -2 && hi <= 1) bits = 2;
+    if (lo < -8 || hi > 7) {
+      // Hybrid cells would need their sums combined before the float epilogue.
+      if (options.cell_bits == 0 || hybrid) return "int8 filter values do not fit in 4 bits";
+      divide = true;
+    } else if (lo >= -2 && hi <= 1) {
+      bits = 2;
+    }
   } else if (static_cast<int64_t>(filter.bytes) * (8 / bits) < n * kdim) {
     return "filter too short";
   }
-  if (bits == 4 && n * kdim < min_int4_weights) return "INT4 filter below min_int4_weights";
+  if (bits == 4 && !divide && n * kdim < options.min_int4_weights) {
+    return "INT4 filter below min_int4_weights";
+  }
   const auto* params = static_cast<const TfLiteFullyConnectedParams*>(node.builtin_data);
   if (params == nullptr || params->weights_format != 0) return "not the default weights format";
   if (params->activation < kTfLiteActNone || params->activation > kTfLiteActRelu6) {
@@ -142,13 +166,16 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
       if (affine->zero_point->data[i] != 0) return "filter zero point is not 0";
     }
   }
-  const int32_t* bias = nullptr;
+  const void* bias = nullptr;
   if (bias_index >= 0) {
     const TfLiteTensor& b = context->tensors[bias_index];
-    if (b.type != kTfLiteInt32 || !IsConstant(b) || NumElements(b.dims) != n) {
-      return "bias is not a constant int32 [N] tensor";
+    const int bias_type = hybrid ? kTfLiteFloat32 : kTfLiteInt32;
+    if (b.type != bias_type || !IsConstant(b) || b.dims == nullptr ||
+        NumElements(b.dims) != n || static_cast<int64_t>(b.bytes) < n * 4) {
+      return hybrid ? "bias is not a constant float32 [N] tensor"
+                    : "bias is not a constant int32 [N] tensor";
     }
-    bias = static_cast<const int32_t*>(b.data);
+    bias = b.data;
   }
   k::Int8FcQuantization quant;
   quant.input_scale = input.params.scale;
@@ -169,8 +196,17 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
   } else {
     k::UnpackLowBitTensor(static_cast<const uint8_t*>(filter.data), n * kdim, bits, q.data());
   }
+  kernel->hybrid = hybrid;
+  kernel->k = kdim;
+  kernel->n = n;
+  const auto* int_bias = static_cast<const int32_t*>(bias);
   const std::string error =
-      k::PreparePackedInt8Fc(q.data(), n, kdim, bits, bias, quant, &kernel->fc);
+      hybrid ? k::PreparePackedHybridFc(q.data(), n, kdim, bits, quant.filter_scales,
+                                        quant.num_filter_scales, static_cast<const float*>(bias),
+                                        quant.activation, &kernel->hybrid_fc)
+      : divide ? k::PrepareCellDividedInt8Fc(q.data(), n, kdim, options.cell_bits, int_bias,
+                                             quant, &kernel->fc)
+               : k::PreparePackedInt8Fc(q.data(), n, kdim, bits, int_bias, quant, &kernel->fc);
   if (!error.empty()) return error;
   *out = std::move(kernel);
   return "";
@@ -219,19 +255,19 @@ TfLiteStatus KernelPrepare(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteTensor& input = context->tensors[kernel->input];
   TfLiteTensor& output = context->tensors[kernel->output];
   const int64_t elements = NumElements(input.dims);
-  if (input.dims->size < 1 || elements % kernel->fc.k != 0) {
+  if (input.dims->size < 1 || elements % kernel->k != 0) {
     context->ReportError(context,
                          "tfquant packed delegate: input with %lld elements is not "
                          "a multiple of K=%lld",
-                         static_cast<long long>(elements), static_cast<long long>(kernel->fc.k));
+                         static_cast<long long>(elements), static_cast<long long>(kernel->k));
     return kTfLiteError;
   }
   std::vector<int> shape;
   if (kernel->keep_num_dims) {
     shape.assign(input.dims->data, input.dims->data + input.dims->size);
-    shape.back() = static_cast<int>(kernel->fc.n);
+    shape.back() = static_cast<int>(kernel->n);
   } else {
-    shape = {static_cast<int>(elements / kernel->fc.k), static_cast<int>(kernel->fc.n)};
+    shape = {static_cast<int>(elements / kernel->k), static_cast<int>(kernel->n)};
   }
   bool same = output.dims != nullptr && output.dims->size == static_cast<int>(shape.size());
   for (size_t i = 0; same && i < shape.size(); ++i) same = output.dims->data[i] == shape[i];
@@ -250,19 +286,28 @@ TfLiteStatus KernelInvoke(TfLiteContext* context, TfLiteNode* node) {
   PackedDelegate* self = kernel->owner;
   const TfLiteTensor& input = context->tensors[kernel->input];
   TfLiteTensor& output = context->tensors[kernel->output];
-  const int64_t m = NumElements(input.dims) / kernel->fc.k;
+  const int64_t m = NumElements(input.dims) / kernel->k;
+  const int64_t element_bytes = kernel->hybrid ? 4 : 1;
   // In a corrupt graph another node may write our output tensor too and resize it after
   // our Prepare (or leave it unallocated): never touch more than the tensors hold.
   if (input.data == nullptr || output.data == nullptr ||
-      static_cast<int64_t>(input.bytes) < m * kernel->fc.k ||
-      static_cast<int64_t>(output.bytes) < m * kernel->fc.n) {
+      static_cast<int64_t>(input.bytes) < m * kernel->k * element_bytes ||
+      static_cast<int64_t>(output.bytes) < m * kernel->n * element_bytes) {
     context->ReportError(context, "tfquant packed delegate: input or output tensor smaller "
                                   "than its FULLY_CONNECTED needs");
     return kTfLiteError;
   }
   try {
-    k::RunPackedInt8Fc(kernel->fc, *self->kernels, static_cast<const int8_t*>(input.data), m,
-                       static_cast<int8_t*>(output.data), self->pool.get(), &kernel->scratch);
+    if (kernel->hybrid) {
+      k::RunPackedHybridFc(kernel->hybrid_fc, *self->kernels,
+                           static_cast<const float*>(input.data), m,
+                           static_cast<float*>(output.data), self->pool.get(),
+                           &kernel->hybrid_scratch);
+    } else {
+      k::RunPackedInt8Fc(kernel->fc, *self->kernels, static_cast<const int8_t*>(input.data),
+                         m, static_cast<int8_t*>(output.data), self->pool.get(),
+                         &kernel->scratch);
+    }
   } catch (const std::exception& e) {  // scratch allocation failure
     context->ReportError(context, "tfquant packed delegate: %s", e.what());
     return kTfLiteError;
@@ -305,7 +350,7 @@ TfLiteStatus DelegatePrepare(TfLiteContext* context, TfLiteDelegate* base) {
     }
     if (reg->builtin_code != kBuiltinFullyConnected) continue;
     std::unique_ptr<NodeKernel> kernel;
-    if (!BuildNodeKernel(context, *node, self->min_int4_weights, &kernel).empty()) continue;
+    if (!BuildNodeKernel(context, *node, *self, &kernel).empty()) continue;
     {
       std::lock_guard<std::mutex> lock(self->mutex);
       self->pending[{context, node_index}] = std::move(kernel);
@@ -357,8 +402,14 @@ std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegat
         return "min_int4_weights='" + value + "' is not allowed; give an integer >= 0";
       }
       self->min_int4_weights = static_cast<int64_t>(v);
+    } else if (key == "cell_bits") {
+      if (value != "0" && value != "2" && value != "4") {
+        return "cell_bits='" + value + "' is not allowed; give 0 (off), 2 or 4";
+      }
+      self->cell_bits = value[0] - '0';
     } else {
-      return "unknown option '" + key + "'; allowed: num_threads, kernels, min_int4_weights";
+      return "unknown option '" + key +
+             "'; allowed: num_threads, kernels, min_int4_weights, cell_bits";
     }
   }
   return "";

@@ -87,9 +87,55 @@ void UnpackLowBitTensor(const uint8_t* packed, int64_t count, int bits, int8_t* 
   }
 }
 
-std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bits,
-                                const int32_t* bias, const Int8FcQuantization& quant,
-                                PackedInt8Fc* fc) {
+int CellsNeeded(const int8_t* q, int64_t count, int cell_bits) {
+  int lo = 0, hi = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    lo = std::min<int>(lo, q[i]);
+    hi = std::max<int>(hi, q[i]);
+  }
+  int width = 1;
+  while (lo < -(1 << (width - 1)) || hi > (1 << (width - 1)) - 1) ++width;
+  return (width + cell_bits - 1) / cell_bits;
+}
+
+std::string DivideIntoCells(const int8_t* q, int64_t count, int cell_bits, int cells,
+                            int8_t* out, int32_t* offset) {
+  std::string error = CheckPackedBits(cell_bits);
+  if (!error.empty()) return error;
+  const int width = cell_bits * cells;
+  if (cells < 1 || width > 8 + cell_bits - 1) {
+    return "cells=" + std::to_string(cells) + " of " + std::to_string(cell_bits) +
+           " bits is not allowed; 1.." + std::to_string((8 + cell_bits - 1) / cell_bits);
+  }
+  const int half_range = 1 << (width - 1), digit_mask = (1 << cell_bits) - 1;
+  const int half_digit = 1 << (cell_bits - 1);
+  for (int64_t i = 0; i < count; ++i) {
+    if (q[i] < -half_range || q[i] > half_range - 1) {
+      return "value " + std::to_string(q[i]) + " at " + std::to_string(i) +
+             " does not fit in " + std::to_string(cells) + " cells of " +
+             std::to_string(cell_bits) + " bits";
+    }
+  }
+  int32_t constant = -half_range;
+  for (int c = 0; c < cells; ++c) {
+    constant += half_digit << (cell_bits * c);
+    int8_t* cell = out + c * count;
+    for (int64_t i = 0; i < count; ++i) {
+      const int digit = ((q[i] + half_range) >> (cell_bits * c)) & digit_mask;
+      cell[i] = static_cast<int8_t>(digit - half_digit);
+    }
+  }
+  *offset = constant;
+  return "";
+}
+
+namespace {
+
+// PreparePackedInt8Fc, and with cells > 1 the same for an int8 q_nk run as `cells`
+// cells of `bits` bits.
+std::string PrepareInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bits, int cells,
+                          const int32_t* bias, const Int8FcQuantization& quant,
+                          PackedInt8Fc* fc) {
   std::string error = CheckPackedBits(bits);
   if (error.empty()) error = CheckPackedDims(k, n);
   if (!error.empty()) return error;
@@ -121,8 +167,22 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
     fc->bias_minus_zp[c] = static_cast<int32_t>(
         (bias != nullptr ? bias[c] : 0) - quant.input_zero_point * column_sum);
   }
-  fc->packed.assign(PackedBytes(k, n, bits), 0);
-  error = PackWeights(q_kn.data(), k, n, bits, fc->packed.data());
+  fc->packed.clear();
+  fc->cell_packs.clear();
+  fc->cell_offset = 0;
+  if (cells > 1) {
+    std::vector<int8_t> divided(q_kn.size() * cells);
+    error = DivideIntoCells(q_kn.data(), static_cast<int64_t>(q_kn.size()), bits, cells,
+                            divided.data(), &fc->cell_offset);
+    for (int c = 0; c < cells && error.empty(); ++c) {
+      fc->cell_packs.emplace_back(PackedBytes(k, n, bits), 0);
+      error = PackWeights(divided.data() + c * q_kn.size(), k, n, bits,
+                          fc->cell_packs.back().data());
+    }
+  } else {
+    fc->packed.assign(PackedBytes(k, n, bits), 0);
+    error = PackWeights(q_kn.data(), k, n, bits, fc->packed.data());
+  }
   if (!error.empty()) return error;
 
   fc->multiplier.resize(n);
@@ -168,12 +228,41 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
   return "";
 }
 
+}  // namespace
+
+std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bits,
+                                const int32_t* bias, const Int8FcQuantization& quant,
+                                PackedInt8Fc* fc) {
+  return PrepareInt8Fc(q_nk, n, k, bits, /*cells=*/1, bias, quant, fc);
+}
+
+std::string PrepareCellDividedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int cell_bits,
+                                     const int32_t* bias, const Int8FcQuantization& quant,
+                                     PackedInt8Fc* fc) {
+  const std::string error = CheckPackedBits(cell_bits);
+  if (!error.empty()) return error;
+  // At least two cells: one would be the plain packed kernel.
+  const int cells = std::max(2, CellsNeeded(q_nk, n * k, cell_bits));
+  return PrepareInt8Fc(q_nk, n, k, cell_bits, cells, bias, quant, fc);
+}
+
 void RequantizeScalar(const RequantizeArgs& a, int64_t c0, int64_t c1) {
   for (int64_t r = 0; r < a.m; ++r) {
     const float* row = a.dots + r * a.n;
     int8_t* out_row = a.out + r * a.n;
     for (int64_t c = c0; c < c1; ++c) {
-      const int32_t acc = static_cast<int32_t>(row[c]) + a.bias_minus_zp[c];
+      int32_t acc;
+      if (a.cells == 1) {
+        acc = static_cast<int32_t>(row[c]) + a.bias_minus_zp[c];
+      } else {
+        // In int64, wrapped to int32 as the int8 kernel's int32 sum would wrap.
+        int64_t wide = int64_t{a.cell_offset} * a.xsum[r] + a.bias_minus_zp[c];
+        for (int i = 0; i < a.cells; ++i) {
+          const int64_t weight = int64_t{1} << (a.cell_bits * i);
+          wide += static_cast<int64_t>(row[i * a.m * a.n + c]) * weight;
+        }
+        acc = static_cast<int32_t>(static_cast<uint32_t>(wide));
+      }
       int32_t v = MultiplyByQuantizedMultiplier(acc, a.multiplier[c], a.shift[c]) +
                   a.output_zero_point;
       v = std::min(std::max(v, a.activation_min), a.activation_max);
@@ -189,7 +278,8 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
   scratch->xq.resize(static_cast<size_t>(m * a.kpad));
   scratch->ones.assign(m, 1.0f);
   scratch->xsum.resize(m);
-  scratch->dots.resize(static_cast<size_t>(m * fc.n));
+  const int cells = fc.cell_packs.empty() ? 1 : static_cast<int>(fc.cell_packs.size());
+  scratch->dots.resize(static_cast<size_t>(cells * m * fc.n));
   for (int64_t r = 0; r < m; ++r) {
     const int8_t* row = x + r * fc.k;
     int8_t* dst = scratch->xq.data() + r * a.kpad;
@@ -202,18 +292,14 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
   a.xq = scratch->xq.data();
   a.xs = scratch->ones.data();
   a.xsum = scratch->xsum.data();
-  a.packed = fc.packed.data();
   a.scales = fc.unit_scales.data();
-  a.y = scratch->dots.data();
+  PackedMatmulArgs per_cell[kMaxCells];  // one matmul per cell
+  for (int i = 0; i < cells; ++i) {
+    per_cell[i] = a;
+    per_cell[i].packed = cells == 1 ? fc.packed.data() : fc.cell_packs[i].data();
+    per_cell[i].y = scratch->dots.data() + i * m * fc.n;
+  }
 
-  // Contiguous runs of column blocks, a multiple of 4 (the kernels' widest
-  // register block) so that no thread gets a slow tail in the middle. Below
-  // about 2^20 multiply-adds per thread a hand-off costs more than it saves.
-  const int64_t blocks = CeilDiv(fc.n, kPackedNBlock);
-  const int64_t by_work = std::max<int64_t>(1, m * fc.k * fc.n >> 20);
-  const int64_t threads = std::min<int64_t>({pool != nullptr ? pool->num_threads() : 1,
-                                             by_work, blocks});
-  const int64_t per_task = CeilDiv(CeilDiv(blocks, threads), 4) * 4;
   RequantizeArgs q;
   q.dots = scratch->dots.data();
   q.bias_minus_zp = fc.bias_minus_zp.data();
@@ -225,15 +311,34 @@ void RunPackedInt8Fc(const PackedInt8Fc& fc, const PackedKernelTable& kernels,
   q.m = m;
   q.n = fc.n;
   q.out = out;
+  q.cells = cells;
+  q.cell_bits = fc.bits;
+  q.cell_offset = fc.cell_offset;
+  q.xsum = scratch->xsum.data();
   // The AVX-512 epilogue goes with AVX-512 (or better) matmul kernels, which
   // imply the CPU runs it; forcing "scalar" tests the plain C++ path end to end.
   const RequantizeFn requantize =
-      (kernels.isa >= IsaLevel::kAvx512 && Avx512Requantize() != nullptr)
+      (cells == 1 && kernels.isa >= IsaLevel::kAvx512 && Avx512Requantize() != nullptr)
           ? Avx512Requantize() : &RequantizeScalar;
-  const std::function<void(int64_t)> task = [&](int64_t i) {
-    const int64_t nb0 = i * per_task, nb1 = std::min(blocks, nb0 + per_task);
-    kernels.matmul(a, 0, m, nb0, nb1);
+  RunOverColumnBlocks(m * cells, fc.k, fc.n, pool, [&](int64_t nb0, int64_t nb1) {
+    for (int c = 0; c < cells; ++c) kernels.matmul(per_cell[c], 0, m, nb0, nb1);
     requantize(q, nb0 * kPackedNBlock, std::min(fc.n, nb1 * kPackedNBlock));
+  });
+}
+
+void RunOverColumnBlocks(int64_t m, int64_t k, int64_t n, TaskPool* pool,
+                         const std::function<void(int64_t, int64_t)>& fn) {
+  // Contiguous runs of column blocks, a multiple of 4 (the kernels' widest
+  // register block) so that no thread gets a slow tail in the middle. Below
+  // about 2^20 multiply-adds per thread a hand-off costs more than it saves.
+  const int64_t blocks = CeilDiv(n, kPackedNBlock);
+  const int64_t by_work = std::max<int64_t>(1, m * k * n >> 20);
+  const int64_t threads = std::min<int64_t>({pool != nullptr ? pool->num_threads() : 1,
+                                             by_work, blocks});
+  const int64_t per_task = CeilDiv(CeilDiv(blocks, threads), 4) * 4;
+  const std::function<void(int64_t)> task = [&](int64_t i) {
+    const int64_t nb0 = i * per_task;
+    fn(nb0, std::min(blocks, nb0 + per_task));
   };
   const int64_t tasks = CeilDiv(blocks, per_task);
   if (pool != nullptr) {

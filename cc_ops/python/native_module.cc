@@ -16,6 +16,7 @@
 #include "cc_ops/kernels/fake_quant_plan.h"
 #include "cc_ops/kernels/isa_dispatch.h"
 #include "cc_ops/kernels/packed.h"
+#include "cc_ops/kernels/packed_int8_fc.h"
 
 // setup.py passes these; the fallbacks only keep other builds compiling.
 #ifndef TFQUANT_TF_VERSION
@@ -187,6 +188,29 @@ void Check(const std::string& error) {
   if (!error.empty()) throw py::value_error(error);
 }
 
+// Cell Division's cells of int8 weights (packed_int8_fc.h), for tests and for users who
+// store the cells themselves: q == sum_i 2^(cell_bits * i) * cells[i] + offset.
+py::tuple DivideIntoCellsPy(const py::array& q_in, int cell_bits, std::optional<int> cells) {
+  if (!py::dtype::of<int8_t>().is(q_in.dtype())) {
+    throw py::value_error("q must be an int8 array; got dtype " +
+                          std::string(py::str(q_in.dtype())));
+  }
+  Check(k::CheckPackedBits(cell_bits));
+  const Int8Array q(q_in);
+  const int64_t count = static_cast<int64_t>(q.size());
+  const int n = cells.has_value() ? *cells : k::CellsNeeded(q.data(), count, cell_bits);
+  if (n < 1 || n > k::kMaxCells) {
+    throw py::value_error("cells=" + std::to_string(n) + " is not allowed; 1.." +
+                          std::to_string(k::kMaxCells));
+  }
+  std::vector<py::ssize_t> shape = {n};
+  shape.insert(shape.end(), q.shape(), q.shape() + q.ndim());
+  Int8Array out(shape);
+  int32_t offset = 0;
+  Check(k::DivideIntoCells(q.data(), count, cell_bits, n, out.mutable_data(), &offset));
+  return py::make_tuple(out, offset);
+}
+
 UInt8Array PackWeightsPy(const py::array& q_in, int bits) {
   Check(k::CheckPackedBits(bits));
   if (q_in.ndim() != 2) {
@@ -303,6 +327,12 @@ PYBIND11_MODULE(_native, m) {
   m.def("pack_weights", &PackWeightsPy, py::arg("q"), py::arg("bits"),
         "Packs integer weights q [K, N] (4-bit: -8..7, 2-bit: -2..1) into the "
         "uint8 layout of cc_ops/kernels/packed.h (1-D).");
+  m.def("divide_into_cells", &DivideIntoCellsPy, py::arg("q"), py::arg("cell_bits") = 4,
+        py::arg("cells") = py::none(),
+        "Cell Division of int8 weights q (any shape) into cells of cell_bits (2 or 4) "
+        "bits, least significant first (default: as many as the values need): returns "
+        "(cells [cells, *q.shape] int8, offset) with q == sum_i 2^(cell_bits*i) * "
+        "cells[i] + offset.");
   m.def("unpack_weights", &UnpackWeightsPy, py::arg("packed"), py::arg("bits"),
         py::arg("k"), py::arg("n"), "Inverse of pack_weights: int8 [K, N].");
   m.def("packed_matmul", &PackedMatmulPy, py::arg("x"), py::arg("packed"),

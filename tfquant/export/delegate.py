@@ -4,11 +4,18 @@
 `tfquant/_tfquant_delegate*.so`, is a LiteRT external delegate: it claims the int8
 FULLY_CONNECTED nodes whose filter is INT4 or INT2 (what `export_tflite` writes for 4- and
 2-bit Dense layers, the latter with `int2_fully_connected=True`) or int8 holding values
-that fit in 4 bits, repacks each filter once into tfquant's packed format and runs the
-packed kernels, multi-threaded. Its outputs are bit-exact with LiteRT's builtin kernel
-(same integer accumulation, same requantization). Every other node stays with LiteRT's
-kernels, and so do FULLY_CONNECTED nodes with float (hybrid) or int16 activations, and
-those with K beyond exact accumulation (> 16384 at 4 bits, > 65536 at 2 bits).
+that fit in 4 bits (with `cell_bits=4` or `2` any int8 filter, as cells of that width),
+repacks each filter once into tfquant's packed format and runs the packed kernels,
+multi-threaded. Their outputs are bit-exact with LiteRT's builtin kernel (same integer
+accumulation, same requantization). It also claims the hybrid FULLY_CONNECTED nodes (float
+activations; INT4/INT2 filters, or int8 holding 4-bit values) of a weight-only export
+(`export_tflite(..., activations="dynamic")`): the packed kernels quantize each input row
+symmetrically to int8 (`s = max|x_row| / 127`), so per output
+`|y − x·w| ≤ 0.5 · s · Σ_k |w[k, n]|` against the float product, and the model agrees with
+LiteRT's own hybrid kernel (which quantizes rows asymmetrically) within
+`tfquant.export.dynamic.TOLERANCE`, not bit for bit. Every other node stays with LiteRT's
+kernels, and so do FULLY_CONNECTED nodes with int16 activations and those with K beyond
+exact accumulation (> 16384 at 4 bits, > 65536 at 2 bits).
 
     from tfquant.export import packed_interpreter
     interpreter = packed_interpreter("model.tflite", num_threads=2)
@@ -41,7 +48,11 @@ def delegate_path():
     return found[0]
 
 
-def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0):
+CELL_BITS = (None, 4, 2)
+
+
+def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0,
+                         cell_bits=None):
     """The delegate as an `ai_edge_litert` Delegate, for `experimental_delegates=[...]`.
 
     Args:
@@ -51,6 +62,14 @@ def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0):
       min_int4_weights: INT4 filters with fewer weights (N·K) are left to the
         interpreter's kernels; 0 claims every one. With XNNPACK (the interpreter's
         default) `XNNPACK_INT4_MIN_WEIGHTS` is where the delegate starts to win.
+      cell_bits: Cell Division (Park & Yoo, DAC 2019): None (off), 4 or 2. Also claim
+        int8 filters whose values need b > 4 bits and run each as n = ⌈b / cell_bits⌉
+        cells on the packed kernels of that width: with B = 2^cell_bits, the base-B
+        digits of q + 2^(n·cell_bits − 1), shifted to [−B/2, B/2 − 1], give
+        `q = Σᵢ Bⁱ·cellᵢ + offset` (two INT4 cells: `q = 16·cell₁ + cell₀ + 8`), so
+        `Σ x·q = Σᵢ Bⁱ·Σ x·cellᵢ + offset·Σ x` holds exactly and the outputs are the
+        builtin int8 kernel's, bit for bit (`tfquant._native.divide_into_cells` gives
+        the cells). The flatbuffer keeps its int8 filters.
     """
     options = {}
     if num_threads is not None:
@@ -67,6 +86,9 @@ def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0):
         raise ValueError(f"min_int4_weights={min_int4_weights!r} is not allowed; give an "
                          "int ≥ 0")
     options["min_int4_weights"] = min_int4_weights
+    if isinstance(cell_bits, bool) or cell_bits not in CELL_BITS:
+        raise ValueError(f"cell_bits={cell_bits!r} is not allowed; allowed: None (off), 4, 2")
+    options["cell_bits"] = cell_bits or 0
     from ai_edge_litert.interpreter import load_delegate  # only when used, as elsewhere
 
     return load_delegate(delegate_path(), options)
@@ -96,13 +118,15 @@ def delegate_stats(delegate):
             "kernels": library.tfquant_delegate_kernels(pointer).decode()}
 
 
-def packed_interpreter(model, num_threads=None, kernels="auto", **interpreter_kwargs):
+def packed_interpreter(model, num_threads=None, kernels="auto", cell_bits=None,
+                       **interpreter_kwargs):
     """A LiteRT `Interpreter` for `model` (a path or the flatbuffer bytes) with the delegate.
 
     The delegate is kept on the interpreter as `interpreter.packed_delegate` (see
     `delegate_stats`). Extra keyword arguments go to `Interpreter`. When the interpreter
     uses its default delegates (XNNPACK), INT4 layers below `XNNPACK_INT4_MIN_WEIGHTS`
     weights are left to XNNPACK, so the delegate never makes a model slower.
+    `cell_bits`: Cell Division, as in `load_packed_delegate`.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -111,7 +135,7 @@ def packed_interpreter(model, num_threads=None, kernels="auto", **interpreter_kw
     builtin_only = interpreter_kwargs.get("experimental_op_resolver_type") in (
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.BUILTIN_REF)
     delegate = load_packed_delegate(
-        num_threads=num_threads, kernels=kernels,
+        num_threads=num_threads, kernels=kernels, cell_bits=cell_bits,
         min_int4_weights=0 if builtin_only else XNNPACK_INT4_MIN_WEIGHTS)
     if isinstance(model, (bytes, bytearray)):
         interpreter = Interpreter(model_content=bytes(model), experimental_delegates=[delegate],
