@@ -3,7 +3,8 @@
 For the ViT of model_zoo.py (its cached float model), a transformer MLP (Flatten,
 Dense-GELU-Dense, trained briefly) and the demo CNN (its cached float weights): the float
 flatbuffer, weight-only PTQ exported with `activations="dynamic"` at int8 and INT4
-(per channel, MSE-clipped INT4 weights, every layer at 4 bits), and W8A8 PTQ through the
+(per channel, MSE-clipped INT4 weights, every layer at 4 bits; once more with GPTQ
+rounding of the Dense/EinsumDense/attention weights), and W8A8 PTQ through the
 full-integer export. Columns: flatbuffer KiB, LiteRT (XNNPACK, the default) accuracy on
 the Fashion-MNIST test set, batch-1 latency (one thread; interleaved rounds, median of the
 rounds' medians).
@@ -58,13 +59,15 @@ def cnn(x, y):
 
 
 def variants(model, x_cal):
-    """{name: flatbuffer} of the four exports."""
+    """{name: flatbuffer} of the five exports."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     out = {"float": converter.convert()}
-    for name, bits, clip in (("dynamic int8", 8, "minmax"), ("dynamic INT4", 4, "mse")):
+    for name, bits, clip, rounding in (("dynamic int8", 8, "minmax", "nearest"),
+                                       ("dynamic INT4", 4, "mse", "nearest"),
+                                       ("dynamic INT4 GPTQ", 4, "mse", "gptq")):
         config = tfquant.QuantConfig(activation_quantizer=None, weight_bits=bits,
                                      first_last_bits=None, weight_calibrator=clip)
-        qmodel = tfquant.ptq.quantize(model, x_cal, config, verbose=0)
+        qmodel = tfquant.ptq.quantize(model, x_cal, config, rounding=rounding, verbose=0)
         report = tfquant.export_tflite(qmodel, representative_data=x_cal[:256],
                                        activations="dynamic")
         print(name, report.notes[-1])
@@ -123,7 +126,9 @@ def main():
         "`export_tflite(..., activations=\"dynamic\")`: int8/INT4 per-channel weights, float "
         "activations that LiteRT's hybrid FULLY_CONNECTED/CONV_2D kernels quantize per row "
         "at run time (INT4 depthwise kernels are stored as int8: LiteRT has no INT4 hybrid "
-        "DEPTHWISE_CONV_2D). INT4: every layer at 4 bits, MSE-clipped. Static int8: W8A8 "
+        "DEPTHWISE_CONV_2D). INT4: every layer at 4 bits, MSE-clipped; GPTQ: the same with "
+        "`rounding=\"gptq\"` (Dense, EinsumDense and attention projections; convolutions "
+        "round to nearest). Static int8: W8A8 "
         "PTQ through the full-integer export. Accuracy: LiteRT (XNNPACK) on the first "
         f"{len(x_test)} Fashion-MNIST test images; latency: batch 1, one thread, "
         f"{args.rounds} interleaved rounds of 50 invokes, median of the round medians.\n\n"

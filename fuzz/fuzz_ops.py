@@ -6,8 +6,10 @@ Every case runs the scalar reference (_native, variant="scalar") and compares th
 kernel variants with it: bit for bit where the contract says so (y, dx, packed bytes,
 packed matmul outputs; any NaN equals any NaN), dmin/dmax within 1e-6 of sum|dy|
 (fake_quant.h). The TF ops run with denormals flushed, so they are compared, bit for bit,
-with _native run so too (FlushDenormals), in the variant they use. An invalid case must raise a Python exception in every entry
-point; a valid one must raise in none. Prints one line `RESULT {json}`.
+with _native run so too (FlushDenormals), in the variant they use. The moving-average range
+op is compared with a numpy reference of its docstring (values: which zero a range of 0
+gets is unspecified). An invalid case must raise a Python exception in every entry point;
+a valid one must raise in none. Prints one line `RESULT {json}`.
 """
 
 import argparse
@@ -393,6 +395,64 @@ class Fuzzer:
                 self.mismatch("tf.packed_matmul", case, f"M=0 gave shape {y.shape}")
 
 
+    # ------------------------------------------------------ moving-average range
+
+    @staticmethod
+    def range_reference(x, old_min, old_max, observed, frozen, decay, symmetric):
+        """TfquantMovingAverageRange in numpy float32, as its docstring states it."""
+        f32 = np.float32
+        if x.size == 0:
+            lo, hi = f32(0), f32(0)
+        elif np.isnan(x).any():
+            lo = hi = f32(np.nan)
+        else:
+            lo, hi = min(x.min(), f32(0)), max(x.max(), f32(0))
+        if symmetric:
+            hi = f32(np.nan) if np.isnan(lo) or np.isnan(hi) else max(-lo, hi)
+            lo = -hi
+        first = observed < 0.5
+        if not first:
+            keep, take = f32(decay), f32(1.0 - decay)
+            lo, hi = keep * f32(old_min) + take * lo, keep * f32(old_max) + take * hi
+        if not (np.isfinite(lo) and np.isfinite(hi)) or (frozen > 0.5 and not first):
+            return f32(old_min), f32(old_max)
+        return f32(lo), f32(hi)
+
+    def range_case(self):
+        rng = self.rng
+        shape = tuple(int(d) for d in rng.choice(DIMS, size=int(rng.integers(0, 4))))
+        spread = 10.0 ** rng.uniform(-6, 6)
+        # No denormals: TF runs the op with them flushed, numpy does not.
+        x = np.asarray(rng.standard_normal(shape) * spread, np.float32)
+        if x.size and rng.random() < 0.3:
+            x.flat[rng.integers(x.size)] = rng.choice(SPECIALS)
+        old = np.sort(np.asarray(rng.standard_normal(2) * 10.0 ** rng.uniform(-6, 6),
+                                 np.float32))
+        decay = float(rng.choice([0.0, 0.5, 0.9, 0.99, 0.999, rng.uniform(0, 1)]))
+        observed, frozen = float(rng.random() < 0.7), float(rng.random() < 0.3)
+        symmetric = bool(rng.random() < 0.3)
+        fault = rng.choice(["none"] * 8 + ["decay", "shape"])
+        old_min = old[0]
+        valid = True
+        if fault == "decay":
+            decay, valid = float(rng.choice([1.0, -0.1, np.nan, 2.0])), False
+        elif fault == "shape":
+            old_min, valid = np.full(int(rng.integers(1, 3)), old[0], np.float32), False
+        case = {"shape": list(shape), "spread": spread, "decay": decay, "observed": observed,
+                "frozen": frozen, "symmetric": symmetric, "fault": str(fault),
+                "old": [float(v) for v in old]}
+        got, error = self.call("tf.moving_average_range", self.tq.ops.moving_average_range,
+                               x, old_min, old[1], observed, frozen, decay=decay,
+                               symmetric=symmetric)
+        if not self.check_error("tf.moving_average_range", case, valid, error):
+            return
+        want = self.range_reference(x, old[0], old[1], observed, frozen, decay, symmetric)
+        got = np.array([np.asarray(v) for v in got], np.float32)
+        # Values, not bits: which zero a range of 0 gets is unspecified (range_kernels.cc).
+        if not np.array_equal(got, np.array(want, np.float32), equal_nan=True):
+            self.mismatch("tf.moving_average_range", case, f"{got.tolist()} vs {list(want)}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", type=int, default=200)
@@ -405,7 +465,7 @@ def main():
     np.seterr(all="ignore")  # the inputs overflow on purpose
     fuzzer = Fuzzer(tq, np.random.default_rng(args.seed))
     for i in range(args.cases):
-        (fuzzer.fake_quant_case if i % 2 == 0 else fuzzer.packed_case)()
+        (fuzzer.fake_quant_case, fuzzer.packed_case, fuzzer.range_case)[i % 3]()
     print("RESULT " + json.dumps({
         "calls": dict(fuzzer.calls), "mismatches": [m for m in fuzzer.mismatches if m],
         "mismatch_count": len(fuzzer.mismatches), "expected_errors": fuzzer.expected_errors,
