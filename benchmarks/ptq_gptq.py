@@ -145,9 +145,9 @@ def main():
     parser.add_argument("--train", type=int, default=20000, help="training images (zoo recipe)")
     parser.add_argument("--epochs", type=int, default=4, help="float epochs (zoo recipe)")
     parser.add_argument("--test", type=int, default=10000)
-    # 2048 images: the more calibration data, the better every method's estimates. (On the
-    # token transformer at W4, GPTQ vs nearest in LiteRT was −0.21 point with 512 images
-    # and +0.10 with 2048: a difference of 10–20 test images, which the sample moves.)
+    # 2048 images set the activation ranges (GPTQ and AdaRound still learn from at most
+    # 512 of them). On the token transformer at W4, GPTQ vs nearest in LiteRT was −0.21
+    # point with 512 and +0.10 with 2048: 10–20 test images, which the sample moves.
     parser.add_argument("--calibration", type=int, default=2048)
     parser.add_argument("--adaround-iterations", type=int, default=2000)
     args = parser.parse_args()
