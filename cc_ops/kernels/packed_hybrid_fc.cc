@@ -36,10 +36,7 @@ std::string PreparePackedHybridFc(const int8_t* q_nk, int64_t n, int64_t k, int 
   }
   fc->bias.clear();
   if (bias != nullptr) fc->bias.assign(bias, bias + n);
-  std::vector<int8_t> q_kn(static_cast<size_t>(k * n));
-  for (int64_t c = 0; c < n; ++c) {
-    for (int64_t i = 0; i < k; ++i) q_kn[i * n + c] = q_nk[c * k + i];
-  }
+  const std::vector<int8_t> q_kn = TransposeFilter(q_nk, n, k);
   fc->packed.assign(PackedBytes(k, n, bits), 0);
   error = PackWeights(q_kn.data(), k, n, bits, fc->packed.data());
   if (!error.empty()) return error;

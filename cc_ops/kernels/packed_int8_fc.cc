@@ -87,6 +87,14 @@ void UnpackLowBitTensor(const uint8_t* packed, int64_t count, int bits, int8_t* 
   }
 }
 
+std::vector<int8_t> TransposeFilter(const int8_t* q_nk, int64_t n, int64_t k) {
+  std::vector<int8_t> q_kn(static_cast<size_t>(k * n));
+  for (int64_t c = 0; c < n; ++c) {
+    for (int64_t i = 0; i < k; ++i) q_kn[i * n + c] = q_nk[c * k + i];
+  }
+  return q_kn;
+}
+
 int CellsNeeded(const int8_t* q, int64_t count, int cell_bits) {
   int lo = 0, hi = 0;
   for (int64_t i = 0; i < count; ++i) {
@@ -156,14 +164,11 @@ std::string PrepareInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bits, in
   fc->k = k;
   fc->n = n;
   fc->bits = bits;
-  std::vector<int8_t> q_kn(static_cast<size_t>(k * n));
+  const std::vector<int8_t> q_kn = TransposeFilter(q_nk, n, k);
   fc->bias_minus_zp.assign(n, 0);
   for (int64_t c = 0; c < n; ++c) {
     int64_t column_sum = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      q_kn[i * n + c] = q_nk[c * k + i];
-      column_sum += q_nk[c * k + i];
-    }
+    for (int64_t i = 0; i < k; ++i) column_sum += q_nk[c * k + i];
     fc->bias_minus_zp[c] = static_cast<int32_t>(
         (bias != nullptr ? bias[c] : 0) - quant.input_zero_point * column_sum);
   }

@@ -81,6 +81,9 @@ std::string PreparePackedInt8Fc(const int8_t* q_nk, int64_t n, int64_t k, int bi
                                 const int32_t* bias, const Int8FcQuantization& quant,
                                 PackedInt8Fc* fc);
 
+// The TFLite filter layout q_nk [N, K] as the packed kernels' q [K, N].
+std::vector<int8_t> TransposeFilter(const int8_t* q_nk, int64_t n, int64_t k);
+
 // Cells of an int8 filter at most: four of 2 bits.
 constexpr int kMaxCells = 4;
 
