@@ -8,7 +8,8 @@ packed matmul outputs; any NaN equals any NaN), dmin/dmax within 1e-6 of sum|dy|
 (fake_quant.h). The TF ops run with denormals flushed, so they are compared, bit for bit,
 with _native run so too (FlushDenormals), in the variant they use. The moving-average range
 op is compared with a numpy reference of its docstring (values: which zero a range of 0
-gets is unspecified). An invalid case must raise a Python exception in every entry point;
+gets is unspecified). The SeerNet convolution's variants and TF op must select the same
+outputs as the scalar one and agree with it to rounding (finite inputs). An invalid case must raise a Python exception in every entry point;
 a valid one must raise in none. Prints one line `RESULT {json}`.
 """
 
@@ -65,6 +66,7 @@ class Fuzzer:
         self.ftz = FlushDenormals(tf)
         self.fq_variants = self.native.kernel_variants()
         self.packed_variants = self.native.packed_kernel_variants()
+        self.seer_variants = self.native.seer_conv_kernel_variants()
 
     # ------------------------------------------------------------- helpers
 
@@ -453,6 +455,72 @@ class Fuzzer:
             self.mismatch("tf.moving_average_range", case, f"{got.tolist()} vs {list(want)}")
 
 
+    # ------------------------------------------------------ SeerNet convolution
+
+    def seer_case(self):
+        rng = self.rng
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        pool, bits = int(rng.choice([1, 2])), int(rng.choice([2, 4]))
+        padding = str(rng.choice(["same", "valid"]))
+        batch = int(rng.choice([0, 1, 1, 2, 3]))
+        h, w = int(rng.integers(1, 21)), int(rng.integers(1, 90))
+        cin, cout = int(rng.choice([1, 2, 3, 15, 16, 17, 33])), int(rng.choice([1, 5, 16, 17, 40]))
+        x = self.values((batch, h, w, cin), 10.0 ** rng.uniform(-3, 3))
+        kernel = (rng.standard_normal((kh, kw, cin, cout)) * 10.0 ** rng.uniform(-3, 1)
+                  ).astype(np.float32)
+        bias = (rng.standard_normal(cout) * 10.0 ** rng.uniform(-3, 1)).astype(np.float32)
+        packed, scales = self.tq.ops.seer_predictor(kernel, bits)
+        threshold = float(rng.choice([0.0, 0.0, -0.5, 0.5, -np.inf, np.inf]))
+        conv_h = -(-h // sh) if padding == "same" else (h - kh) // sh + 1
+        conv_w = -(-w // sw) if padding == "same" else (w - kw) // sw + 1
+        valid = conv_h // pool >= 1 and conv_w // pool >= 1
+        fault = rng.choice(["none"] * 8 + ["predictor", "scales", "bias", "channels", "pool"])
+        if fault == "predictor":
+            packed, valid = packed[:-1], False
+        elif fault == "scales":
+            scales, valid = np.ones(cout + 1, np.float32), False
+        elif fault == "bias":
+            bias, valid = np.zeros(cout + 1, np.float32), False
+        elif fault == "channels":
+            x, valid = np.concatenate([x, x[..., :1]], -1), False
+        elif fault == "pool":
+            pool, valid = 3, False
+        args = dict(stride_h=sh, stride_w=sw, padding=padding.upper(), pool=pool, bits=bits,
+                    threshold=threshold)
+        case = {"x": list(x.shape), "kernel": list(kernel.shape), "strides": [sh, sw],
+                "padding": padding, "pool": pool, "bits": bits, "threshold": threshold,
+                "fault": str(fault)}
+        ref, error = self.call("native.seer_conv2d", self.native.seer_conv2d, x, kernel, bias,
+                               packed, scales, variant="scalar", **args)
+        have_ref = self.check_error("native.seer_conv2d", case, valid, error)
+        finite = bool(np.all(np.abs(x) < 1e30))  # no sum can overflow
+
+        def agree(got, entry):
+            # The same selection; sums in another order (seer_conv.h), so values agree to
+            # rounding where the inputs are finite.
+            y, count = got
+            if count != ref[1] or y.shape != ref[0].shape:
+                self.mismatch(entry, case, f"computed {count} vs {ref[1]}, shape {y.shape}")
+            elif finite and not np.allclose(y, ref[0], rtol=1e-3,
+                                            atol=1e-4 * (np.abs(ref[0]).max(initial=0) + 1)):
+                self.mismatch(entry, case, "y differs beyond rounding")
+
+        for variant in self.seer_variants[1:]:
+            got, error = self.call("native.seer_conv2d", self.native.seer_conv2d, x, kernel,
+                                   bias, packed, scales, variant=variant, **args)
+            if self.check_error("native.seer_conv2d", case, valid, error) and have_ref:
+                agree(got, f"native.seer_conv2d[{variant}]")
+        got, error = self.call("tf.seer_conv2d", self.tq.ops.seer_conv2d, x, kernel, bias,
+                               packed, scales, (sh, sw), padding, pool, bits, threshold)
+        if self.check_error("tf.seer_conv2d", case, valid, error) and have_ref:
+            with self.ftz:  # as for the packed matmul: the op's variant, denormals flushed
+                want = self.native.seer_conv2d(x, kernel, bias, packed, scales, **args)
+            self.calls["native.seer_conv2d"] += 1
+            if int(got[1]) != want[1] or not self.same_bits(got[0], want[0]):
+                self.mismatch("tf.seer_conv2d", case, "differs from _native")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", type=int, default=200)
@@ -465,7 +533,8 @@ def main():
     np.seterr(all="ignore")  # the inputs overflow on purpose
     fuzzer = Fuzzer(tq, np.random.default_rng(args.seed))
     for i in range(args.cases):
-        (fuzzer.fake_quant_case, fuzzer.packed_case, fuzzer.range_case)[i % 3]()
+        (fuzzer.fake_quant_case, fuzzer.packed_case, fuzzer.range_case,
+         fuzzer.seer_case)[i % 4]()
     print("RESULT " + json.dumps({
         "calls": dict(fuzzer.calls), "mismatches": [m for m in fuzzer.mismatches if m],
         "mismatch_count": len(fuzzer.mismatches), "expected_errors": fuzzer.expected_errors,

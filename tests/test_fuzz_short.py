@@ -35,7 +35,7 @@ def test_short_fuzz_run_is_clean(tmp_path):
     for entry in ("native.fake_quant_reference", "native.fake_quant_grad_reference",
                   "tf.fake_quant", "tf.fake_quant_grad", "native.packed_matmul",
                   "tf.packed_matmul", "tf.pack_weights", "native.unpack_weights",
-                  "tf.moving_average_range"):
+                  "tf.moving_average_range", "tf.seer_conv2d"):
         assert calls.get(entry, 0) > 0, entry
     delegate = result["delegate"]
     assert delegate["valid_models_claimed"] == delegate["valid_models"] > 0

@@ -56,6 +56,7 @@ NATIVE_SCRIPT = textwrap.dedent("""
     print(json.dumps({
         "level": m.isa_level(), "levels": m.isa_levels(),
         "fake_quant": m.kernel_variant(), "packed": m.packed_kernel_variant(),
+        "seer_conv": m.seer_conv_kernel_variant(),
         "warning": info["kernels_warning"], "requested": info["kernels_requested"],
         "y": digest(m.fake_quant_reference(x, mn, mx, 5, False, 1)),
         "y_tensor": digest(m.fake_quant_reference(x, -1.5, 2.0, 8, True, None)),
@@ -91,6 +92,7 @@ def test_levels_are_a_prefix_of_the_architecture_and_the_default_is_the_best(def
     assert chosen["level"] == LEVELS[-1] and chosen["warning"] == "" and "tfquant" not in stderr
     assert chosen["fake_quant"] == _native.kernel_variants()[-1]
     assert chosen["packed"] == _native.packed_kernel_variants()[-1]
+    assert chosen["seer_conv"] == _native.seer_conv_kernel_variants()[-1]
 
 
 def test_scalar_override_runs_the_reference_kernels_with_the_same_results(default):
@@ -108,6 +110,7 @@ def test_every_family_takes_its_best_table_at_or_below_the_cap(level, default):
     assert chosen["level"] == level and chosen["warning"] == "" and "warning" not in stderr
     assert chosen["fake_quant"] == best_at_most(_native.kernel_variants(), level)
     assert chosen["packed"] == best_at_most(_native.packed_kernel_variants(), level)
+    assert chosen["seer_conv"] == best_at_most(_native.seer_conv_kernel_variants(), level)
     for key in ("y", "y_tensor", "dx", "matmul"):
         assert chosen[key] == default[0][key], key
 
@@ -145,11 +148,12 @@ def test_the_older_packed_variable_caps_only_the_packed_kernels_and_wins_there()
     chosen, _ = run_native(TFQUANT_PACKED_KERNELS="scalar")
     assert chosen["packed"] == "scalar" and chosen["fake_quant"] == _native.kernel_variants()[-1]
     chosen, _ = run_native(TFQUANT_KERNELS="scalar", TFQUANT_PACKED_KERNELS=LEVELS[-1])
-    assert chosen["fake_quant"] == "scalar"
+    assert chosen["fake_quant"] == chosen["seer_conv"] == "scalar"
     assert chosen["packed"] == _native.packed_kernel_variants()[-1]
     chosen, stderr = run_native(TFQUANT_PACKED_KERNELS="sse9")
     assert "tfquant: warning: TFQUANT_PACKED_KERNELS=sse9 is not an ISA level" in stderr
     assert chosen["packed"] == _native.packed_kernel_variants()[-1]
+    assert chosen["seer_conv"] == _native.seer_conv_kernel_variants()[-1]
 
 
 # The TF op library and the delegate link their own copy of the dispatcher.

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "avx512_activation.h"
 #include "avx512_tail_mask.h"
 
 namespace tfquant {
@@ -31,25 +32,9 @@ namespace {
 void QuantizeRowsAvx512(const float* x, int64_t k, int64_t kpad,
                         int64_t group_k, int64_t num_groups, int64_t m0,
                         int64_t m1, int8_t* xq, float* xs, int32_t* xsum) {
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  const __m512 hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
   for (int64_t m = m0; m < m1; ++m) {
     const float* row = x + m * k;
-    // vmaxps returns its second operand when the first is NaN, so NaN never
-    // wins, as in the scalar `a > amax ? a : amax`.
-    __m512 amax0 = _mm512_setzero_ps(), amax1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-      amax0 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(row + i), abs_mask), amax0);
-      amax1 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(row + i + 16), abs_mask),
-                            amax1);
-    }
-    for (; i < k; i += 16) {
-      const __m512 v = _mm512_maskz_loadu_ps(TailMask(k - i), row + i);
-      amax0 = _mm512_max_ps(_mm512_and_ps(v, abs_mask), amax0);
-    }
-    const float scale =
-        ActivationScale(_mm512_reduce_max_ps(_mm512_max_ps(amax0, amax1)));
+    const float scale = ActivationScale(AbsMaxAvx512(row, k));
     xs[m] = scale;
     const __m512 vscale = _mm512_set1_ps(scale);
     int8_t* out = xq + m * kpad;
@@ -58,13 +43,7 @@ void QuantizeRowsAvx512(const float* x, int64_t k, int64_t kpad,
       __m512i sum = _mm512_setzero_si512();
       for (int64_t j = g * group_k; j < end; j += 16) {
         const __mmask16 t = TailMask(end - j);
-        // The same IEEE division and round-half-even as QuantizeActivation.
-        const __m512 v = _mm512_roundscale_ps(
-            _mm512_div_ps(_mm512_maskz_loadu_ps(t, row + j), vscale),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __mmask16 not_nan = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
-        const __m512i q = _mm512_cvtps_epi32(
-            _mm512_maskz_mov_ps(not_nan, _mm512_min_ps(_mm512_max_ps(v, lo), hi)));
+        const __m512i q = QuantizeActivation16(_mm512_maskz_loadu_ps(t, row + j), vscale);
         sum = _mm512_add_epi32(sum, q);
         _mm512_mask_cvtepi32_storeu_epi8(out + j, t, q);
       }

@@ -17,6 +17,7 @@
 #include "cc_ops/kernels/isa_dispatch.h"
 #include "cc_ops/kernels/packed.h"
 #include "cc_ops/kernels/packed_int8_fc.h"
+#include "cc_ops/kernels/seer_conv.h"
 
 // setup.py passes these; the fallbacks only keep other builds compiling.
 #ifndef TFQUANT_TF_VERSION
@@ -84,18 +85,23 @@ std::string Join(const std::vector<std::string>& names) {
   return out;
 }
 
-// The table `variant` names (None: the one chosen at load); ValueError if it
-// cannot run here.
-const k::FakeQuantKernelTable& KernelsFor(
-    const std::optional<std::string>& variant) {
-  if (!variant.has_value()) return k::FakeQuantFamily().selected();
-  const k::FakeQuantKernelTable* table = k::FakeQuantFamily().named(*variant);
+// The table of `family` that `variant` names (None: the one chosen at load);
+// ValueError if it cannot run here. `what`: the family in the message.
+template <typename Table>
+const Table& TableNamed(const k::KernelFamily<Table>& family,
+                        const std::optional<std::string>& variant,
+                        const std::string& what) {
+  if (!variant.has_value()) return family.selected();
+  const Table* table = family.named(*variant);
   if (table == nullptr) {
-    throw py::value_error("kernel variant '" + *variant +
-                          "' is not supported here; supported: " +
-                          Join(k::FakeQuantFamily().names()));
+    throw py::value_error(what + "kernel variant '" + *variant +
+                          "' is not supported here; supported: " + Join(family.names()));
   }
   return *table;
+}
+
+const k::FakeQuantKernelTable& KernelsFor(const std::optional<std::string>& variant) {
+  return TableNamed(k::FakeQuantFamily(), variant, "");
 }
 
 struct PreparedCall {
@@ -260,15 +266,7 @@ FloatArray PackedMatmulPy(const FloatArray& x, const UInt8Array& packed,
                           const std::optional<FloatArray>& bias, int bits,
                           int64_t n, int64_t group_size,
                           const std::optional<std::string>& variant) {
-  const k::PackedKernelTable* table = &k::PackedFamily().selected();
-  if (variant.has_value()) {
-    table = k::PackedFamily().named(*variant);
-    if (table == nullptr) {
-      throw py::value_error("packed kernel variant '" + *variant +
-                            "' is not supported here; supported: " +
-                            Join(k::PackedFamily().names()));
-    }
-  }
+  const k::PackedKernelTable* table = &TableNamed(k::PackedFamily(), variant, "packed ");
   if (x.ndim() != 2) throw py::value_error("x must be 2-D [M, K]");
   const int64_t m = x.shape(0), kk = x.shape(1);
   Check(k::CheckPackedMatmul(kk, n, bits, group_size, packed.size(),
@@ -293,6 +291,54 @@ FloatArray PackedMatmulPy(const FloatArray& x, const UInt8Array& packed,
     if (m > 0) table->matmul(a, 0, m, 0, k::CeilDiv(n, k::kPackedNBlock));
   }
   return y;
+}
+
+// The SeerNet layer on one thread with a named sparse-dot variant, for
+// testing the variants against each other: (y, computed).
+py::tuple SeerConv2dPy(const FloatArray& x, const FloatArray& filter,
+                       const FloatArray& bias, const UInt8Array& predictor,
+                       const FloatArray& scales, int64_t stride_h, int64_t stride_w,
+                       const std::string& padding, int64_t pool, int bits,
+                       float threshold, const std::optional<std::string>& variant) {
+  const k::SeerConvKernelTable* table = &TableNamed(k::SeerConvFamily(), variant, "seer_conv ");
+  if (x.ndim() != 4 || filter.ndim() != 4) {
+    throw py::value_error("x must be [batch, h, w, cin] and filter [kh, kw, cin, cout]");
+  }
+  if (filter.shape(2) != x.shape(3)) throw py::value_error("filter and x channels differ");
+  if (padding != "SAME" && padding != "VALID") {
+    throw py::value_error("padding must be 'SAME' or 'VALID'; got '" + padding + "'");
+  }
+  Check(k::CheckPackedBits(bits));
+  const int64_t cout = filter.shape(3);
+  if (bias.ndim() != 1 || bias.shape(0) != cout) throw py::value_error("bias must be [cout]");
+  k::SeerConvGeometry g;
+  Check(k::MakeSeerConvGeometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3),
+                                filter.shape(0), filter.shape(1), cout, stride_h,
+                                stride_w, padding == "SAME", pool, &g));
+  Check(k::CheckPackedMatmul(g.patch_size(), cout, bits, 0, predictor.size(),
+                             std::vector<int64_t>(scales.shape(), scales.shape() + scales.ndim()),
+                             cout));
+  FloatArray y({g.batch, g.out_h(), g.out_w(), cout});
+  std::vector<float> filter_t(g.patch_size() * cout), xs(g.batch);
+  int64_t computed = 0;
+  {
+    py::gil_scoped_release release;
+    k::SeerConvFilterRows(filter.data(), g.patch_size(), cout, filter_t.data());
+    k::SeerConvArgs a;
+    a.g = g;
+    a.x = x.data();
+    a.filter_t = filter_t.data();
+    a.bias = bias.data();
+    a.predictor = predictor.data();
+    a.predictor_scales = scales.data();
+    a.bits = bits;
+    a.threshold = threshold;
+    a.y = y.mutable_data();
+    a.xs = xs.data();
+    for (int64_t b = 0; b < g.batch; ++b) k::SeerConvImageScale(a, *table, b);
+    for (int64_t t = 0; t < k::SeerConvTasks(g); ++t) computed += k::SeerConvTask(a, *table, t);
+  }
+  return py::make_tuple(y, computed);
 }
 
 }  // namespace
@@ -347,6 +393,18 @@ PYBIND11_MODULE(_native, m) {
   m.def("packed_kernel_variant",
         [] { return std::string(k::IsaName(k::PackedFamily().selected().isa)); },
         "The packed matmul variant the op uses.");
+  m.def("seer_conv2d", &SeerConv2dPy, py::arg("x"), py::arg("filter"), py::arg("bias"),
+        py::arg("predictor"), py::arg("predictor_scales"), py::arg("stride_h") = 1,
+        py::arg("stride_w") = 1, py::arg("padding") = "SAME", py::arg("pool") = 1,
+        py::arg("bits") = 4, py::arg("threshold") = 0.0f, py::arg("variant") = py::none(),
+        "SeerNet Conv2D + bias + ReLU (+ 2x2 max-pool) on one thread, the numbers of "
+        "tfquant.ops.seer_conv2d: returns (y, computed). variant: one of "
+        "seer_conv_kernel_variants().");
+  m.def("seer_conv_kernel_variants", [] { return k::SeerConvFamily().names(); },
+        "SeerNet kernel variants runnable here, worst first.");
+  m.def("seer_conv_kernel_variant",
+        [] { return std::string(k::IsaName(k::SeerConvFamily().selected().isa)); },
+        "The SeerNet kernel variant the op uses.");
   m.def("isa_level", [] { return std::string(k::IsaName(k::IsaSelection().level)); },
         "The ISA level the kernels are capped at: the best this CPU and OS "
         "run, or the one TFQUANT_KERNELS names.");

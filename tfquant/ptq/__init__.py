@@ -1,6 +1,6 @@
 """Post-training quantization: calibration, data-free equalization and bias correction,
 outlier channel splitting, AdaRound, GPTQ, sensitivity analysis and mixed precision, zero-shot
-calibration data (ZeroQ).
+calibration data (ZeroQ), and SeerNet's predicted-sparsity convolutions.
 
     import tfquant
     qmodel = tfquant.ptq.quantize(model, x_calib, calibrator="percentile")
@@ -45,6 +45,7 @@ from tfquant.ptq.quantize import (
     gptq_weights,
     quantize,
 )
+from tfquant.ptq.seernet import SeerNetConv2D, seernet
 from tfquant.ptq.sensitivity import (
     SensitivityReport,
     layer_sensitivity,
@@ -63,5 +64,5 @@ __all__ = [
     "empirical_bias_correction", "factorize_weights", "float_output_means",
     "fold_batch_norm", "gptq_kernel", "gptq_weights", "gptq_wrapper", "hessian",
     "layer_sensitivity", "make_calibrator", "mixed_precision",
-    "quantize", "split_channels", "symmetric_quantize", "weight_clip",
+    "SeerNetConv2D", "quantize", "seernet", "split_channels", "symmetric_quantize", "weight_clip",
 ]
