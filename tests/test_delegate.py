@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = r"""
 import json, sys
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from ai_edge_litert.interpreter import Interpreter
 from tfquant.export.delegate import delegate_stats, load_packed_delegate, packed_interpreter
 
 job = json.loads(sys.argv[1])
@@ -147,6 +147,19 @@ def with_tied_rounding(path):
     tied = path.replace(".tflite", "_tied.tflite")
     flatbuffer_utils.write_model(model, tied)
     return tied
+
+
+def with_static_batch(path, batch):
+    """The model with every dynamic leading dimension (shape signature -1) fixed to
+    `batch`, as an export of `keras.Input(batch_shape=(batch, ...))` has it."""
+    model = flatbuffer_utils.read_model(path)
+    for tensor in model.subgraphs[0].tensors:
+        signature = tensor.shapeSignature
+        if signature is not None and len(signature) and signature[0] == -1:
+            signature[0] = tensor.shape[0] = batch
+    fixed = path.replace(".tflite", f"_batch{batch}.tflite")
+    flatbuffer_utils.write_model(model, fixed)
+    return fixed
 
 
 def with_per_tensor_scales(path):
@@ -300,7 +313,7 @@ def test_native_option_errors_reach_python_without_a_crash():
         "from ai_edge_litert.interpreter import load_delegate\n"
         "from tfquant.export.delegate import delegate_path\n"
         "for options in ({'num_threads': 'many'}, {'threads': 2}, {'cell_bits': 3},\n"
-        "                {'kernels': 'avx9'}):\n"
+        "                {'kernels': 'avx9'}, {'max_int4_rows': '-3'}):\n"
         "    try:\n"
         "        load_delegate(delegate_path(), options)\n"
         "        print('LOADED', options)\n"
@@ -313,10 +326,11 @@ def test_native_option_errors_reach_python_without_a_crash():
     assert lines == [
         "ERROR tfquant packed delegate: num_threads='many' is not allowed; give an integer 1..256",
         "ERROR tfquant packed delegate: unknown option 'threads'; allowed: num_threads, kernels, "
-        "min_int4_weights, cell_bits",
+        "min_int4_weights, max_int4_rows, cell_bits",
         "ERROR tfquant packed delegate: cell_bits='3' is not allowed; give 0 (off), 2 or 4",
         "ERROR tfquant packed delegate: kernels='avx9' cannot run here; allowed: auto, "
         + ", ".join(_native.packed_kernel_variants()),
+        "ERROR tfquant packed delegate: max_int4_rows='-3' is not allowed; give an integer >= 0",
     ]
 
 
@@ -330,6 +344,8 @@ def test_python_helpers_reject_what_they_cannot_use():
         delegate_stats(object())
     with pytest.raises(ValueError, match=r"num_threads=True .* 1\.\.256"):
         load_packed_delegate(num_threads=True)
+    with pytest.raises(ValueError, match=r"max_int4_rows=-1 is not allowed"):
+        load_packed_delegate(max_int4_rows=-1)
     assert os.path.exists(tfquant.export.delegate.delegate_path())
 
 
@@ -348,8 +364,11 @@ result = {}
 for name, model in job["models"].items():
     interpreter = packed_interpreter(model, num_threads=2)  # XNNPACK behind the delegate
     got = run(interpreter, x)
+    xnnpack = run(Interpreter(model_path=model), x)
     result[name] = {"claimed": delegate_stats(interpreter.packed_delegate)["claimed_nodes"],
-                    "equal": bool(np.array_equal(got, run(Interpreter(model_path=model), x)))}
+                    "equal": bool(np.array_equal(got, xnnpack)),
+                    "max_diff": float(np.abs(got - xnnpack).max()),
+                    "max_abs": float(np.abs(xnnpack).max())}
 try:
     load_packed_delegate(min_int4_weights=-1)
 except ValueError as error:
@@ -360,15 +379,24 @@ print("RESULT" + json.dumps(result))
 
 def test_with_xnnpack_small_int4_layers_stay_with_xnnpack_and_int2_ones_are_claimed(exported):
     # XNNPACK's INT4 kernel beats the delegate's below XNNPACK_INT4_MIN_WEIGHTS (the MLP's
-    # layers are far below); it has no INT2 kernel, so INT2 layers are always claimed.
-    job = {"models": {"int4": exported[4], "int2": exported[2]},
+    # layers are far below) unless the batch is static and small; it has no INT2 kernel,
+    # so INT2 layers are always claimed.
+    job = {"models": {"int4": exported[4], "int2": exported[2],
+                      "int4_batch8": with_static_batch(exported[4], 8),
+                      "int4_batch64": with_static_batch(exported[4], 64)},
            "inputs": exported["inputs"], "tests": os.path.join(ROOT, "tests")}
     done = subprocess.run([sys.executable, "-c", XNNPACK_RUNNER, json.dumps(job)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")][-1][6:])
-    assert result["int4"] == {"claimed": 0, "equal": True}
+    # Unclaimed: XNNPACK's outputs. Claimed: the builtin FC's integers (bit-exact, tested
+    # above) with XNNPACK's QUANTIZE around them: a few output steps from XNNPACK's.
+    assert result["int4"]["claimed"] == 0 and result["int4"]["equal"]
+    assert result["int4_batch64"]["claimed"] == 0 and result["int4_batch64"]["equal"]
+    assert result["int4_batch8"]["claimed"] == 3  # within XNNPACK_INT4_MAX_ROWS
+    batch8 = result["int4_batch8"]
+    assert batch8["max_diff"] <= 0.02 * batch8["max_abs"], batch8
     assert result["int2"]["claimed"] == 3
     assert "min_int4_weights=-1 is not allowed" in result["error"]
 

@@ -224,3 +224,17 @@ def test_seernet_refuses_clearly():
         tfquant.ptq.seernet(small_cnn(), bits=8)
     with pytest.raises(ValueError, match="pool=4 is not supported"):
         tfquant.ptq.SeerNetConv2D(4, 3, pool=4)
+
+
+def test_the_2_bit_predictor_is_ternary_with_twns_threshold_and_scale():
+    from tfquant.ptq.seernet import predictor_weights
+
+    kernel = np.random.default_rng(8).standard_normal((3, 3, 5, 7)).astype(np.float32)
+    packed, scales = predictor_weights(kernel, 2)
+    w = kernel.reshape(45, 7)
+    q = _native.unpack_weights(packed, 2, 45, 7)
+    above = np.abs(w) > 0.7 * np.mean(np.abs(w), axis=0)
+    np.testing.assert_array_equal(q, np.sign(w) * above)
+    np.testing.assert_allclose(scales, np.sum(np.abs(w) * above, 0) / above.sum(0), rtol=1e-6)
+    packed4, scales4 = predictor_weights(kernel, 4)
+    np.testing.assert_allclose(scales4, np.abs(w).max(0) / 7, rtol=1e-6)

@@ -12,6 +12,9 @@
 //   min_int4_weights  INT4 (and int8-held 4-bit) filters with fewer weights are left
 //                to the interpreter: XNNPACK's INT4 kernel is faster there (measured,
 //                docs/ARCHITECTURE.md §4); default 0 (claim every one)
+//   max_int4_rows  ... unless the node's input has a static shape (its shape
+//                signature) of at most this many rows: at small batches the packed
+//                GEMV is faster than XNNPACK's at any size; default 0 (no exception)
 //   cell_bits    0 | 4 | 2: also claim int8 filters beyond 4 bits and run each as
 //                cells of that many bits (Cell Division, packed_int8_fc.h), still
 //                bit-exact; default 0 (off)
@@ -61,6 +64,7 @@ struct PackedDelegate {
   TfLiteDelegate base;  // first: the interpreter holds &base
   int num_threads = 1;
   int64_t min_int4_weights = 0;
+  int64_t max_int4_rows = 0;
   int cell_bits = 0;  // Cell Division's cell width; 0: off
   std::unique_ptr<k::TaskPool> pool;
   const k::PackedKernelTable* kernels = nullptr;
@@ -78,6 +82,21 @@ int64_t NumElements(const TfLiteIntArray* dims) {
   int64_t n = 1;
   for (int i = 0; i < dims->size; ++i) n *= dims->data[i];
   return n;
+}
+
+// Rows of an FC input [..., k] by its shape signature (the flatbuffer's shape,
+// -1 where a size is dynamic); -1 if some size is dynamic or unknown.
+int64_t StaticRows(const TfLiteTensor& input, int64_t k) {
+  const TfLiteIntArray* dims =
+      input.dims_signature != nullptr && input.dims_signature->size > 0 ? input.dims_signature
+                                                                        : input.dims;
+  if (dims == nullptr || k <= 0) return -1;
+  int64_t n = 1;
+  for (int i = 0; i < dims->size; ++i) {
+    if (dims->data[i] < 0) return -1;
+    n *= dims->data[i];
+  }
+  return n / k;
 }
 
 bool IsConstant(const TfLiteTensor& t) {
@@ -146,7 +165,10 @@ std::string BuildNodeKernel(TfLiteContext* context, const TfLiteNode& node,
     return "filter too short";
   }
   if (bits == 4 && !divide && n * kdim < options.min_int4_weights) {
-    return "INT4 filter below min_int4_weights";
+    const int64_t rows = StaticRows(input, kdim);
+    if (rows < 0 || rows > options.max_int4_rows) {
+      return "INT4 filter below min_int4_weights, not a static batch within max_int4_rows";
+    }
   }
   const auto* params = static_cast<const TfLiteFullyConnectedParams*>(node.builtin_data);
   if (params == nullptr || params->weights_format != 0) return "not the default weights format";
@@ -402,6 +424,13 @@ std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegat
         return "min_int4_weights='" + value + "' is not allowed; give an integer >= 0";
       }
       self->min_int4_weights = static_cast<int64_t>(v);
+    } else if (key == "max_int4_rows") {
+      char* end = nullptr;
+      const long long v = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || v < 0) {
+        return "max_int4_rows='" + value + "' is not allowed; give an integer >= 0";
+      }
+      self->max_int4_rows = static_cast<int64_t>(v);
     } else if (key == "cell_bits") {
       if (value != "0" && value != "2" && value != "4") {
         return "cell_bits='" + value + "' is not allowed; give 0 (off), 2 or 4";
@@ -409,7 +438,8 @@ std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegat
       self->cell_bits = value[0] - '0';
     } else {
       return "unknown option '" + key +
-             "'; allowed: num_threads, kernels, min_int4_weights, cell_bits";
+             "'; allowed: num_threads, kernels, min_int4_weights, max_int4_rows, "
+             "cell_bits";
     }
   }
   return "";

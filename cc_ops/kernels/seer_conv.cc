@@ -211,6 +211,7 @@ int64_t SeerConvBand(const SeerConvArgs& a, const SeerConvKernelTable& table,
   d.out_offset = s.out_offset.data(), d.y = y;
   d.kh = g.kh, d.row_len = g.kw * g.cin, d.row_stride = w_pad * g.cin;
   table.sparse_dot(d, 0, count);
+  if (s.rows.size() > (size_t{1} << 22)) s = BandScratch();  // a huge band's memory goes back
   return count;
 }
 

@@ -35,6 +35,11 @@ MAX_THREADS = 256
 # the demo CNN's head at 0.90×, a 4096×11008 one (45M) at 1.16–1.76× (BENCHMARKS.md,
 # "LiteRT delegate vs stock LiteRT"). INT2 has no XNNPACK kernel: always claimed.
 XNNPACK_INT4_MIN_WEIGHTS = 1 << 25
+# ... except where the node's input has a static shape of at most this many rows: the
+# packed GEMV then beats XNNPACK at any size (Intel Xeon with AMX, 2 threads, 4096×4096
+# INT4: 1.22× at 1 row, 1.28–1.45× at 2–16, 1.05× at 32, 1.03× at 64, 0.94× at 256).
+# A dynamic batch (shape signature −1) can be resized to any size: never claimed.
+XNNPACK_INT4_MAX_ROWS = 32
 
 
 def delegate_path():
@@ -52,7 +57,7 @@ CELL_BITS = (None, 4, 2)
 
 
 def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0,
-                         cell_bits=None):
+                         cell_bits=None, max_int4_rows=0):
     """The delegate as an `ai_edge_litert` Delegate, for `experimental_delegates=[...]`.
 
     Args:
@@ -62,6 +67,9 @@ def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0,
       min_int4_weights: INT4 filters with fewer weights (N·K) are left to the
         interpreter's kernels; 0 claims every one. With XNNPACK (the interpreter's
         default) `XNNPACK_INT4_MIN_WEIGHTS` is where the delegate starts to win.
+      max_int4_rows: ... but INT4 filters whose input has a static shape (the
+        flatbuffer's shape signature) of at most this many rows are claimed at any size
+        (with XNNPACK: `XNNPACK_INT4_MAX_ROWS`); 0: no such exception.
       cell_bits: Cell Division (Park & Yoo, DAC 2019): None (off), 4 or 2. Also claim
         int8 filters whose values need b > 4 bits and run each as n = ⌈b / cell_bits⌉
         cells on the packed kernels of that width: with B = 2^cell_bits, the base-B
@@ -86,6 +94,10 @@ def load_packed_delegate(num_threads=None, kernels="auto", min_int4_weights=0,
         raise ValueError(f"min_int4_weights={min_int4_weights!r} is not allowed; give an "
                          "int ≥ 0")
     options["min_int4_weights"] = min_int4_weights
+    if isinstance(max_int4_rows, bool) or not isinstance(max_int4_rows, int) or \
+            max_int4_rows < 0:
+        raise ValueError(f"max_int4_rows={max_int4_rows!r} is not allowed; give an int ≥ 0")
+    options["max_int4_rows"] = max_int4_rows
     if isinstance(cell_bits, bool) or cell_bits not in CELL_BITS:
         raise ValueError(f"cell_bits={cell_bits!r} is not allowed; allowed: None (off), 4, 2")
     options["cell_bits"] = cell_bits or 0
@@ -125,7 +137,8 @@ def packed_interpreter(model, num_threads=None, kernels="auto", cell_bits=None,
     The delegate is kept on the interpreter as `interpreter.packed_delegate` (see
     `delegate_stats`). Extra keyword arguments go to `Interpreter`. When the interpreter
     uses its default delegates (XNNPACK), INT4 layers below `XNNPACK_INT4_MIN_WEIGHTS`
-    weights are left to XNNPACK, so the delegate never makes a model slower.
+    weights are left to XNNPACK unless their input is a static batch of at most
+    `XNNPACK_INT4_MAX_ROWS` rows, so the delegate never makes a model slower.
     `cell_bits`: Cell Division, as in `load_packed_delegate`.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -136,7 +149,8 @@ def packed_interpreter(model, num_threads=None, kernels="auto", cell_bits=None,
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.BUILTIN_REF)
     delegate = load_packed_delegate(
         num_threads=num_threads, kernels=kernels, cell_bits=cell_bits,
-        min_int4_weights=0 if builtin_only else XNNPACK_INT4_MIN_WEIGHTS)
+        min_int4_weights=0 if builtin_only else XNNPACK_INT4_MIN_WEIGHTS,
+        max_int4_rows=0 if builtin_only else XNNPACK_INT4_MAX_ROWS)
     if isinstance(model, (bytes, bytearray)):
         interpreter = Interpreter(model_content=bytes(model), experimental_delegates=[delegate],
                                   **interpreter_kwargs)

@@ -21,10 +21,11 @@ import numpy as np
 
 from tfquant.keras.quantized_convolution import activation_name
 from tfquant.ops.arguments import check_choice
-from tfquant.ops.packed import check_packed_bits, packed_size
+from tfquant.ops.packed import check_packed_bits, pack_weights, packed_size
 from tfquant.ops.seer_conv import SEER_PADDINGS, SEER_POOLS, seer_conv2d, seer_predictor
 from tfquant.ptq import _graph as g
 from tfquant.ptq.equalization import fold_batch_norm
+from tfquant.quantizers.ternary import TernaryQuantizer
 
 _L = keras.layers
 
@@ -97,9 +98,9 @@ class SeerNetConv2D(_L.Layer):
 
     def set_float_weights(self, kernel, bias):
         """Sets the float kernel [kh, kw, cin, filters] and bias, and the predictor made
-        from the kernel."""
+        from the kernel (`predictor_weights`)."""
         kernel = np.asarray(kernel, np.float32)
-        packed, scales = seer_predictor(kernel, self.bits)
+        packed, scales = predictor_weights(kernel, self.bits)
         self.kernel.assign(kernel)
         self.bias.assign(np.asarray(bias, np.float32))
         self.predictor.assign(packed)
@@ -121,6 +122,24 @@ class SeerNetConv2D(_L.Layer):
                       strides=self.strides, padding=self.padding, pool=self.pool,
                       bits=self.bits, threshold=self.threshold)
         return config
+
+
+def predictor_weights(kernel, bits):
+    """(packed, per-channel scales) of the predictor of a float kernel [kh, kw, cin, cout].
+
+    4 bits: the symmetric grid `q = round(w / s)`, `s = max|w| / 7` (`seer_predictor`).
+    2 bits: ternary, TWN's `q = sign(w)·[|w| > Δ]`, `Δ = 0.7·E|w|`, scale
+    `α = mean(|w| where |w| > Δ)` per channel (`TernaryQuantizer`): the max-scaled
+    2-bit grid {−1, 0, 1}·max|w| rounds most weights to 0 and cost 10.8 points on the
+    benchmark CNN, TWN's 2.5 (BENCHMARKS.md, "SeerNet").
+    """
+    bits = check_packed_bits(bits)
+    if bits == 4:
+        return seer_predictor(kernel, 4)
+    w = np.asarray(kernel, np.float32).reshape(-1, kernel.shape[-1])
+    delta, alpha = TernaryQuantizer(per_channel=True).threshold_and_scale(w, axis=-1)
+    q = np.sign(w) * (np.abs(w) > delta.numpy())
+    return pack_weights(q.astype(np.int8), 2).numpy(), alpha.numpy().astype(np.float32)
 
 
 def _is_plain_relu(layer):
