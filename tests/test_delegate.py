@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = r"""
 import json, sys
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tfquant.export.delegate import delegate_stats, load_packed_delegate, packed_interpreter
 
 job = json.loads(sys.argv[1])

@@ -417,20 +417,14 @@ std::string ParseOptions(char** keys, char** values, size_t count, PackedDelegat
         }
         return "kernels='" + value + "' cannot run here; allowed: " + allowed;
       }
-    } else if (key == "min_int4_weights") {
+    } else if (key == "min_int4_weights" || key == "max_int4_rows") {
       char* end = nullptr;
       const long long v = std::strtoll(value.c_str(), &end, 10);
       if (value.empty() || *end != '\0' || v < 0) {
-        return "min_int4_weights='" + value + "' is not allowed; give an integer >= 0";
+        return key + "='" + value + "' is not allowed; give an integer >= 0";
       }
-      self->min_int4_weights = static_cast<int64_t>(v);
-    } else if (key == "max_int4_rows") {
-      char* end = nullptr;
-      const long long v = std::strtoll(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || v < 0) {
-        return "max_int4_rows='" + value + "' is not allowed; give an integer >= 0";
-      }
-      self->max_int4_rows = static_cast<int64_t>(v);
+      (key == "min_int4_weights" ? self->min_int4_weights : self->max_int4_rows) =
+          static_cast<int64_t>(v);
     } else if (key == "cell_bits") {
       if (value != "0" && value != "2" && value != "4") {
         return "cell_bits='" + value + "' is not allowed; give 0 (off), 2 or 4";
