@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfquant.quantizers.base import deserialize_quantizer, serialize_quantizer
 
+from tfquant.ops.arguments import check_pair
 from tfquant.ops.packed import GROUP_SIZES, check_packed_bits, pack_weights, packed_matmul
 
 
@@ -164,9 +165,9 @@ class PackedConv2D(PackedMatmulLayer):
                  activation=None, **kwargs):
         super().__init__(filters, bits, group_size, q, scales, bias, use_bias, activation,
                          **kwargs)
-        self.kernel_size = _pair("kernel_size", kernel_size)
-        self.strides = _pair("strides", strides)
-        self.dilation_rate = _pair("dilation_rate", dilation_rate)
+        self.kernel_size = check_pair("PackedConv2D", "kernel_size", kernel_size)
+        self.strides = check_pair("PackedConv2D", "strides", strides)
+        self.dilation_rate = check_pair("PackedConv2D", "dilation_rate", dilation_rate)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(f"strides={self.strides} and dilation_rate={self.dilation_rate}: "
                              "one of them must be 1.")
@@ -204,13 +205,6 @@ class PackedConv2D(PackedMatmulLayer):
         config.update(filters=self.units, kernel_size=self.kernel_size, strides=self.strides,
                       padding=self.padding, dilation_rate=self.dilation_rate)
         return config
-
-
-def _pair(name, value):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ValueError(f"{name}={value!r}; expected a positive int or a pair of them.")
-    return pair
 
 
 def integer_grid(values, bits, axis=-1):

@@ -41,3 +41,13 @@ def check_choice(owner, arg, value, allowed):
     if value not in allowed:
         raise not_supported(owner, arg, value, _describe(allowed))
     return value
+
+
+def check_pair(owner, arg, value):
+    """`value` (a positive int or a pair of them, as Keras's kernel_size and strides) as
+    a pair of ints, else ValueError naming `owner`."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                 and v >= 1 for v in pair):
+        raise not_supported(owner, arg, value, "a positive int or a pair of them")
+    return tuple(int(v) for v in pair)

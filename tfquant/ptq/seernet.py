@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from tfquant.keras.quantized_convolution import activation_name
-from tfquant.ops.arguments import check_choice
+from tfquant.ops.arguments import check_choice, check_count, check_pair
 from tfquant.ops.packed import check_packed_bits, pack_weights, packed_size
 from tfquant.ops.seer_conv import SEER_PADDINGS, SEER_POOLS, seer_conv2d, seer_predictor
 from tfquant.ptq import _graph as g
@@ -28,14 +28,6 @@ from tfquant.ptq.equalization import fold_batch_norm
 from tfquant.quantizers.ternary import TernaryQuantizer
 
 _L = keras.layers
-
-
-def _pair(name, value):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
-        raise ValueError(f"SeerNetConv2D: {name}={value!r} is not supported; allowed: a "
-                         "positive int or a pair of them.")
-    return tuple(int(v) for v in pair)
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
@@ -57,13 +49,12 @@ class SeerNetConv2D(_L.Layer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", pool=1, bits=4,
                  threshold=0.0, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) \
-                or filters < 1:
-            raise ValueError(f"SeerNetConv2D: filters={filters!r} is not supported; allowed: "
-                             "a positive int.")
-        self.filters = int(filters)
-        self.kernel_size = _pair("kernel_size", kernel_size)
-        self.strides = _pair("strides", strides)
+        if filters is None:
+            raise ValueError("SeerNetConv2D: filters=None is not supported; allowed: a "
+                             "whole number ≥ 1.")
+        self.filters = check_count("SeerNetConv2D", "filters", filters, minimum=1)
+        self.kernel_size = check_pair("SeerNetConv2D", "kernel_size", kernel_size)
+        self.strides = check_pair("SeerNetConv2D", "strides", strides)
         self.padding = check_choice("SeerNetConv2D", "padding", str(padding).lower(),
                                     SEER_PADDINGS)
         self.pool = check_choice("SeerNetConv2D", "pool", pool, SEER_POOLS)
