@@ -173,6 +173,42 @@ def test_every_bit_width_matches_scalar(variant, mode, num_bits, narrow):
         assert_variant_matches_scalar(variant, dy, x, mn, mx, num_bits, narrow, axis, mode)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_per_tensor_division_matches_scalar_at_every_scale(variant):
+    # The SIMD per-tensor forward divides by the scale with multiply-adds (exact for
+    # scales in [2^-60, 2^60], a real division outside): same bits as the scalar
+    # division, also at rounding midpoints and at both ends of that interval.
+    rng = np.random.default_rng(5)
+    for exponent in [-75, -61, -60, -59, -40, -12, -1, 0, 3, 20, 59, 60, 61, 70]:
+        for num_bits in (2, 8, 16):
+            width = np.float32(2.0 ** exponent * rng.uniform(1.0, 2.0) * (2 ** num_bits - 1))
+            lo = np.float32(-width * rng.uniform(0.0, 1.0))
+            hi = np.float32(lo + width)
+            x = grid_inputs(rng, (4099,), lo, hi, num_bits)
+            step = rng.choice([-np.inf, np.nan, np.inf], x.shape)  # nan: stay on the tie
+            x = np.where(np.isnan(step), x, np.nextafter(x, step)).astype(np.float32)
+            got = _native.fake_quant_reference(x, lo, hi, num_bits=num_bits, variant=variant)
+            want = _native.fake_quant_reference(x, lo, hi, num_bits=num_bits,
+                                                variant="scalar")
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32),
+                                          err_msg=f"2^{exponent}, {num_bits} bits")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_clipped_range_gradient_sees_a_single_outlier_or_non_finite_dy(variant):
+    # The clipped gradient skips vectors whose range-gradient terms are all zero;
+    # one element outside the range, or one NaN/Inf dy, anywhere, must still count.
+    n = 1001
+    for position in (0, 15, 16, 31, 500, 999, 1000):
+        for x_value, dy_value in ((-3.0, 0.5), (3.0, -2.0), (0.25, np.nan),
+                                  (0.25, np.inf), (np.nan, 1.0)):
+            x = np.linspace(-0.9, 0.9, n).astype(np.float32)
+            dy = np.ones(n, np.float32)
+            x[position], dy[position] = x_value, dy_value
+            assert_variant_matches_scalar(variant, dy, x, np.float32(-1), np.float32(1), 8,
+                                          False, None, "clipped", f"at {position}")
+
+
 SPECIALS = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1e30, -1e30, 1e-40, -1e-40,
                      3.4e38, -3.4e38], np.float32)
 

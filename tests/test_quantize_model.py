@@ -178,6 +178,75 @@ def test_batch_norm_uses_batch_statistics_until_frozen():
                                qmodel(x, training=False).numpy(), atol=1e-5)
 
 
+def test_folded_batch_norm_before_the_freeze_is_batch_norm_on_the_quantized_float_layer():
+    # The one convolution runs with the deployed (folded, quantized) kernel divided by
+    # γ/σ_mv; BN in training mode follows. A channel with γ = 0 gives β and keeps its moving
+    # statistics (it once gave NaN: 0/0 in the normalization).
+    inputs = keras.Input((12,))
+    x = layers.Dense(5, name="hidden")(inputs)
+    x = layers.BatchNormalization(momentum=0.25, name="bn")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="logits")(layers.ReLU()(x)))
+    bn = model.get_layer("bn")
+    bn.gamma.assign([0.0, -1.5, 0.7, 2.0, 1.0])
+    bn.beta.assign([0.5, -0.2, 0.1, 0.0, 0.3])
+    bn.moving_mean.assign([0.1, -0.3, 0.2, 0.0, 0.4])
+    bn.moving_variance.assign([0.5, 1.0, 2.0, 0.25, 4.0])
+    qmodel = tfquant.quantize_model(model)
+    wrapper = qmodel.get_layer("hidden")
+    assert wrapper.output_quantizer is None
+    bn = wrapper.batch_norm
+    x = np.random.RandomState(3).randn(40, 12).astype(np.float32) * 2
+    kernel, _ = wrapper.deployed_kernels()["kernel"]
+    factor = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    safe = np.where(factor == 0, 1.0, factor)
+    float_outputs = x @ (kernel / safe)
+    mean, variance = float_outputs.mean(0), float_outputs.var(0)
+    expected = (bn.gamma.numpy() * (float_outputs - mean) / np.sqrt(variance + bn.epsilon)
+                + bn.beta.numpy())
+    moving_mean, moving_variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    bias = wrapper.layer.bias.numpy()
+
+    got = wrapper(x, training=True).numpy()
+
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[:, 0], 0.5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_mean.numpy()[1:], (0.25 * moving_mean
+                               + 0.75 * (mean + bias))[1:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy()[1:], (0.25 * moving_variance
+                               + 0.75 * variance)[1:], rtol=1e-4)
+    assert bn.moving_mean.numpy()[0] == np.float32(0.1)
+    assert bn.moving_variance.numpy()[0] == np.float32(0.5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(qmodel(x, training=True)))
+    grads = tape.gradient(loss, qmodel.trainable_variables)
+    assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("make_layer, shape", [
+    (lambda: layers.Conv1D(4, 3), (10, 3)),
+    (lambda: layers.DepthwiseConv2D(3, depth_multiplier=2), (7, 7, 2)),
+    (lambda: layers.SeparableConv2D(4, 3), (7, 7, 2)),
+    (lambda: layers.Conv3D(3, 2), (4, 4, 4, 2)),
+])
+def test_folded_batch_norm_batch_statistics_match_float_training_for_every_rank(make_layer,
+                                                                                shape):
+    inputs = keras.Input(shape)
+    outputs = layers.BatchNormalization(momentum=0.5, name="bn")(make_layer()(inputs))
+    model = keras.Model(inputs, outputs)
+    model.get_layer("bn").gamma.assign(
+        np.linspace(-2.0, 2.0, outputs.shape[-1]).astype(np.float32) + 0.1)
+    qmodel = tfquant.quantize_model(model)
+    x = (np.random.RandomState(4).randn(16, *shape) * 3 + 1).astype(np.float32)
+    got = qmodel(x, training=True).numpy()
+    expected = model(x, training=True).numpy()
+    assert np.abs(got - expected).max() < 0.1  # 8-bit weights and outputs
+    qbn = [layer for layer in qmodel.layers if isinstance(layer, QuantizedConvolution)][0]
+    np.testing.assert_allclose(qbn.batch_norm.moving_mean.numpy(),
+                               model.get_layer("bn").moving_mean.numpy(), atol=0.05)
+    np.testing.assert_allclose(qbn.batch_norm.moving_variance.numpy(),
+                               model.get_layer("bn").moving_variance.numpy(), rtol=0.05)
+
+
 class Jitter(layers.Layer):
     """A custom layer the layer registry does not know."""
 

@@ -84,6 +84,16 @@ struct NudgedRange {
   float inv_scale = 1.0f;
   float quant_zero = 0.0f;
   float inv_levels = 1.0f;  // 1 / (qmax - qmin), for the learned gradient
+  // 1 / scale rounded to nearest, and whether the SIMD forward may divide by
+  // scale with it: q = x*recip, r = fma(-q, scale, x), q + r*recip rounded is
+  // x/scale correctly rounded (Markstein 1990, Thm. 1: recip within 1/2 ulp of
+  // 1/scale, q within 1 ulp of x/scale, no overflow or underflow), at the cost
+  // of three multiply-adds instead of a divide. Only for scales in
+  // [2^-60, 2^60], where none of the terms can overflow, and quotients that
+  // matter (u >= 2^-25: smaller ones round to the same level either way) stay
+  // far from underflow.
+  float recip_scale = 1.0f;
+  bool fma_divide = false;
   // min == max == 0: forward yields zeros, backward passes dy through.
   bool zero_range = true;
 };

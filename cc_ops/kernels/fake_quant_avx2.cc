@@ -49,6 +49,9 @@ struct V {
   static F Sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static F Mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F Div(F a, F b) { return _mm256_div_ps(a, b); }
+  // Explicit multiply-adds (one rounding), only for LevelMath::kFmaDivide.
+  static F MulAdd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }      // a*b + c
+  static F NegMulAdd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a*b
   // minps(a, b) = a < b ? a : b, so a NaN x comes through unchanged.
   static F ClampHi(F x, F hi) { return _mm256_min_ps(hi, x); }  // hi < x ? hi : x
   static F ClampLo(F x, F lo) { return _mm256_max_ps(lo, x); }  // lo > x ? lo : x
@@ -60,6 +63,9 @@ struct V {
   static M Gt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static M Ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static M And(M a, M b) { return _mm256_and_ps(a, b); }
+  static M Or(M a, M b) { return _mm256_or_ps(a, b); }
+  static bool Any(M m) { return _mm256_movemask_ps(m) != 0; }
+  static M IsNan(F a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
   static F Select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
 
   static D AccZero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }

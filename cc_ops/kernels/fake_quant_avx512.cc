@@ -1,6 +1,6 @@
 // AVX-512 fake quantization kernels (16 floats per vector, mask registers
 // for tails and selects). Built with -mavx512f/bw/vl/dq and -ffp-contract=off
-// (setup.py / BUILD give *_avx512.cc those flags; no fused multiply-add, the
+// (setup.py / BUILD give *_avx512.cc those flags; no implicit multiply-add, the
 // forward must round like TF). Chosen at run time only if the CPU and OS
 // support AVX-512 F, BW, VL and DQ.
 
@@ -49,6 +49,9 @@ struct V {
   static F Sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F Div(F a, F b) { return _mm512_div_ps(a, b); }
+  // Explicit multiply-adds (one rounding), only for LevelMath::kFmaDivide.
+  static F MulAdd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }      // a*b + c
+  static F NegMulAdd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a*b
   // vminps(a, b) = a < b ? a : b, so a NaN x comes through unchanged.
   static F ClampHi(F x, F hi) { return _mm512_min_ps(hi, x); }  // hi < x ? hi : x
   static F ClampLo(F x, F lo) { return _mm512_max_ps(lo, x); }  // lo > x ? lo : x
@@ -60,6 +63,9 @@ struct V {
   static M Gt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static M Ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
   static M And(M a, M b) { return static_cast<M>(a & b); }
+  static M Or(M a, M b) { return static_cast<M>(a | b); }
+  static bool Any(M m) { return m != 0; }
+  static M IsNan(F a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
   static F Select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
 
   static D AccZero() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }

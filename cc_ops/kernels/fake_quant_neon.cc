@@ -54,6 +54,9 @@ struct V {
   static F Sub(F a, F b) { return vsubq_f32(a, b); }
   static F Mul(F a, F b) { return vmulq_f32(a, b); }
   static F Div(F a, F b) { return vdivq_f32(a, b); }
+  // Explicit multiply-adds (one rounding), only for LevelMath::kFmaDivide.
+  static F MulAdd(F a, F b, F c) { return vfmaq_f32(c, a, b); }     // a*b + c
+  static F NegMulAdd(F a, F b, F c) { return vfmsq_f32(c, a, b); }  // c - a*b
   // vminq/vmaxq return NaN for a NaN operand; the scalar clamp keeps a NaN x
   // and clamps +-Inf, which compare-and-select reproduces.
   static F ClampHi(F x, F hi) { return vbslq_f32(vcltq_f32(hi, x), hi, x); }
@@ -64,6 +67,9 @@ struct V {
   static M Gt(F a, F b) { return vcgtq_f32(a, b); }
   static M Ge(F a, F b) { return vcgeq_f32(a, b); }
   static M And(M a, M b) { return vandq_u32(a, b); }
+  static M Or(M a, M b) { return vorrq_u32(a, b); }
+  static bool Any(M m) { return vmaxvq_u32(m) != 0; }
+  static M IsNan(F a) { return vmvnq_u32(vceqq_f32(a, a)); }
   static F Select(M m, F a, F b) { return vbslq_f32(m, a, b); }
 
   static D AccZero() { return {vdupq_n_f64(0.0), vdupq_n_f64(0.0)}; }

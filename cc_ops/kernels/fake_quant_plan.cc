@@ -150,8 +150,8 @@ FakeQuantPlan::FakeQuantPlan(const FakeQuantShape& shape,
   num_tiles_ = channel_blocks_ * outer_blocks_ * pieces_;
 }
 
-int64_t FakeQuantPlan::tile_cost_cycles() const {
-  return 8 * tile_channels_ * tile_outer_ * piece_len_;
+int64_t FakeQuantPlan::tile_elements() const {
+  return tile_channels_ * tile_outer_ * piece_len_;
 }
 
 int64_t FakeQuantPlan::TileIndex(int64_t channel_block, int64_t outer_block,

@@ -71,8 +71,8 @@ class FakeQuantPlan {
                 const FakeQuantKernelTable& kernels);
 
   int64_t num_tiles() const { return num_tiles_; }
-  // Rough cost of one tile in CPU cycles, for the thread pool's sharding.
-  int64_t tile_cost_cycles() const;
+  // Elements of a full tile (the thread pool's sharding unit).
+  int64_t tile_elements() const;
 
   // ranges has shape.channels entries (1 per tensor).
   void Forward(const float* x, const NudgedRange* ranges, float* y,

@@ -37,6 +37,8 @@ NudgedRange NudgeRange(float min, float max, int quant_min, int quant_max) {
   r.nudged_min = (qmin - zero_point) * r.scale;
   r.nudged_max = (qmax - zero_point) * r.scale;
   r.quant_zero = std::floor(-r.nudged_min * r.inv_scale + 0.5f);
+  r.recip_scale = 1.0f / r.scale;
+  r.fma_divide = r.scale >= 0x1p-60f && r.scale <= 0x1p60f;  // false for NaN
   return r;
 }
 

@@ -9,9 +9,12 @@
 // code. No include guard on purpose; no #include either.
 //
 // Per element the operations, their order and their rounding are exactly
-// those of fake_quant_scalar.cc (no fused multiply-add: the files are built
-// with -ffp-contract=off), so y and dx are bit-identical to the scalar
-// kernels. Only the double sums of dmin/dmax are added in another order.
+// those of fake_quant_scalar.cc (no implicit fused multiply-add: the files are
+// built with -ffp-contract=off), so y and dx are bit-identical to the scalar
+// kernels. The one exception computes the same numbers: the per-tensor
+// forward's x / scale as three explicit multiply-adds that give the correctly
+// rounded quotient (LevelMath::kFmaDivide; vdivps is the slowest instruction
+// of the loop). Only the double sums of dmin/dmax are added in another order.
 
 using F = V::F;
 using M = V::M;
@@ -20,7 +23,7 @@ constexpr int kW = V::kWidth;
 
 // One grid per lane; lanes of a partial channel block get a zero range.
 struct RangeVec {
-  F nmin, nmax, scale, inv_scale, quant_zero, inv_levels;
+  F nmin, nmax, scale, inv_scale, quant_zero, inv_levels, recip_scale;
   M zero;  // min == max == 0
 };
 
@@ -32,6 +35,7 @@ inline RangeVec Broadcast(const NudgedRange& r) {
   v.inv_scale = V::Set1(r.inv_scale);
   v.quant_zero = V::Set1(r.quant_zero);
   v.inv_levels = V::Set1(r.inv_levels);
+  v.recip_scale = V::Set1(r.recip_scale);
   v.zero = V::Lt(V::Zero(), V::Zero());  // all false
   return v;
 }
@@ -57,22 +61,36 @@ inline RangeVec Transpose(const NudgedRange* r, int n) {
   v.inv_scale = V::Load(f[3]);
   v.quant_zero = V::Load(f[4]);
   v.inv_levels = V::Load(f[5]);
+  v.recip_scale = v.inv_scale;  // per channel: the forward multiplies by inv_scale
   v.zero = V::Lt(V::Zero(), V::Load(f[6]));
   return v;
 }
 
+// How the level u is computed: * inv_scale (TF per channel), / scale (TF
+// per tensor), or / scale as the correctly rounded multiply-add sequence of
+// NudgedRange::recip_scale (same quotient, see there).
+enum class LevelMath { kMulInvScale, kDivide, kFmaDivide };
+
 // clamp, then (c - nudged_min) / scale or * inv_scale: the level before
 // rounding, u, as in the forward.
-template <bool kDivide>
+template <LevelMath kMath>
 inline F Level(F x, const RangeVec& r) {
   const F c = V::ClampLo(V::ClampHi(x, r.nmax), r.nmin);
   const F shifted = V::Sub(c, r.nmin);
-  return kDivide ? V::Div(shifted, r.scale) : V::Mul(shifted, r.inv_scale);
+  if (kMath == LevelMath::kMulInvScale) return V::Mul(shifted, r.inv_scale);
+  if (kMath == LevelMath::kDivide) return V::Div(shifted, r.scale);
+  const F q = V::Mul(shifted, r.recip_scale);
+  const F residual = V::NegMulAdd(q, r.scale, shifted);  // exact: shifted - q*scale
+  return V::MulAdd(residual, r.recip_scale, q);
 }
 
 template <bool kDivide>
+constexpr LevelMath kLevelMath =
+    kDivide ? LevelMath::kDivide : LevelMath::kMulInvScale;
+
+template <LevelMath kMath>
 inline F Quantize(F x, const RangeVec& r) {
-  const F t = V::Sub(Level<kDivide>(x, r), r.quant_zero);
+  const F t = V::Sub(Level<kMath>(x, r), r.quant_zero);
   return V::Mul(V::Floor(V::Add(t, V::Set1(0.5f))), r.scale);
 }
 
@@ -85,7 +103,7 @@ inline void Grad(F dy, F x, const RangeVec& r, F* dx, F* cmin, F* cmax) {
   F below = V::Select(V::Lt(x, r.nmin), one, zero);
   F above = V::Select(V::Gt(x, r.nmax), one, zero);
   if (kLearned) {
-    const F t = V::Sub(Level<kDivide>(x, r), r.quant_zero);
+    const F t = V::Sub(Level<kLevelMath<kDivide>>(x, r), r.quant_zero);
     const F e = V::Sub(V::Floor(V::Add(t, V::Set1(0.5f))), t);
     const F w = V::Select(inside, V::Mul(e, r.inv_levels), zero);
     below = V::Sub(below, w);
@@ -97,6 +115,21 @@ inline void Grad(F dy, F x, const RangeVec& r, F* dx, F* cmin, F* cmax) {
   *cmax = V::Mul(dy, above);
 }
 
+template <LevelMath kMath>
+void ForwardLoop(const float* x, int64_t n, const RangeVec& r, float* y) {
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    const F a = Quantize<kMath>(V::Load(x + i), r);
+    const F b = Quantize<kMath>(V::Load(x + i + kW), r);
+    V::Store(y + i, a);
+    V::Store(y + i + kW, b);
+  }
+  for (; i < n; i += kW) {
+    const int m = (n - i < kW) ? static_cast<int>(n - i) : kW;
+    V::StoreN(y + i, Quantize<kMath>(V::LoadN(x + i, m), r), m);
+  }
+}
+
 template <bool kDivide>
 void ForwardRow(const float* x, int64_t n, const NudgedRange& range,
                 float* y) {
@@ -105,17 +138,19 @@ void ForwardRow(const float* x, int64_t n, const NudgedRange& range,
     return;
   }
   const RangeVec r = Broadcast(range);
-  int64_t i = 0;
-  for (; i + 2 * kW <= n; i += 2 * kW) {
-    const F a = Quantize<kDivide>(V::Load(x + i), r);
-    const F b = Quantize<kDivide>(V::Load(x + i + kW), r);
-    V::Store(y + i, a);
-    V::Store(y + i + kW, b);
+  if (kDivide && range.fma_divide) {
+    ForwardLoop<LevelMath::kFmaDivide>(x, n, r, y);
+  } else {
+    ForwardLoop<kLevelMath<kDivide>>(x, n, r, y);
   }
-  for (; i < n; i += kW) {
-    const int m = (n - i < kW) ? static_cast<int>(n - i) : kW;
-    V::StoreN(y + i, Quantize<kDivide>(V::LoadN(x + i, m), r), m);
-  }
+}
+
+// Whether any lane adds to a clipped range gradient: x outside the nudged
+// range, or a non-finite dy (whose product with 0 is NaN). The other lanes'
+// terms are +-0, which leave a double sum that starts at +0 unchanged.
+inline bool AddsToClippedRangeGradient(F dy, F x, const RangeVec& r) {
+  const M outside = V::Or(V::Lt(x, r.nmin), V::Gt(x, r.nmax));
+  return V::Any(V::Or(outside, V::IsNan(V::Sub(dy, dy))));
 }
 
 template <bool kLearned, bool kDivide>
@@ -132,17 +167,23 @@ void GradRow(const float* dy, const float* x, int64_t n,
   D min1 = V::AccZero(), max1 = V::AccZero();
   F g, cmin, cmax;
   int64_t i = 0;
+  // The clipped mode skips the double adds (the loop's main cost) of vectors
+  // whose terms are all zero: most activations lie inside their range.
   for (; i + 2 * kW <= n; i += 2 * kW) {
-    Grad<kLearned, kDivide>(V::Load(dy + i), V::Load(x + i), r, &g, &cmin,
-                            &cmax);
+    const F dya = V::Load(dy + i), xa = V::Load(x + i);
+    Grad<kLearned, kDivide>(dya, xa, r, &g, &cmin, &cmax);
     V::Store(dx + i, g);
-    V::AccAdd(&min0, cmin);
-    V::AccAdd(&max0, cmax);
-    Grad<kLearned, kDivide>(V::Load(dy + i + kW), V::Load(x + i + kW), r, &g,
-                            &cmin, &cmax);
+    if (kLearned || AddsToClippedRangeGradient(dya, xa, r)) {
+      V::AccAdd(&min0, cmin);
+      V::AccAdd(&max0, cmax);
+    }
+    const F dyb = V::Load(dy + i + kW), xb = V::Load(x + i + kW);
+    Grad<kLearned, kDivide>(dyb, xb, r, &g, &cmin, &cmax);
     V::Store(dx + i + kW, g);
-    V::AccAdd(&min1, cmin);
-    V::AccAdd(&max1, cmax);
+    if (kLearned || AddsToClippedRangeGradient(dyb, xb, r)) {
+      V::AccAdd(&min1, cmin);
+      V::AccAdd(&max1, cmax);
+    }
   }
   for (; i < n; i += kW) {
     const int m = (n - i < kW) ? static_cast<int>(n - i) : kW;
@@ -186,11 +227,11 @@ void ForwardStrided(const float* x, int64_t rows, int64_t channels,
       const float* xr = x + row * row_stride + c0;
       float* yr = y + row * row_stride + c0;
       for (int64_t j = 0; j < full; ++j) {
-        const F q = Quantize<false>(V::Load(xr + j * kW), grid[j]);
+        const F q = Quantize<LevelMath::kMulInvScale>(V::Load(xr + j * kW), grid[j]);
         V::Store(yr + j * kW, V::Select(grid[j].zero, V::Zero(), q));
       }
       if (tail) {
-        const F q = Quantize<false>(V::LoadN(xr + full * kW, tail), grid[full]);
+        const F q = Quantize<LevelMath::kMulInvScale>(V::LoadN(xr + full * kW, tail), grid[full]);
         V::StoreN(yr + full * kW, V::Select(grid[full].zero, V::Zero(), q),
                   tail);
       }

@@ -68,9 +68,12 @@ class FakeQuantOpBase : public OpKernel {
     return true;
   }
 
+  // cycles_per_element: measured single-threaded on L2-resident tensors
+  // (AVX-512, about 0.7 forward and 1.5 backward), rounded up.
   static k::TileRunner PoolRunner(OpKernelContext* ctx,
-                                  const k::FakeQuantPlan& plan) {
-    const int64_t cost = plan.tile_cost_cycles();
+                                  const k::FakeQuantPlan& plan,
+                                  int64_t cycles_per_element) {
+    const int64_t cost = cycles_per_element * plan.tile_elements();
     return [ctx, cost](int64_t num_tiles,
                        const std::function<void(int64_t, int64_t)>& fn) {
       RunTilesOnPool(ctx, num_tiles, cost, fn);
@@ -97,7 +100,7 @@ class FakeQuantOp : public FakeQuantOpBase {
                             {0}, 0, inputs.shape(), &outputs));
     const k::FakeQuantPlan plan(p.shape, k::FakeQuantFamily().selected());
     plan.Forward(inputs.flat<float>().data(), p.ranges.data(),
-                 outputs->flat<float>().data(), PoolRunner(ctx, plan));
+                 outputs->flat<float>().data(), PoolRunner(ctx, plan, 1));
   }
 };
 
@@ -128,7 +131,7 @@ class FakeQuantGradOp : public FakeQuantOpBase {
     plan.Backward(gradients.flat<float>().data(), inputs.flat<float>().data(),
                   p.ranges.data(), range_gradient_, dx->flat<float>().data(),
                   dmin->flat<float>().data(), dmax->flat<float>().data(),
-                  PoolRunner(ctx, plan));
+                  PoolRunner(ctx, plan, 2));
   }
 };
 

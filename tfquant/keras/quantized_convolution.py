@@ -3,13 +3,14 @@ optionally with the following BatchNormalization folded in.
 
 BN folding follows Jacob et al. 2018 (and TF contrib's `fold_batch_norms` with freeze):
 the quantized kernel is always the deployed one, `w·γ/σ_mv`, and a training step runs one
-convolution, `y_q = conv(x, q(w·γ/σ_mv))`. Before the freeze, training uses batch
-statistics, taken from that convolution rescaled by `σ_mv/γ` (the float layer's output up
-to the kernel's quantization error, ARCHITECTURE.md §3): the output is
-`|γ|·(y_q − mean y_q)/sqrt(var y_q + ε·(γ/σ_mv)²) + β`, conv→BN in training mode up to
-quantization, and the moving statistics are updated. After the freeze, and always at
-inference, the layer is `y_q + β + γ(b − μ_mv)/σ_mv`: exactly what the exported integer
-model computes.
+convolution. Before the freeze, training uses batch statistics of the float layer's output
+up to the kernel's quantization error (ARCHITECTURE.md §3): the one convolution runs with
+the quantized kernel rescaled by `σ_mv/γ`, `x' = conv(x, q(w·γ/σ_mv)·σ_mv/γ)`, and
+TensorFlow's fused batch norm in training mode makes `γ·(x' − mean x')/sqrt(var x' + ε) + β`
+and the batch statistics that update the moving ones — conv→BN in training mode up to
+quantization, at the cost of float training's BN. After the freeze, and always at
+inference, the layer is `conv(x, q(w·γ/σ_mv)) + β + γ(b − μ_mv)/σ_mv`: exactly what the
+exported integer model computes.
 """
 import keras
 import tensorflow as tf
@@ -78,6 +79,29 @@ def batch_moments(x, axes):
         [tf.reduce_sum(x, axis=axes), tf.reduce_sum(tf.square(x), axis=axes), count])
     mean = total / count
     return mean, tf.maximum(squares / count - tf.square(mean), 0.0)
+
+
+def normalize_with_batch_statistics(x, gamma, beta, epsilon, moments=None):
+    """BatchNormalization in training mode over the last axis of `x`:
+    `γ·(x − mean)/sqrt(var + ε) + β`, and the batch (mean, biased variance).
+
+    `moments` given (synchronized under tf.distribute): the normalization from them.
+    Otherwise TensorFlow's FusedBatchNormV3, which reads `x` once for both statistics and
+    has a fused gradient (its variance output is Bessel-corrected: undone here, so the
+    moving statistics are those of `ops.moments`, as in Keras's BatchNormalization).
+    """
+    if moments is not None:
+        mean, variance = moments
+        return (x - mean) * (gamma * tf.math.rsqrt(variance + epsilon)) + beta, mean, variance
+    channels = x.shape[-1]
+    shape = tf.shape(x)
+    # The fused op takes NHWC: any rank as [rows, 1, 1, channels].
+    images = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, channels])
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        images, gamma, beta, epsilon=epsilon, is_training=True)
+    count = tf.cast(tf.size(images) // channels, x.dtype)
+    variance = variance * tf.math.divide_no_nan(count - 1.0, count)
+    return (y if len(x.shape) == 4 else tf.reshape(y, shape)), mean, variance
 
 
 @keras.saving.register_keras_serializable(package="tfquant")
@@ -258,20 +282,28 @@ class QuantizedConvolution(keras.layers.Wrapper):
             return self._activate_and_quantize(outputs, training)
         folded, folded_bias = self.folded_kernels_and_bias()
         kernels = self._quantized_kernels(folded, training)
-        outputs = self.convolve(inputs, kernels, training, quantized=True)
-        if training:
+
+        def with_moving_statistics():
+            outputs = self.convolve(inputs, kernels, training, quantized=True)
+            return outputs + self._deployed_bias(folded_bias, folded)
+
+        if not training:
+            return self._activate_and_quantize(with_moving_statistics(), training)
+        float_outputs = moments = None
+        if _replicas_in_sync() > 1:
             # Under tf.distribute the batch statistics are summed across replicas, a
             # synchronization point that may not sit inside tf.cond: they are computed
             # before it (also after the freeze, where they go unused).
-            moments = (batch_moments(outputs, list(range(len(outputs.shape) - 1)))
-                       if _replicas_in_sync() > 1 else None)
-            outputs = tf.cond(
-                tf.convert_to_tensor(self._bn_frozen) > 0.5,
-                lambda: outputs + self._deployed_bias(folded_bias, folded),
-                lambda: self._with_batch_statistics(outputs, moments),
-            )
-        else:
-            outputs = outputs + self._deployed_bias(folded_bias, folded)
+            float_outputs = self._float_layer_outputs(inputs, kernels, training)
+            moments = batch_moments(float_outputs, list(range(len(float_outputs.shape) - 1)))
+
+        def with_batch_statistics():
+            return self._with_batch_statistics(
+                self._float_layer_outputs(inputs, kernels, training)
+                if float_outputs is None else float_outputs, moments)
+
+        outputs = tf.cond(tf.convert_to_tensor(self._bn_frozen) > 0.5, with_moving_statistics,
+                          with_batch_statistics)
         return self._activate_and_quantize(outputs, training)
 
     def batch_norm_parameters(self):
@@ -317,27 +349,40 @@ class QuantizedConvolution(keras.layers.Wrapper):
         rounded = integer_bias(bias, input_step, weight_steps)
         return apply_switch(self.weights_quantize_enabled, rounded, bias)
 
-    def _with_batch_statistics(self, outputs, moments=None):
-        """BN in training mode on the float layer's output, whose batch statistics are
-        those of `outputs` (the folded, quantized convolution) divided by the fold factor
-        r = γ/σ_mv; updates the moving statistics with them."""
+    def _known_fold_factor(self):
+        """(γ/σ_mv with 1 where γ = 0, where γ ≠ 0): a channel with γ = 0 has no
+        statistics in the deployed kernel's output."""
+        factor = self.fold_factor()
+        known = ops.abs(factor) > 1e-30
+        return ops.where(known, factor, ops.ones_like(factor)), known
+
+    def _float_layer_outputs(self, inputs, kernels, training):
+        """The one convolution of a step before the freeze: with the quantized deployed
+        kernel divided by the fold factor, i.e. the float layer's output (bias aside) up to
+        the kernel's quantization error."""
+        factor, _ = self._known_fold_factor()
+        name = self.folded_kernel_name()
+        rescaled = dict(kernels)
+        rescaled[name] = scale_output_channels(kernels[name], 1.0 / factor,
+                                               self.kernel_layout(name))
+        return self.convolve(inputs, rescaled, training, quantized=True)
+
+    def _with_batch_statistics(self, float_outputs, moments=None):
+        """BN in training mode on the float layer's output; updates the moving statistics
+        with its batch statistics."""
         bn = self.batch_norm
         gamma, beta = self.batch_norm_parameters()
-        factor = gamma / self._moving_sigma()
-        mean_q, variance_q = moments or ops.moments(outputs, list(range(len(outputs.shape) - 1)))
-        # A channel with γ = 0 has no statistics in its output: its moving ones stay.
-        known = ops.abs(factor) > 1e-30
-        safe = ops.where(known, factor, ops.ones_like(factor))
+        outputs, mean, variance = normalize_with_batch_statistics(
+            float_outputs, gamma, beta, bn.epsilon, moments)
+        _, known = self._known_fold_factor()
         bias = self.layer_bias()
-        batch_mean = ops.where(known, mean_q / safe + (0.0 if bias is None else bias),
-                               bn.moving_mean)
-        batch_variance = ops.where(known, variance_q / ops.square(safe), bn.moving_variance)
+        batch_mean = ops.where(known, mean + (0.0 if bias is None else bias), bn.moving_mean)
+        batch_variance = ops.where(known, variance, bn.moving_variance)
         momentum = bn.momentum
         bn.moving_mean.assign(bn.moving_mean * momentum + batch_mean * (1.0 - momentum))
         bn.moving_variance.assign(
             bn.moving_variance * momentum + batch_variance * (1.0 - momentum))
-        scale = ops.abs(gamma) / ops.sqrt(variance_q + bn.epsilon * ops.square(factor))
-        return (outputs - mean_q) * scale + beta
+        return outputs
 
     def _activate_and_quantize(self, outputs, training):
         switch = self.activations_quantize_enabled
