@@ -282,28 +282,24 @@ class QuantizedConvolution(keras.layers.Wrapper):
             return self._activate_and_quantize(outputs, training)
         folded, folded_bias = self.folded_kernels_and_bias()
         kernels = self._quantized_kernels(folded, training)
-
-        def with_moving_statistics():
-            outputs = self.convolve(inputs, kernels, training, quantized=True)
-            return outputs + self._deployed_bias(folded_bias, folded)
-
         if not training:
-            return self._activate_and_quantize(with_moving_statistics(), training)
-        float_outputs = moments = None
-        if _replicas_in_sync() > 1:
-            # Under tf.distribute the batch statistics are summed across replicas, a
-            # synchronization point that may not sit inside tf.cond: they are computed
-            # before it (also after the freeze, where they go unused).
-            float_outputs = self._float_layer_outputs(inputs, kernels, training)
-            moments = batch_moments(float_outputs, list(range(len(float_outputs.shape) - 1)))
-
-        def with_batch_statistics():
-            return self._with_batch_statistics(
-                self._float_layer_outputs(inputs, kernels, training)
-                if float_outputs is None else float_outputs, moments)
-
-        outputs = tf.cond(tf.convert_to_tensor(self._bn_frozen) > 0.5, with_moving_statistics,
-                          with_batch_statistics)
+            outputs = self.convolve(inputs, kernels, training, quantized=True)
+            return self._activate_and_quantize(
+                outputs + self._deployed_bias(folded_bias, folded), training)
+        frozen = tf.convert_to_tensor(self._bn_frozen) > 0.5
+        # One convolution either way, outside tf.cond (XLA ran a convolution inside it
+        # 15x slower): with the deployed kernel once BN is frozen, else with it divided
+        # by the fold factor, which gives the float layer's output.
+        outputs = self.convolve(inputs, self._training_kernels(kernels, frozen), training,
+                                quantized=True)
+        # Under tf.distribute the batch statistics are summed across replicas, a
+        # synchronization point that may not sit inside tf.cond: they are computed
+        # before it (also after the freeze, where they go unused).
+        moments = (batch_moments(outputs, list(range(len(outputs.shape) - 1)))
+                   if _replicas_in_sync() > 1 else None)
+        outputs = tf.cond(frozen,
+                          lambda: outputs + self._deployed_bias(folded_bias, folded),
+                          lambda: self._with_batch_statistics(outputs, moments))
         return self._activate_and_quantize(outputs, training)
 
     def batch_norm_parameters(self):
@@ -356,16 +352,16 @@ class QuantizedConvolution(keras.layers.Wrapper):
         known = ops.abs(factor) > 1e-30
         return ops.where(known, factor, ops.ones_like(factor)), known
 
-    def _float_layer_outputs(self, inputs, kernels, training):
-        """The one convolution of a step before the freeze: with the quantized deployed
-        kernel divided by the fold factor, i.e. the float layer's output (bias aside) up to
-        the kernel's quantization error."""
+    def _training_kernels(self, kernels, frozen):
+        """The quantized deployed kernels, with the folded one divided by the fold factor
+        unless `frozen`: convolved, the float layer's output (bias aside) up to the
+        kernel's quantization error, whose batch statistics BN trains with."""
         factor, _ = self._known_fold_factor()
         name = self.folded_kernel_name()
-        rescaled = dict(kernels)
-        rescaled[name] = scale_output_channels(kernels[name], 1.0 / factor,
-                                               self.kernel_layout(name))
-        return self.convolve(inputs, rescaled, training, quantized=True)
+        selected = dict(kernels)
+        rescaled = scale_output_channels(kernels[name], 1.0 / factor, self.kernel_layout(name))
+        selected[name] = tf.where(frozen, kernels[name], rescaled)
+        return selected
 
     def _with_batch_statistics(self, float_outputs, moments=None):
         """BN in training mode on the float layer's output; updates the moving statistics
