@@ -100,9 +100,10 @@ def main(argv):
 
 def section_body(float_accuracy, rows):
     lines = [
-        "Before the BN freeze a folded BN now takes its batch statistics from the folded, "
-        "quantized convolution the step runs anyway, divided by the fold factor γ/σ_mv "
-        "(ARCHITECTURE.md §3); before, from a second, float convolution. Demo CNN, float "
+        "Before the BN freeze a folded BN takes its batch statistics from the one "
+        "convolution the step runs, with the folded, quantized kernel divided by the fold "
+        "factor γ/σ_mv (ARCHITECTURE.md §3, decision 9); before, from a second, float "
+        "convolution. Demo CNN, float "
         f"{float_accuracy * 100:.2f} %, the QAT recipe of \"QAT methods on Fashion-MNIST\" "
         f"({FLAGS.epochs} epochs, BN frozen for the last). Drift: largest over the folded "
         "layers and their channels of |μ_q − μ_f|/σ_f and |σ_q/σ_f − 1|, on 2000 training "
