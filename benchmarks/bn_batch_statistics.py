@@ -102,7 +102,7 @@ def section_body(float_accuracy, rows):
     lines = [
         "Before the BN freeze a folded BN takes its batch statistics from the one "
         "convolution the step runs, with the folded, quantized kernel divided by the fold "
-        "factor γ/σ_mv (ARCHITECTURE.md §3, decision 9); before, from a second, float "
+        "factor γ/σ_mv (ARCHITECTURE.md §3); before, from a second, float "
         "convolution. Demo CNN, float "
         f"{float_accuracy * 100:.2f} %, the QAT recipe of \"QAT methods on Fashion-MNIST\" "
         f"({FLAGS.epochs} epochs, BN frozen for the last). Drift: largest over the folded "
