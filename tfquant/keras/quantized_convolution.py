@@ -290,8 +290,9 @@ class QuantizedConvolution(keras.layers.Wrapper):
         # One convolution either way, outside tf.cond (XLA ran a convolution inside it
         # 15x slower): with the deployed kernel once BN is frozen, else with it divided
         # by the fold factor, which gives the float layer's output.
-        outputs = self.convolve(inputs, self._training_kernels(kernels, frozen), training,
-                                quantized=True)
+        factor, known = self._known_fold_factor()
+        outputs = self.convolve(inputs, self._training_kernels(kernels, factor, frozen),
+                                training, quantized=True)
         # Under tf.distribute the batch statistics are summed across replicas, a
         # synchronization point that may not sit inside tf.cond: they are computed
         # before it (also after the freeze, where they go unused).
@@ -299,7 +300,7 @@ class QuantizedConvolution(keras.layers.Wrapper):
                    if _replicas_in_sync() > 1 else None)
         outputs = tf.cond(frozen,
                           lambda: outputs + self._deployed_bias(folded_bias, folded),
-                          lambda: self._with_batch_statistics(outputs, moments))
+                          lambda: self._with_batch_statistics(outputs, known, moments))
         return self._activate_and_quantize(outputs, training)
 
     def batch_norm_parameters(self):
@@ -352,25 +353,24 @@ class QuantizedConvolution(keras.layers.Wrapper):
         known = ops.abs(factor) > 1e-30
         return ops.where(known, factor, ops.ones_like(factor)), known
 
-    def _training_kernels(self, kernels, frozen):
+    def _training_kernels(self, kernels, factor, frozen):
         """The quantized deployed kernels, with the folded one divided by the fold factor
         unless `frozen`: convolved, the float layer's output (bias aside) up to the
-        kernel's quantization error, whose batch statistics BN trains with."""
-        factor, _ = self._known_fold_factor()
+        kernel's quantization error, whose batch statistics BN trains with. `factor`: the
+        first of `_known_fold_factor()`."""
         name = self.folded_kernel_name()
         selected = dict(kernels)
         rescaled = scale_output_channels(kernels[name], 1.0 / factor, self.kernel_layout(name))
         selected[name] = tf.where(frozen, kernels[name], rescaled)
         return selected
 
-    def _with_batch_statistics(self, float_outputs, moments=None):
+    def _with_batch_statistics(self, float_outputs, known, moments=None):
         """BN in training mode on the float layer's output; updates the moving statistics
-        with its batch statistics."""
+        with its batch statistics where `known` (γ ≠ 0, see `_known_fold_factor`)."""
         bn = self.batch_norm
         gamma, beta = self.batch_norm_parameters()
         outputs, mean, variance = normalize_with_batch_statistics(
             float_outputs, gamma, beta, bn.epsilon, moments)
-        _, known = self._known_fold_factor()
         bias = self.layer_bias()
         batch_mean = ops.where(known, mean + (0.0 if bias is None else bias), bn.moving_mean)
         batch_variance = ops.where(known, variance, bn.moving_variance)
