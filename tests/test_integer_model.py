@@ -52,6 +52,14 @@ OPS = {
         keras.layers.ReLU()(keras.layers.Add()([_conv(5)(x), x])))),
     "zero_padding": ((8, 8, 3), lambda x: _conv(4, 3)(keras.layers.ZeroPadding2D(2)(
         _conv(3)(x)))),
+    # A ReLU whose input feeds another branch too is not fused, and its output range
+    # [0, max] gets its own scale (NASNet): a rescale, then the clamp.
+    "relu_rescaled": ((9, 9, 3), lambda x: (lambda h: keras.layers.Concatenate()(
+        [_conv(4)(keras.layers.ReLU()(h)), h]))(_conv(5)(x))),
+    "cropping": ((12, 12, 5), lambda x: _conv(3)(keras.layers.Cropping2D(((1, 2), (0, 3)))(
+        _conv(4)(x)))),
+    "transpose": ((6, 7, 5), lambda x: _conv(3)(keras.layers.Permute((2, 1, 3))(
+        _conv(4)(x)))),
 }
 
 
@@ -94,6 +102,21 @@ def test_single_op_equals_litert_bit_for_bit(single_op, backend):
     assert steps.max() == 0, (
         f"{name} on {backend}: {np.count_nonzero(steps)} of {steps.size} values differ "
         f"(max {steps.max():.0f} steps)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_embedding_lookup_equals_litert_bit_for_bit(backend):
+    """An Embedding lowers to int32 index arithmetic (LESS, ADD, SELECT_V2: negative
+    indices count from the end) and a GATHER from the int8 table."""
+    rng = np.random.default_rng(3)
+    tokens = keras.Input((9,), dtype="int32")
+    model = keras.Model(tokens, keras.layers.Dense(5)(keras.layers.Flatten()(
+        keras.layers.Embedding(11, 6)(tokens))))
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.7, w.shape))
+    x = rng.integers(0, 11, (96, 9)).astype(np.int32)
+    flatbuffer = _convert_int8(model, x)
+    assert _differing_steps(flatbuffer, x, backend).max() == 0
 
 
 def test_the_two_backends_differ_where_the_model_says():

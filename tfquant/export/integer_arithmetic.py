@@ -1,0 +1,186 @@
+"""LiteRT's int8 elementwise arithmetic, reductions and pools as TensorFlow ops.
+
+QUANTIZE, DEQUANTIZE, ADD, MUL, MEAN, AVERAGE_POOL_2D, MAX_POOL_2D, MINIMUM, MAXIMUM and
+the RELU operators, per backend (docs/ARCHITECTURE.md §5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfquant.export import integer_ops as ops
+from tfquant.export.integer_tensors import (FUSED, INT8_RANGE, PADDING, activation_range,
+                                            operands, same_scale)
+
+
+def _max_pool_2d(op, t, inputs, backend):
+    opts = op.builtinOptions
+    low, high = activation_range(opts.fusedActivationFunction, t[op.outputs[0]], backend)
+    pooled = tf.nn.max_pool2d(inputs[0], [opts.filterHeight, opts.filterWidth],
+                              [opts.strideH, opts.strideW], PADDING[opts.padding])
+    return tf.clip_by_value(pooled, low, high)
+
+
+def _quantize(op, t, inputs, backend):
+    source, output = t[op.inputs[0]], t[op.outputs[0]]
+    if source.dtype == np.float32:
+        return ops.quantize_float(inputs[0], output.scale, output.zero_point, backend)
+    centered = tf.cast(inputs[0], tf.int64) - source.zero_point
+    if backend == "xnnpack":
+        # An 8-bit multiplier: round(256 · s_in / s_out) ties to even, then ties up.
+        multiplier = int(np.round(np.float32(256) * (np.float32(source.scale)
+                                                      / np.float32(output.scale))))
+        values = tf.bitwise.right_shift(centered * multiplier + 128, tf.constant(8, tf.int64))
+    else:
+        multiplier, shift = ops.quantize_multiplier(np.float64(source.scale) / output.scale)
+        up = ops.multiply_by_quantized_multiplier_ruy(centered, multiplier, shift)
+        away = ops.multiply_by_quantized_multiplier(centered, multiplier, shift)
+        values = tf.where(ops.flat_tail(away, 16), away, up)
+    return ops.clamp_to_output(values, output.zero_point, *INT8_RANGE)
+
+
+def _add(op, t, inputs, backend):
+    a, b, x, y = operands(op, t, inputs)
+    output = t[op.outputs[0]]
+    if not output.scales.size:  # int32 index arithmetic (an Embedding's negative indices)
+        return tf.cast(x + y, tf.int32)
+    low, high = activation_range(op.builtinOptions.fusedActivationFunction, output, backend)
+    if backend == "xnnpack":
+        ra = np.float32(a.scale) / np.float32(output.scale)
+        rb = np.float32(b.scale) / np.float32(output.scale)
+        exponent = np.frexp(max(abs(ra), abs(rb)))[1] - 1
+        shift = int(20 - exponent)
+        ma = int(np.round(np.float64(ra) * 2.0**shift))
+        mb = int(np.round(np.float64(rb) * 2.0**shift))
+        bias = (1 << (shift - 1)) - ma * a.zero_point - mb * b.zero_point
+        acc = bias + x * ma + y * mb
+        values = tf.bitwise.right_shift(acc, tf.constant(shift, tf.int64))
+        return ops.clamp_to_output(values, output.zero_point, low, high)
+    twice_max = 2.0 * max(np.float64(a.scale), np.float64(b.scale))
+    m1, s1 = ops.quantize_multiplier(np.float64(a.scale) / twice_max)
+    m2, s2 = ops.quantize_multiplier(np.float64(b.scale) / twice_max)
+    mo, so = ops.quantize_multiplier(twice_max / (np.float64(np.float32(2**20)
+                                                            * np.float32(output.scale))))
+    x, y = x - a.zero_point, y - b.zero_point
+    if min(np.prod(a.shape, dtype=int), np.prod(b.shape, dtype=int)) == 1 and a.shape != b.shape:
+        # Adding a scalar (MobileNetV3's hard sigmoid, x + 3): each input's shift is a
+        # truncating arithmetic shift (NEON's vshl), the sum rounded as elsewhere.
+        total = (tf.bitwise.right_shift(ops.srdhm(x * 2**20, m1), tf.constant(-s1))
+                 + tf.bitwise.right_shift(ops.srdhm(y * 2**20, m2), tf.constant(-s2)))
+        values = ops.rounding_divide_by_pot(ops.srdhm(total, mo), -so)
+        return ops.clamp_to_output(values, output.zero_point, low, high)
+    # Scalar loop: each input and the sum rounded by RoundingDivideByPOT.
+    scalar = (ops.rounding_divide_by_pot(ops.srdhm(x * 2**20, m1), -s1)
+              + ops.rounding_divide_by_pot(ops.srdhm(y * 2**20, m2), -s2))
+    scalar = ops.rounding_divide_by_pot(ops.srdhm(scalar, mo), -so)
+    # Blocks of 16: the input shift folded into the left shift, no rounding of its own.
+    blocks = (ops.srdhm(tf.bitwise.left_shift(x, tf.constant(20 + s1)), m1)
+              + ops.srdhm(tf.bitwise.left_shift(y, tf.constant(20 + s2)), m2))
+    blocks = ops.rounding_divide_by_pot(ops.srdhm(blocks, mo), -so)
+    values = tf.where(ops.flat_tail(scalar, 16), scalar, blocks)
+    return ops.clamp_to_output(values, output.zero_point, low, high)
+
+
+def _mul(op, t, inputs, backend):
+    a, b, x, y = operands(op, t, inputs)
+    output = t[op.outputs[0]]
+    low, high = activation_range(op.builtinOptions.fusedActivationFunction, output, backend)
+    product = (x - a.zero_point) * (y - b.zero_point)
+    if backend == "xnnpack":
+        scale = np.float32(a.scale) * np.float32(b.scale) / np.float32(output.scale)
+        values = ops.requantize_float(product, scale)
+    else:
+        multiplier, shift = ops.quantize_multiplier(
+            np.float64(a.scale) * np.float64(b.scale) / np.float64(output.scale))
+        values = ops.multiply_by_quantized_multiplier(product, multiplier, shift)
+    return ops.clamp_to_output(values, output.zero_point, low, high)
+
+
+def _mean(op, t, inputs, backend):
+    source, output = t[op.inputs[0]], t[op.outputs[0]]
+    axes = sorted(int(a) % len(source.shape) for a in np.ravel(t[op.inputs[1]].data))
+    keep_dims = bool(op.builtinOptions.keepDims)
+    x = tf.cast(inputs[0], tf.int64)
+    count = int(np.prod([source.shape[a] for a in axes]))
+    sums = tf.reduce_sum(x, axis=axes, keepdims=keep_dims)
+    if backend == "xnnpack":
+        scale = (np.float32(source.scale) / np.float32(output.scale)) * (np.float32(1) / np.float32(count))
+        offset = np.float32(output.zero_point) - np.float32(count * source.zero_point) * scale
+        values = tf.round(tf.cast(sums, tf.float32) * scale + offset)
+        return tf.cast(tf.clip_by_value(values, *INT8_RANGE), tf.int32)
+    if keep_dims and len(source.shape) == 4 and axes == [1, 2]:
+        # optimized Mean: the raw sum requantized, the zero point's share rounded apart.
+        shift_f = np.float32(source.zero_point) * np.float32(source.scale) / np.float32(output.scale)
+        shift_f = shift_f + np.float32(0.5) if shift_f > 0 else shift_f - np.float32(0.5)
+        bias = output.zero_point - int(shift_f)
+        real = np.float32(source.scale) / (np.float32(count) * np.float32(output.scale))
+        multiplier, shift = ops.quantize_multiplier(np.float64(real))
+        up = ops.multiply_by_quantized_multiplier_ruy(sums, multiplier, shift)
+        away = ops.multiply_by_quantized_multiplier(sums, multiplier, shift)
+        values = tf.where(ops.channel_tail(away, 16), away, up)
+        return ops.clamp_to_output(values, bias, *INT8_RANGE)
+    m0, e0 = ops.quantize_multiplier(np.float64(source.scale) / np.float64(output.scale))
+    k = min(int(np.floor(np.log2(count))), 32, 31 + int(e0[0]))
+    multiplier = (int(m0[0]) << k) // count
+    values = ops.multiply_by_quantized_multiplier(sums - count * source.zero_point,
+                                                  [multiplier], [int(e0[0]) - k])
+    return ops.clamp_to_output(values, output.zero_point, *INT8_RANGE)
+
+
+def _average_pool_2d(op, t, inputs, backend):
+    opts = op.builtinOptions
+    low, high = activation_range(opts.fusedActivationFunction, t[op.outputs[0]], backend)
+    sums, counts = ops.window_sums(inputs[0], [opts.filterHeight, opts.filterWidth],
+                                   [opts.strideH, opts.strideW], PADDING[opts.padding])
+    sums, counts = tf.cast(sums, tf.int64), tf.cast(counts, tf.int64)
+    half = counts // 2
+    values = tf.truncatediv(tf.where(sums > 0, sums + half, sums - half), counts)
+    return tf.cast(tf.clip_by_value(values, low, high), tf.int32)
+
+
+def _dequantize(op, t, inputs, backend):
+    source = t[op.inputs[0]]
+    return ops.dequantize(inputs[0], source.scale, source.zero_point, backend)
+
+
+def _elementwise_extreme(reduce):
+    def compute(op, t, inputs, backend):
+        same_scale(op, t)
+        x, y = (v if v is not None else tf.constant(t[i].data.astype(np.int32))
+                for i, v in zip(op.inputs, inputs))
+        return reduce(x, y)
+    compute.__name__ = f"_{reduce.__name__}"
+    return compute
+
+
+def _activation_op(activation, name):
+    """RELU, RELU6, RELU_N1_TO_1 as operators: the fused activation's clamp, after a
+    rescale when the output's quantization is not the input's (NASNet's ReLUs)."""
+    def compute(op, t, inputs, backend):
+        source, output = t[op.inputs[0]], t[op.outputs[0]]
+        low, high = activation_range(activation, output, backend)
+        if (source.scale, source.zero_point) == (output.scale, output.zero_point):
+            return tf.clip_by_value(inputs[0], low, high)
+        multiplier, shift = ops.quantize_multiplier(np.float64(source.scale) / output.scale)
+        values = ops.multiply_by_quantized_multiplier(
+            tf.cast(inputs[0], tf.int64) - source.zero_point, multiplier, shift)
+        return ops.clamp_to_output(values, output.zero_point, low, high)
+    compute.__name__ = f"_{name}"
+    return compute
+
+
+OPERATORS = {
+    "QUANTIZE": _quantize,
+    "DEQUANTIZE": _dequantize,
+    "ADD": _add,
+    "MUL": _mul,
+    "MEAN": _mean,
+    "AVERAGE_POOL_2D": _average_pool_2d,
+    "MAX_POOL_2D": _max_pool_2d,
+    "MINIMUM": _elementwise_extreme(tf.minimum),
+    "MAXIMUM": _elementwise_extreme(tf.maximum),
+    "RELU": _activation_op(FUSED.RELU, "relu"),
+    "RELU6": _activation_op(FUSED.RELU6, "relu6"),
+    "RELU_N1_TO_1": _activation_op(FUSED.RELU_N1_TO_1, "relu_n1_to_1"),
+}
