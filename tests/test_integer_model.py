@@ -9,10 +9,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema_fb
+from tensorflow.lite.tools import flatbuffer_utils
 
 import tfquant
 from tfquant.export.flatbuffer import InvalidFlatbufferError
-from tfquant.export.integer_exact import run_integer_model
+from tfquant.export.int2 import builtin_code
+from tfquant.export.integer_exact import run_integer_model, unsupported
 from tfquant.export.litert_runner import output_lsb, run_litert
 
 BACKENDS = ("xnnpack", "builtin")
@@ -196,3 +199,18 @@ def test_bad_inputs_are_refused_clearly():
     with pytest.raises(tfquant.export.UnsupportedOperatorError, match="SPACE_TO_DEPTH"):
         tfquant.integer_model(_convert_int8(unsupported,
                                             np.random.rand(8, 4, 4, 2).astype("f4")))
+
+
+def test_an_operator_refused_by_its_operands_quantization_is_reported_not_raised():
+    """MAXIMUM of two differently quantized inputs is refused when the model runs; the
+    check that `export_tflite` makes (`unsupported`) reports it instead of raising."""
+    model, x = _random_float_model("maximum", seed=1)
+    flatbuffer = _convert_int8(model, x)
+    assert unsupported(flatbuffer) is None
+    parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = parsed.subgraphs[0]
+    maximum = next(op for op in graph.operators
+                   if builtin_code(parsed, op) == schema_fb.BuiltinOperator.MAXIMUM)
+    graph.tensors[maximum.inputs[1]].quantization.scale = [0.123]
+    changed = bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
+    assert "min/max" in unsupported(changed)

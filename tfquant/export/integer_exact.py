@@ -114,6 +114,14 @@ class IntegerModel(keras.Model):
         self._input_indices = [int(i) for i in subgraph.inputs]
         self._output_indices = ordered_output_tensors(summary)
 
+    def input_tensor_shape(self, position: int) -> tuple:
+        """The static shape of input `position` in the flatbuffer (batch included)."""
+        return self._tensors[self._input_indices[position]].shape
+
+    def input_dtypes(self) -> list:
+        """The numpy dtype of each input, in order."""
+        return [self._tensors[i].dtype for i in self._input_indices]
+
     def activation_tensors(self) -> list[ActivationTensor]:
         """The int8 tensors its operators write, in graph order."""
         found = []
@@ -149,9 +157,15 @@ class IntegerModel(keras.Model):
 
 
 def unsupported(flatbuffer: bytes) -> Optional[str]:
-    """None if `IntegerModel` computes `flatbuffer`, else why not."""
+    """None if `IntegerModel` computes `flatbuffer`, else why not.
+
+    The model also runs once on a zero input: some kernels can only tell from their
+    operands' quantization whether they compute an operator (e.g. MINIMUM of two scales).
+    """
     try:
-        IntegerModel(flatbuffer)
+        model = IntegerModel(flatbuffer)
+        model._run([np.zeros(model.input_tensor_shape(i), dtype)
+                    for i, dtype in enumerate(model.input_dtypes())])
     except UnsupportedOperatorError as error:
         return str(error)
     return None
