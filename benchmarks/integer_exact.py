@@ -14,6 +14,10 @@ cached by benchmarks/model_zoo.py in out/model_zoo/ (PTQ W8A8; rows for models n
 the cache are skipped).
 
 Run: `.venv/bin/python benchmarks/integer_exact.py [--test 10000] [--zoo MobileNetV2,ResNet50V2]`.
+`--brief NASNetMobile,ViT,...` instead trains each named zoo model briefly (`--brief_train`
+images, `--brief_epochs`) and writes the section "Integer-exact evaluation: briefly
+trained zoo models"; its rows are kept in out/integer_exact/brief.json, so runs can be
+split up.
 """
 
 import glob
@@ -39,6 +43,10 @@ flags.DEFINE_string("zoo", "MobileNetV2,ResNet50V2,MobileNetV3Small,MobileNetV3L
 flags.DEFINE_bool("write", True, "Write the BENCHMARKS.md section.")
 flags.DEFINE_bool("skip_demo", False, "Leave out the demo CNN row.")
 flags.DEFINE_string("w2a2_epochs", "3,20", "QAT epochs of the W2A2 demo CNN rows.")
+flags.DEFINE_string("brief", "", "Only these zoo models, each briefly trained (--brief_train "
+                    "images × --brief_epochs); written to their own BENCHMARKS.md section.")
+flags.DEFINE_integer("brief_train", 10000, "Training images of a --brief model.")
+flags.DEFINE_integer("brief_epochs", 1, "Epochs of a --brief model.")
 
 BACKENDS = ("xnnpack", "builtin")
 
@@ -109,28 +117,40 @@ def w2a2_demo(data, epochs):
                    x_test[:FLAGS.test], y_test[:FLAGS.test])
 
 
-def fragile_mobilenet(data):
-    """MobileNetV2 alpha 0.35 after two epochs (~69 %): many images sit near a decision
-    boundary, so one LSB anywhere flips predictions."""
+def brief_application(name, data, epochs, train, alpha=None):
+    """A zoo model (benchmarks/model_zoo.py) after a short training (MobileNetV2 α 0.35 after two
+    epochs reaches ~69 %): many images sit near a decision boundary, so one LSB anywhere
+    flips predictions. PTQ W8A8 on 256 training images."""
     import keras
 
     import model_zoo as zoo
     import tfquant
 
     (x_train, y_train), (x_test, y_test) = data
-    x_train, x_test = zoo.prepare(x_train, "rgb11", 32), zoo.prepare(x_test[:FLAGS.test], "rgb11", 32)
+    _, kind = zoo.MODELS[name]
+    size = _input_size(name)
+    x_train, y_train = zoo.prepare(x_train[:train], kind, size), y_train[:train]
+    x_test = zoo.prepare(x_test[:FLAGS.test], kind, size)
     keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
-                                           classes=10, classifier_activation=None)
-    zoo.compile_model(model, 1e-3, 2 * (len(x_train) // 256))
-    model.fit(x_train, y_train, epochs=2, batch_size=256, verbose=0)
+    if alpha is None:
+        model = zoo.MODELS[name][0]()
+    else:
+        model = getattr(keras.applications, name)(
+            input_shape=(size, size, 3), alpha=alpha, weights=None, classes=10,
+            classifier_activation=None)
+    zoo.compile_model(model, 1e-3, epochs * (len(x_train) // 256))
+    model.fit(x_train, y_train, epochs=epochs, batch_size=256, verbose=0)
     # keras.applications BN momentum (0.999) leaves the moving statistics far behind
-    # after two epochs: re-estimated, as benchmarks/model_zoo.py does.
+    # after a short training: re-estimated, as benchmarks/model_zoo.py does.
     tfquant.reestimate_batch_norm(model, x_train, batch_size=500, max_batches=20)
     qmodel = tfquant.ptq.quantize(model, x_train[:256], verbose=0)
     report = tfquant.export_tflite(qmodel, representative_data=x_train[:256])
-    return compare("MobileNetV2 α 0.35, 2 epochs, PTQ W8A8", qmodel, report.flatbuffer, x_test,
-                   y_test[:FLAGS.test])
+    label = f"{name}{'' if alpha is None else f' α {alpha}'}, {len(x_train)}×{epochs}"
+    return compare(f"{label}, PTQ W8A8", qmodel, report.flatbuffer, x_test, y_test[:FLAGS.test])
+
+
+def _input_size(name):
+    return 71 if name == "Xception" else 32  # Xception's smallest input
 
 
 def zoo_model(name, data):
@@ -145,9 +165,11 @@ def zoo_model(name, data):
         return None
     (x_train, _), (x_test, y_test) = data
     _, kind = zoo.MODELS[name]
-    x_cal, x_test = zoo.prepare(x_train[:256], kind, 32), zoo.prepare(x_test[:FLAGS.test], kind, 32)
+    size = _input_size(name)
+    x_cal = zoo.prepare(x_train[:256], kind, size)
+    x_test = zoo.prepare(x_test[:FLAGS.test], kind, size)
     model = keras.saving.load_model(cached[0])
-    tfquant.reestimate_batch_norm(model, zoo.prepare(x_train[:10000], kind, 32), batch_size=500,
+    tfquant.reestimate_batch_norm(model, zoo.prepare(x_train[:10000], kind, size), batch_size=500,
                                   max_batches=20)  # as benchmarks/model_zoo.py does
     qmodel = tfquant.ptq.quantize(model, x_cal, verbose=0)
     report = tfquant.export_tflite(qmodel, representative_data=x_cal)
@@ -177,16 +199,46 @@ def table(rows):
     return "\n".join(lines)
 
 
+def _kept_brief_rows(new_rows):
+    """The --brief rows of earlier runs (out/integer_exact/brief.json) updated with
+    `new_rows` (name → row), in the zoo's order: runs can be split up."""
+    import json
+
+    import model_zoo as zoo
+
+    path = os.path.join(ROOT, "out", "integer_exact", "brief.json")
+    kept = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            kept = json.load(handle)
+    kept.update(new_rows)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(kept, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    return [kept[n] for n in zoo.MODELS if n in kept]
+
+
 def main(argv):
     del argv
     from benchmark_report import write_section
     from datasets import load_fashion_mnist
 
     data = load_fashion_mnist()
-    rows = [] if FLAGS.skip_demo else [demo_cnn(data)]
-    rows += [w2a2_demo(data, int(e)) for e in FLAGS.w2a2_epochs.split(",") if e]
-    rows.append(fragile_mobilenet(data))
-    rows += [r for r in (zoo_model(n, data) for n in FLAGS.zoo.split(",") if n) if r]
+    if FLAGS.brief:
+        rows = _kept_brief_rows({n: brief_application(n, data, FLAGS.brief_epochs,
+                                                      FLAGS.brief_train)
+                                 for n in FLAGS.brief.split(",") if n})
+        section = "Integer-exact evaluation: briefly trained zoo models"
+        command = (f"python benchmarks/integer_exact.py --brief {FLAGS.brief} --brief_train "
+                   f"{FLAGS.brief_train} --brief_epochs {FLAGS.brief_epochs} --test {FLAGS.test}")
+    else:
+        rows = [] if FLAGS.skip_demo else [demo_cnn(data)]
+        rows += [w2a2_demo(data, int(e)) for e in FLAGS.w2a2_epochs.split(",") if e]
+        rows.append(brief_application("MobileNetV2", data, 2, 60000, alpha=0.35))
+        rows += [r for r in (zoo_model(n, data) for n in FLAGS.zoo.split(",") if n) if r]
+        section = "Integer-exact evaluation"
+        command = "python benchmarks/integer_exact.py --test " + str(FLAGS.test)
     body = (f"{FLAGS.test} Fashion-MNIST test images per model. \"values bit-equal\": the "
             "share of output values where `tfquant.integer_model(flatbuffer, backend)` "
             "equals LiteRT run with that backend (XNNPACK: LiteRT's default; builtin: "
@@ -196,8 +248,7 @@ def main(argv):
             "against each other.\n\n" + table(rows))
     print(body)
     if FLAGS.write:
-        write_section("Integer-exact evaluation",
-                      "python benchmarks/integer_exact.py --test " + str(FLAGS.test), body)
+        write_section(section, command, body)
 
 
 if __name__ == "__main__":

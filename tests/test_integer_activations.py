@@ -1,4 +1,5 @@
-"""LOGISTIC, TANH, HARD_SWISH and SOFTMAX of the integer model against LiteRT: 0 LSB.
+"""LOGISTIC, TANH, HARD_SWISH, SOFTMAX, GELU and RSQRT of the integer model against
+LiteRT: 0 LSB.
 
 Two kinds of flatbuffer: the converter's int8 quantization of small float models with
 random weights (as tests/test_integer_model.py), and a lone activation whose input scale
@@ -9,6 +10,7 @@ table entries is compared, including ones where the two backends' tables part.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 
 import tfquant
@@ -42,6 +44,11 @@ OPS = {
     "softmax_channels": ((6, 6, 3), lambda x: keras.layers.Softmax()(_conv(7)(x))),
     "softmax_1000_classes": ((2, 2, 3), lambda x: keras.layers.Softmax()(
         keras.layers.Dense(1000)(keras.layers.Flatten()(x)))),
+    "gelu": ((12, 12, 5), lambda x: keras.layers.Activation("gelu")(_conv(7)(x))),
+    "gelu_tanh": ((12, 12, 5), lambda x: keras.layers.Lambda(
+        lambda v: tf.nn.gelu(v, approximate=True))(_conv(7)(x))),
+    "rsqrt": ((12, 12, 5), lambda x: keras.layers.Lambda(
+        lambda v: tf.math.rsqrt(v * v + 0.1))(_conv(7)(x))),
 }
 
 
@@ -59,10 +66,12 @@ def single_op(request):
 
 
 
-def _lone_activation(layer, input_scale, input_zero_point):
-    """QUANTIZE → activation → DEQUANTIZE with the activation's input quantization set."""
+def _lone_activation(layer, input_scale, input_zero_point, output=None, low=-4.0):
+    """QUANTIZE → activation → DEQUANTIZE with the activation's input quantization (and
+    `output` = (scale, zero point), if given) set; the inputs: every int8 value from
+    `low` up (RSQRT refuses negative reals)."""
     inputs = keras.Input((256,))
-    x = np.linspace(-4, 4, 256, dtype=np.float32)[None].repeat(8, 0)
+    x = np.linspace(low, 4, 256, dtype=np.float32)[None].repeat(8, 0)
     flatbuffer = _convert_int8(keras.Model(inputs, layer(inputs)), x)
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     subgraph = model.subgraphs[0]
@@ -70,7 +79,12 @@ def _lone_activation(layer, input_scale, input_zero_point):
         builtin_code(model, op)) not in ("QUANTIZE", "DEQUANTIZE")]
     quantization = subgraph.tensors[activation.inputs[0]].quantization
     quantization.scale, quantization.zeroPoint = [input_scale], [input_zero_point]
+    if output is not None:
+        quantization = subgraph.tensors[activation.outputs[0]].quantization
+        quantization.scale, quantization.zeroPoint = [output[0]], [output[1]]
     codes = np.arange(-128, 128, dtype=np.float32)
+    if low >= 0:
+        codes = np.maximum(codes, input_zero_point)
     every_value = ((codes - input_zero_point) * np.float32(input_scale))[None]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), every_value
 
@@ -103,3 +117,50 @@ def test_every_table_entry_equals_litert(name):
         differ = np.nonzero(np.round(litert / output_lsb(flatbuffer)[0]) != codes[backend])
         assert differ[1].size == 0, f"{name} on {backend}: entries {differ[1] - 128} differ"
     assert np.any(codes["xnnpack"] != codes["builtin"]) == backends_part
+
+
+_RSQRT = keras.layers.Lambda(lambda v: tf.math.rsqrt(v))
+_GELU_TANH = keras.layers.Lambda(lambda v: tf.nn.gelu(v, approximate=True))
+# (layer, s_in, z_in, s_out, z_out, lowest input). GELU: scales where the older double
+# erf form or XNNPACK's own reference (double, ties to even) would give another table,
+# and one where y·(1/s_out) falls on k + 1/2; RSQRT: zero points at both ends, and
+# scales where sqrt(s_in)·s_out in double would change the multiplier.
+FULL_TABLES = {
+    "gelu_formulas_part": (keras.layers.Activation("gelu"), 0.004298703745007515, -83,
+                           0.003677830332890153, 36, -4.0),
+    "gelu_formulas_part_wide": (keras.layers.Activation("gelu"), 0.03458849713206291, -118,
+                                0.009350454434752464, -9, -4.0),
+    "gelu_tie": (keras.layers.Activation("gelu"), 0.03844880685210228, -56,
+                 0.023337220773100853, 36, -4.0),
+    "gelu_tanh_formulas_part": (_GELU_TANH, 0.028753049671649933, 4, 0.0007291276706382632,
+                                -16, -4.0),
+    "gelu_tanh_coarse": (_GELU_TANH, 0.01446002908051014, -13, 0.12070003896951675, 15, -4.0),
+    "rsqrt_zero_point_127": (_RSQRT, 0.01, 127, 0.004, -128, 0.1),
+    "rsqrt_zero_point_-128": (_RSQRT, 0.002, -128, 0.3, -128, 0.1),
+    "rsqrt_multiplier_rounding": (_RSQRT, 0.0013155997730791569, -107, 0.03807983919978142,
+                                  -128, 0.1),
+    "rsqrt_multiplier_rounding_coarse": (_RSQRT, 0.25012680888175964, 11,
+                                         0.001679172390140593, -128, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_TABLES))
+def test_gelu_and_rsqrt_tables_equal_litert_on_both_backends(name):
+    """XNNPACK takes neither in int8: TFLite's kernel runs under both backends, and the
+    integer model gives the same table for both."""
+    layer, s_in, z_in, s_out, z_out, low = FULL_TABLES[name]
+    flatbuffer, x = _lone_activation(layer, s_in, z_in, (s_out, z_out), low)
+    for backend in BACKENDS:
+        litert = run_litert(flatbuffer, x, backend=backend)[0]
+        ours = run_integer_model(tfquant.integer_model(flatbuffer, backend), [x])[0]
+        differ = np.nonzero(np.round(litert / s_out) != np.round(ours / s_out))
+        assert differ[1].size == 0, f"{name} on {backend}: entries {differ[1] - 128} differ"
+
+
+def test_rsqrt_of_a_negative_input_fails_as_litert_does():
+    flatbuffer, x = _lone_activation(_RSQRT, 0.01, 0, (0.004, -128), 0.1)
+    x = np.concatenate([x, -x], 0)
+    with pytest.raises(RuntimeError, match="positive"):
+        run_litert(flatbuffer, x, batch_size=2, backend="builtin")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="positive"):
+        run_integer_model(tfquant.integer_model(flatbuffer, "builtin"), [x], 2)

@@ -1,4 +1,5 @@
-"""LiteRT's int8 activation kernels (LOGISTIC, TANH, HARD_SWISH, SOFTMAX) as TensorFlow ops.
+"""LiteRT's int8 activation kernels (LOGISTIC, TANH, HARD_SWISH, SOFTMAX, GELU, RSQRT) as
+TensorFlow ops.
 
 Kernels for `integer_exact._OPERATORS`: `(op, tensors, inputs, backend)` → int32 tensor of
 int8 values (docs/ARCHITECTURE.md §5).
@@ -20,7 +21,28 @@ math library LiteRT links against) and looked up with `tf.gather`.
   `row max − v`; the row's sum is a sequential float32 sum (kept in that order with
   `tf.foldl`), each value `table · 1/(sum·s_out)` rounded ties away, + z_out.
 
-All four are bit-exact against ai-edge-litert 2.3 on x86-64 in tests/test_integer_activations.py,
+GELU and RSQRT: XNNPACK takes neither in int8, so LiteRT leaves them to TFLite's kernels
+and both backends give the same numbers (measured: on scales chosen so that XNNPACK's own
+tables, built from its reference functions and rounded half to even, would part from
+TFLite's, LiteRT under XNNPACK always gave TFLite's table).
+
+- RSQRT (TFLite's elementwise.cc, int8): fixed point, no float per value.
+  Prepare: `real = 1 / double(float32(sqrtf(s_in) · s_out))` → QuantizeMultiplier (m, e).
+  Per value `d = v − z_in`: `d < 0` makes the interpreter fail ("Rsqrt is only defined for
+  positive values", whatever the backend); `d = 0` gives 127 (not z_out-relative);
+  otherwise GetInvSqrtQuantizedMultiplierExp(d) (gemmlowp Newton-Raphson, 5 steps, in
+  Q3.28) → (m_d, e_d), `data = MultiplyByQuantizedMultiplier(1, m_d, e_d + 20)`,
+  `out = MultiplyByQuantizedMultiplier(data, m, e − 20) + z_out`, clamped to int8.
+- GELU (TFLite's gelu.cc, int8): LUTPopulate, i.e. `x = s_in·(v − z_in)` in float32,
+  `y = f(x)`, `round(y·float32(1/s_out))` ties away, + z_out, clamped, with f in float32:
+  exact (`approximate=False`): `0.5f·x·erfcf(x·float32(−1/√2))`;
+  tanh form (`approximate=True`): `0.5f·x·(1 + tanhf(k·(x + 0.044715f·x·x·x)))`,
+  `k = float32(2/√π · 1/√2)`.
+  (The older TFLite exact form `erf(double(x)·1/√2)` and XNNPACK's double-precision
+  reference functions each part from LiteRT on some constructed scales; the float32
+  erfcf form does not.)
+
+All are bit-exact against ai-edge-litert 2.3 on x86-64 in tests/test_integer_activations.py,
 given the same math library (the tables call it through ctypes; without it numpy's
 `exp`/`tanh` stand in, which may differ in the last float bit and so, rarely, by 1 LSB).
 """
@@ -29,6 +51,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -179,9 +202,135 @@ def _softmax(op, t, inputs, backend):
     return tf.reshape(tf.cast(tf.clip_by_value(values, -128, 127), tf.int32), shape)
 
 
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+_ERFCF = _libm_function("erfcf", ctypes.c_float) or (
+    lambda x: np.array([math.erfc(float(v)) for v in np.ravel(x)], np.float32).reshape(
+        np.shape(x)))
+
+
+# gemmlowp's fixed-point primitives on Python ints holding int32 values, one value at a
+# time (the RSQRT table has 255 entries to compute, once per operator).
+def _wrap32(x):
+    """int32 two's-complement wraparound of a Python int."""
+    return (x + 2**31) % 2**32 - 2**31
+
+
+def _srdhm(a, b):
+    """SaturatingRoundingDoublingHighMul."""
+    if a == _INT32_MIN and b == _INT32_MIN:
+        return _INT32_MAX
+    total = a * b + ((1 << 30) if a * b >= 0 else 1 - (1 << 30))
+    return (abs(total) >> 31) * (1 if total >= 0 else -1)  # C division truncates
+
+
+def _rounding_divide_by_pot(x, exponent):
+    """RoundingDivideByPOT: x / 2^exponent, ties away from zero."""
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if (x & mask) > threshold else 0)
+
+
+def _saturating_multiply_by_pot(x, exponent):
+    """SaturatingRoundingMultiplyByPOT<exponent>."""
+    if exponent < 0:
+        return _rounding_divide_by_pot(x, -exponent)
+    threshold = (1 << (31 - exponent)) - 1
+    if x > threshold:
+        return _INT32_MAX
+    if x < -threshold:
+        return _INT32_MIN
+    return x << exponent
+
+
+def _multiply_by_quantized_multiplier(x, multiplier, shift):
+    """TFLite's MultiplyByQuantizedMultiplier (double rounding) of one int32."""
+    left, right = max(shift, 0), max(-shift, 0)
+    return _rounding_divide_by_pot(_srdhm(_wrap32(x * (1 << left)), multiplier), right)
+
+
+def _inv_sqrt_multiplier_exp(value):
+    """TFLite's GetInvSqrtQuantizedMultiplierExp(value, kReverseShift = −1):
+    1/√value as a multiplier and a (left) shift."""
+    if value <= 1:
+        return _INT32_MAX, 0
+    shift = 11
+    while value >= 1 << 29:
+        value //= 4
+        shift += 1
+    pairs = (32 - value.bit_length() - 1) // 2 - 1  # (CountLeadingZeros − 1)/2 − 1
+    shift -= pairs
+    value <<= 2 * pairs
+    half_input = _saturating_multiply_by_pot(value >> 1, -1)  # Q3.28
+    half_three = (1 << 28) + (1 << 27)  # 1.5 in Q3.28
+    x = 1 << 28  # 1.0: Newton-Raphson x ← 1.5·x − (input/2)·x³, five times
+    for _ in range(5):
+        cube = _saturating_multiply_by_pot(_srdhm(_srdhm(x, x), x), 6)  # Q9 → Q3
+        x = _saturating_multiply_by_pot(
+            _wrap32(_srdhm(half_three, x) - _srdhm(half_input, cube)), 3)  # Q6 → Q3
+    x = _srdhm(x, 1518500250)  # · √2/2 in Q0.31
+    if shift < 0:
+        x, shift = _wrap32(x << -shift), 0
+    return x, -shift
+
+
+def rsqrt_table(input_scale, input_zero_point, output_scale, output_zero_point):
+    """TFLite's int8 RSQRT for every int8 input (entries below the input zero point,
+    which LiteRT refuses, are 127 like the zero input)."""
+    s_in, s_out = np.float32(input_scale), np.float32(output_scale)
+    real = 1.0 / float(np.float32(np.sqrt(s_in) * s_out))  # float sqrt and product
+    multiplier, shift = (int(v[0]) for v in ops.quantize_multiplier(real))
+    table = []
+    for v in _VALUES:
+        value = int(v) - int(input_zero_point)
+        if value <= 0:
+            table.append(127)
+            continue
+        inverse, inverse_shift = _inv_sqrt_multiplier_exp(value)
+        data = _multiply_by_quantized_multiplier(1, inverse, inverse_shift + 20)
+        out = _multiply_by_quantized_multiplier(data, multiplier, shift - 20)
+        table.append(min(max(out + int(output_zero_point), -128), 127))
+    return np.array(table, np.int64)
+
+
+def rsqrt(op, t, inputs, backend):
+    """RSQRT: TFLite's fixed-point kernel under both backends; an input below the zero
+    point (a negative real) fails as LiteRT's Invoke does."""
+    source, output = t[op.inputs[0]], t[op.outputs[0]]
+    x = tf.cast(inputs[0], tf.int32)
+    check = tf.debugging.assert_greater_equal(
+        x, tf.constant(source.zero_point, tf.int32),
+        message="Rsqrt is only defined for positive values")
+    with tf.control_dependencies([check]):
+        return _lookup(rsqrt_table(source.scale, source.zero_point, output.scale,
+                                   output.zero_point), tf.identity(x))
+
+
+def _gelu_erfc(x):
+    return np.float32(0.5) * x * _ERFCF(x * np.float32(-0.70710678118654752440))
+
+
+_SQRT_2_OVER_PI = np.float32(1.12837916709551257390 * 0.70710678118654752440)
+
+
+def _gelu_tanh(x):
+    inner = _SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)
+    return np.float32(0.5) * x * (np.float32(1) + _TANHF(inner))
+
+
+def gelu(op, t, inputs, backend):
+    """GELU: TFLite's float32 LUT under both backends (exact or tanh form)."""
+    approximate = bool(getattr(op.builtinOptions, "approximate", False))
+    function = _gelu_tanh if approximate else _gelu_erfc
+    # "builtin" for both backends: XNNPACK leaves int8 GELU to TFLite's kernel.
+    return _lookup(_float_table(op, t, "builtin", function, function), inputs[0])
+
+
 OPERATORS = {
     "LOGISTIC": _logistic,
     "TANH": _tanh,
     "HARD_SWISH": _hard_swish,
     "SOFTMAX": _softmax,
+    "RSQRT": rsqrt,
+    "GELU": gelu,
 }

@@ -168,6 +168,8 @@ def unsupported(flatbuffer: bytes) -> Optional[str]:
                     for i, dtype in enumerate(model.input_dtypes())])
     except UnsupportedOperatorError as error:
         return str(error)
+    except tf.errors.InvalidArgumentError:
+        pass  # the zero input is out of an operator's domain (RSQRT of a negative value)
     return None
 
 
