@@ -63,6 +63,9 @@ OPS = {
         _conv(4)(x)))),
     "transpose": ((6, 7, 5), lambda x: _conv(3)(keras.layers.Permute((2, 1, 3))(
         _conv(4)(x)))),
+    # FULLY_CONNECTED on [B, T, C], TRANSPOSE, both BATCH_MATMULs, SOFTMAX.
+    "attention": ((7, 12), lambda x: keras.layers.MultiHeadAttention(3, 5)(x, x)),
+    "attention_wide_heads": ((13, 20), lambda x: keras.layers.MultiHeadAttention(2, 16)(x, x)),
 }
 
 
@@ -120,6 +123,25 @@ def test_embedding_lookup_equals_litert_bit_for_bit(backend):
     x = rng.integers(0, 11, (96, 9)).astype(np.int32)
     flatbuffer = _convert_int8(model, x)
     assert _differing_steps(flatbuffer, x, backend).max() == 0
+
+
+def test_xnnpack_takes_a_batch_matmul_whose_right_operand_has_zero_point_0():
+    """XNNPACK's int8 GEMM has no right-hand zero point: with zero point 0 on the values
+    (set in the file; the layer producing them requantizes to it) XNNPACK computes
+    probabilities·values with its own rounding, and each backend still matches."""
+    model, x = _random_float_model("attention", seed=2)
+    parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(
+        _convert_int8(model, x)))
+    graph = parsed.subgraphs[0]
+    matmuls = [op for op in graph.operators
+               if builtin_code(parsed, op) == schema_fb.BuiltinOperator.BATCH_MATMUL]
+    graph.tensors[matmuls[-1].inputs[1]].quantization.zeroPoint = [0]
+    flatbuffer = bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
+    outputs = {b: run_integer_model(tfquant.integer_model(flatbuffer, b), [x], 32)[0]
+               for b in BACKENDS}
+    assert np.count_nonzero(outputs["xnnpack"] != outputs["builtin"]) > 0
+    for backend in BACKENDS:
+        assert _differing_steps(flatbuffer, x, backend).max() == 0
 
 
 def test_the_two_backends_differ_where_the_model_says():
