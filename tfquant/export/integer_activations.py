@@ -135,7 +135,8 @@ def _doubling_high_mul16(a, b):
     return np.where((a == -(2**15)) & (b == -(2**15)), 2**15 - 1, high)
 
 
-def _rounding_divide_by_pot16(x, exponent):
+def _rounding_divide_by_pot(x, exponent):
+    """gemmlowp's RoundingDivideByPOT (ties away from zero), on numpy or Python ints."""
     mask = (1 << exponent) - 1
     threshold = (mask >> 1) + (x < 0)
     return (x >> exponent) + ((x & mask) > threshold)
@@ -165,9 +166,9 @@ def hard_swish_table(input_scale, input_zero_point, output_scale, output_zero_po
     if relu_exponent > 0:
         reluish = _saturate16(reluish * 2)
     if relu_exponent < 0:
-        reluish = _rounding_divide_by_pot16(reluish, -relu_exponent)
+        reluish = _rounding_divide_by_pot(reluish, -relu_exponent)
     reluish = (reluish + 2**15) >> 1
-    out = _rounding_divide_by_pot16(_doubling_high_mul16(reluish, preshift), -out_exponent)
+    out = _rounding_divide_by_pot(_doubling_high_mul16(reluish, preshift), -out_exponent)
     return out + output_zero_point
 
 
@@ -222,13 +223,6 @@ def _srdhm(a, b):
         return _INT32_MAX
     total = a * b + ((1 << 30) if a * b >= 0 else 1 - (1 << 30))
     return (abs(total) >> 31) * (1 if total >= 0 else -1)  # C division truncates
-
-
-def _rounding_divide_by_pot(x, exponent):
-    """RoundingDivideByPOT: x / 2^exponent, ties away from zero."""
-    mask = (1 << exponent) - 1
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> exponent) + (1 if (x & mask) > threshold else 0)
 
 
 def _saturating_multiply_by_pot(x, exponent):
