@@ -1,7 +1,8 @@
-"""LiteRT's int8 elementwise arithmetic, reductions and pools as TensorFlow ops.
+"""LiteRT's int8 conversions, reductions, pools and clamps as TensorFlow ops.
 
-QUANTIZE, DEQUANTIZE, ADD, MUL, MEAN, AVERAGE_POOL_2D, MAX_POOL_2D, MINIMUM, MAXIMUM and
-the RELU operators, per backend (docs/ARCHITECTURE.md §5).
+QUANTIZE, DEQUANTIZE, MEAN, AVERAGE_POOL_2D, MAX_POOL_2D, MINIMUM, MAXIMUM and the RELU
+operators, per backend (docs/ARCHITECTURE.md §5); ADD, SUB and MUL are in
+`integer_binary`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from tfquant.export import integer_ops as ops
 from tfquant.export.integer_tensors import (FUSED, INT8_RANGE, PADDING, activation_range,
-                                            operands, same_scale)
+                                            same_scale)
 
 
 def _max_pool_2d(op, t, inputs, backend):
@@ -38,63 +39,6 @@ def _quantize(op, t, inputs, backend):
         away = ops.multiply_by_quantized_multiplier(centered, multiplier, shift)
         values = tf.where(ops.flat_tail(away, 16), away, up)
     return ops.clamp_to_output(values, output.zero_point, *INT8_RANGE)
-
-
-def _add(op, t, inputs, backend):
-    a, b, x, y = operands(op, t, inputs)
-    output = t[op.outputs[0]]
-    if not output.scales.size:  # int32 index arithmetic (an Embedding's negative indices)
-        return tf.cast(x + y, tf.int32)
-    low, high = activation_range(op.builtinOptions.fusedActivationFunction, output, backend)
-    if backend == "xnnpack":
-        ra = np.float32(a.scale) / np.float32(output.scale)
-        rb = np.float32(b.scale) / np.float32(output.scale)
-        exponent = np.frexp(max(abs(ra), abs(rb)))[1] - 1
-        shift = int(20 - exponent)
-        ma = int(np.round(np.float64(ra) * 2.0**shift))
-        mb = int(np.round(np.float64(rb) * 2.0**shift))
-        bias = (1 << (shift - 1)) - ma * a.zero_point - mb * b.zero_point
-        acc = bias + x * ma + y * mb
-        values = tf.bitwise.right_shift(acc, tf.constant(shift, tf.int64))
-        return ops.clamp_to_output(values, output.zero_point, low, high)
-    twice_max = 2.0 * max(np.float64(a.scale), np.float64(b.scale))
-    m1, s1 = ops.quantize_multiplier(np.float64(a.scale) / twice_max)
-    m2, s2 = ops.quantize_multiplier(np.float64(b.scale) / twice_max)
-    mo, so = ops.quantize_multiplier(twice_max / (np.float64(np.float32(2**20)
-                                                            * np.float32(output.scale))))
-    x, y = x - a.zero_point, y - b.zero_point
-    if min(np.prod(a.shape, dtype=int), np.prod(b.shape, dtype=int)) == 1 and a.shape != b.shape:
-        # Adding a scalar (MobileNetV3's hard sigmoid, x + 3): each input's shift is a
-        # truncating arithmetic shift (NEON's vshl), the sum rounded as elsewhere.
-        total = (tf.bitwise.right_shift(ops.srdhm(x * 2**20, m1), tf.constant(-s1))
-                 + tf.bitwise.right_shift(ops.srdhm(y * 2**20, m2), tf.constant(-s2)))
-        values = ops.rounding_divide_by_pot(ops.srdhm(total, mo), -so)
-        return ops.clamp_to_output(values, output.zero_point, low, high)
-    # Scalar loop: each input and the sum rounded by RoundingDivideByPOT.
-    scalar = (ops.rounding_divide_by_pot(ops.srdhm(x * 2**20, m1), -s1)
-              + ops.rounding_divide_by_pot(ops.srdhm(y * 2**20, m2), -s2))
-    scalar = ops.rounding_divide_by_pot(ops.srdhm(scalar, mo), -so)
-    # Blocks of 16: the input shift folded into the left shift, no rounding of its own.
-    blocks = (ops.srdhm(tf.bitwise.left_shift(x, tf.constant(20 + s1)), m1)
-              + ops.srdhm(tf.bitwise.left_shift(y, tf.constant(20 + s2)), m2))
-    blocks = ops.rounding_divide_by_pot(ops.srdhm(blocks, mo), -so)
-    values = tf.where(ops.flat_tail(scalar, 16), scalar, blocks)
-    return ops.clamp_to_output(values, output.zero_point, low, high)
-
-
-def _mul(op, t, inputs, backend):
-    a, b, x, y = operands(op, t, inputs)
-    output = t[op.outputs[0]]
-    low, high = activation_range(op.builtinOptions.fusedActivationFunction, output, backend)
-    product = (x - a.zero_point) * (y - b.zero_point)
-    if backend == "xnnpack":
-        scale = np.float32(a.scale) * np.float32(b.scale) / np.float32(output.scale)
-        values = ops.requantize_float(product, scale)
-    else:
-        multiplier, shift = ops.quantize_multiplier(
-            np.float64(a.scale) * np.float64(b.scale) / np.float64(output.scale))
-        values = ops.multiply_by_quantized_multiplier(product, multiplier, shift)
-    return ops.clamp_to_output(values, output.zero_point, low, high)
 
 
 def _mean(op, t, inputs, backend):
@@ -173,8 +117,6 @@ def _activation_op(activation, name):
 OPERATORS = {
     "QUANTIZE": _quantize,
     "DEQUANTIZE": _dequantize,
-    "ADD": _add,
-    "MUL": _mul,
     "MEAN": _mean,
     "AVERAGE_POOL_2D": _average_pool_2d,
     "MAX_POOL_2D": _max_pool_2d,

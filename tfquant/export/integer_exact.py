@@ -2,8 +2,8 @@
 
 `IntegerModel(flatbuffer, backend)` (made by `tfquant.integer_model`) reads the int8
 flatbuffer the export produced (its weights, int32 biases, scales and zero points are what
-ships) and runs its operators with the kernels of `integer_products`, `integer_arithmetic`,
-`integer_layout` and `integer_activations`, which follow the arithmetic of the chosen
+ships) and runs its operators with the kernels of `integer_products`, `integer_binary`,
+`integer_arithmetic`, `integer_layout` and `integer_activations`, which follow the arithmetic of the chosen
 LiteRT backend bit for bit (docs/ARCHITECTURE.md §5). `model.evaluate` on it
 gives the on-device accuracy without a device; its float outputs are the dequantized
 int8 outputs of LiteRT.
@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfquant.export import integer_activations, integer_arithmetic, integer_layout
+from tfquant.export import integer_activations, integer_arithmetic, integer_binary
+from tfquant.export import integer_layout
 from tfquant.export import integer_ops as ops
 from tfquant.export import integer_products
 from tfquant.export.flatbuffer import builtin_op_name, inspect_flatbuffer
@@ -33,6 +34,7 @@ __all__ = ["IntegerModel", "UnsupportedOperatorError", "run_integer_model", "uns
 _OPERATORS: dict[str, Callable] = {
     **integer_products.OPERATORS,
     **integer_arithmetic.OPERATORS,
+    **integer_binary.OPERATORS,
     **integer_layout.OPERATORS,
     **integer_activations.OPERATORS,
 }
@@ -121,6 +123,12 @@ class IntegerModel(keras.Model):
     def input_dtypes(self) -> list:
         """The numpy dtype of each input, in order."""
         return [self._tensors[i].dtype for i in self._input_indices]
+
+    def output_quantization(self, position: int = 0) -> tuple[float, int]:
+        """(scale, zero point) of output `position` (an int8 output's values are
+        `scale · (q − zero point)`)."""
+        tensor = self._tensors[self._output_indices[position]]
+        return tensor.scale, tensor.zero_point
 
     def activation_tensors(self) -> list[ActivationTensor]:
         """The int8 tensors its operators write, in graph order."""

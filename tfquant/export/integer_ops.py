@@ -99,9 +99,18 @@ def flat_tail(x, block):
     TFLite's x86 kernels run NEON code through NEON_2_SSE on blocks of `block` values
     and a scalar loop, which rounds differently, on what is left over.
     """
+    return row_tail(x, tf.size(x, out_type=tf.int64), block)
+
+
+def row_tail(x, run, block):
+    """True for the last (run mod `block`) elements of each run of `run` consecutive
+    elements of `x` (row-major); `run` an int or an int64 scalar tensor (the rows a
+    broadcast kernel loops over)."""
+    run = tf.cast(run, tf.int64)
     size = tf.size(x, out_type=tf.int64)
-    index = tf.reshape(tf.range(size), tf.shape(x, out_type=tf.int64))
-    return index >= size - tf.math.floormod(size, block)
+    position = tf.math.floormod(tf.reshape(tf.range(size), tf.shape(x, out_type=tf.int64)),
+                                run)
+    return position >= run - tf.math.floormod(run, block)
 
 
 def channel_tail(x, block):

@@ -1,5 +1,5 @@
 """What the integer model reads from a flatbuffer: its tensors, with their scales and
-zero points, and the rules every int8 kernel shares (fused activation ranges, operands).
+zero points, and the rules every int8 kernel shares (fused activation ranges, equal scales).
 
 The kernels (`integer_products`, `integer_arithmetic`, `integer_layout`,
 `integer_activations`) are functions `(op, tensors, inputs, backend)` → int32 tensor of
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 
 from tfquant.export import integer_ops as ops
@@ -100,15 +99,6 @@ def activation_range(activation, output: FlatTensor, backend: str):
     if activation == FUSED.NONE:
         return low, high
     raise UnsupportedOperatorError(f"fused activation code {activation} is not supported")
-
-
-def operands(op, t, inputs):
-    """The two int64 operands of a binary op (constants read from the file)."""
-    a, b = t[op.inputs[0]], t[op.inputs[1]]
-    x, y = inputs[:2]
-    x = tf.constant(a.data.astype(np.int64)) if a.data is not None else tf.cast(x, tf.int64)
-    y = tf.constant(b.data.astype(np.int64)) if b.data is not None else tf.cast(y, tf.int64)
-    return a, b, x, y
 
 
 def same_scale(op, t):
