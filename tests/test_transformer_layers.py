@@ -81,6 +81,8 @@ def test_multi_head_attention_matches_float_and_exports_integer(cross):
     assert report.op_counts["BATCH_MATMUL"] == 2 and report.op_counts["SOFTMAX"] == 1
     assert report.op_counts["FULLY_CONNECTED"] >= 4
     assert report.max_abs_diff_lsb <= 2.001
+    # The integer-exact model equals LiteRT (two inputs: given by name, in any order).
+    assert [c.differ_from_integer for c in report.output_checks] == [0]
     names = {layer.name for layer in qmodel.layers}
     assert {"mha_query", "mha_key", "mha_value", "mha_output"} <= names
 

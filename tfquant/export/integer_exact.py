@@ -12,6 +12,7 @@ int8 outputs of LiteRT.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 import keras
@@ -115,6 +116,27 @@ class IntegerModel(keras.Model):
             self._steps.append((_OPERATORS[name], op))
         self._input_indices = [int(i) for i in subgraph.inputs]
         self._output_indices = ordered_output_tensors(summary)
+        # Inputs given by name: the signature's names, or the tensors' own.
+        self._input_by_name = {self._tensors[i].name: i for i in self._input_indices}
+        for signature in summary.signatures:
+            if signature.subgraph_index == 0:
+                self._input_by_name.update(dict(signature.inputs))
+
+    def ordered_inputs(self, inputs) -> list:
+        """`inputs` as a list in the flatbuffer's input order: a dict keyed by signature
+        input name (or input tensor name) is put in that order; a list is taken as it is."""
+        if not isinstance(inputs, Mapping):
+            return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        by_index = {}
+        for name, value in inputs.items():
+            if name not in self._input_by_name:
+                raise ValueError(f"integer_model: unknown input name {name!r}; the inputs "
+                                 f"are {sorted(self._input_by_name)}")
+            by_index[self._input_by_name[name]] = value
+        missing = [self._tensors[i].name for i in self._input_indices if i not in by_index]
+        if missing:
+            raise ValueError(f"integer_model: no value for input(s) {missing}")
+        return [by_index[i] for i in self._input_indices]
 
     def input_tensor_shape(self, position: int) -> tuple:
         """The static shape of input `position` in the flatbuffer (batch included)."""
@@ -148,7 +170,7 @@ class IntegerModel(keras.Model):
                 for i in indices}
 
     def _run(self, inputs):
-        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        inputs = self.ordered_inputs(inputs)
         values = {}
         for index, x in zip(self._input_indices, inputs):
             tensor = self._tensors[index]
@@ -183,8 +205,9 @@ def unsupported(flatbuffer: bytes) -> Optional[str]:
 
 def run_integer_model(model: IntegerModel, arrays, batch_size: int = 256) -> list[np.ndarray]:
     """`model` over every sample, `batch_size` at a time with the last batch zero-padded,
-    as `run_litert` runs LiteRT (which values round which way depends on the batch)."""
-    arrays = [np.asarray(a) for a in arrays]
+    as `run_litert` runs LiteRT (which values round which way depends on the batch).
+    `arrays`: one array, a list in the flatbuffer's input order, or a dict by input name."""
+    arrays = [np.asarray(a) for a in model.ordered_inputs(arrays)]
     n = len(arrays[0])
     pieces = []
     for begin in range(0, n, batch_size):

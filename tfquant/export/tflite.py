@@ -400,8 +400,7 @@ def _output_checks(flatbuffer, inputs, reference, litert, lsbs, batch_size, note
     missing = unsupported(flatbuffer)
     integer = None
     if missing is None:
-        arrays = list(inputs.values()) if isinstance(inputs, dict) else inputs
-        integer = run_integer_model(IntegerModel(flatbuffer, "xnnpack"), arrays, batch_size)
+        integer = run_integer_model(IntegerModel(flatbuffer, "xnnpack"), inputs, batch_size)
     else:
         notes.append(f"integer-exact check not run: {missing}")
     checks = []
