@@ -8,16 +8,16 @@ backends are from each other. Writes the "Integer-exact evaluation" section of
 BENCHMARKS.md.
 
 Models: the demo CNN (QAT W8A8, the demo's recipe; W2A2 LSQ+PACT for 3 and 20 epochs
-as benchmarks/accuracy_fashion_mnist.py trains it), a briefly trained and so fragile
-MobileNetV2 (alpha 0.35, 32×32, 2 epochs, PTQ W8A8) and the keras.applications models
-cached by benchmarks/model_zoo.py in out/model_zoo/ (PTQ W8A8; rows for models not in
-the cache are skipped).
+as benchmarks/accuracy_fashion_mnist.py trains it) and a briefly trained and so fragile
+MobileNetV2 (alpha 0.35, 32×32, 2 epochs, PTQ W8A8).
 
-Run: `.venv/bin/python benchmarks/integer_exact.py [--test 10000] [--zoo MobileNetV2,ResNet50V2]`.
-`--brief NASNetMobile,ViT,...` instead trains each named zoo model briefly (`--brief_train`
-images, `--brief_epochs`) and writes the section "Integer-exact evaluation: briefly
-trained zoo models"; its rows are kept in out/integer_exact/brief.json, so runs can be
-split up.
+Run: `.venv/bin/python benchmarks/integer_exact.py [--test 10000]`.
+`--zoo MobileNetV2,ViT,...` instead checks the named models as benchmarks/model_zoo.py
+trained and cached them in out/model_zoo/ (PTQ W8A8) and writes the section
+"Integer-exact evaluation: the zoo's trained models"; `--brief NASNetMobile,ViT,...`
+trains each named zoo model briefly (`--brief_train` images, `--brief_epochs`) and writes
+"Integer-exact evaluation: briefly trained zoo models". Their rows are kept in
+out/integer_exact/zoo.json and brief.json, so runs can be split up.
 """
 
 import glob
@@ -38,8 +38,9 @@ import accuracy_fashion_mnist as methods  # noqa: E402  (defines its flags befor
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("test", 10000, "Test images per model.")
-flags.DEFINE_string("zoo", "MobileNetV2,ResNet50V2,MobileNetV3Small,MobileNetV3Large,"
-                    "EfficientNetB0", "Cached model_zoo models to check.")
+flags.DEFINE_string("zoo", "", "Only these models of benchmarks/model_zoo.py ('all': every "
+                    "one), as it trained and cached them (PTQ W8A8); written to their own "
+                    "BENCHMARKS.md section.")
 flags.DEFINE_bool("write", True, "Write the BENCHMARKS.md section.")
 flags.DEFINE_bool("skip_demo", False, "Leave out the demo CNN row.")
 flags.DEFINE_string("w2a2_epochs", "3,20", "QAT epochs of the W2A2 demo CNN rows.")
@@ -168,7 +169,7 @@ def zoo_model(name, data):
     size = _input_size(name)
     x_cal = zoo.prepare(x_train[:256], kind, size)
     x_test = zoo.prepare(x_test[:FLAGS.test], kind, size)
-    model = keras.saving.load_model(cached[0])
+    model = keras.saving.load_model(max(cached, key=os.path.getmtime))  # the newest recipe
     tfquant.reestimate_batch_norm(model, zoo.prepare(x_train[:10000], kind, size), batch_size=500,
                                   max_batches=20)  # as benchmarks/model_zoo.py does
     qmodel = tfquant.ptq.quantize(model, x_cal, verbose=0)
@@ -199,14 +200,14 @@ def table(rows):
     return "\n".join(lines)
 
 
-def _kept_brief_rows(new_rows):
-    """The --brief rows of earlier runs (out/integer_exact/brief.json) updated with
-    `new_rows` (name → row), in the zoo's order: runs can be split up."""
+def _kept_rows(kind, new_rows):
+    """The `kind` ("brief" or "zoo") rows of earlier runs (out/integer_exact/<kind>.json)
+    updated with `new_rows` (name → row), in the zoo's order: runs can be split up."""
     import json
 
     import model_zoo as zoo
 
-    path = os.path.join(ROOT, "out", "integer_exact", "brief.json")
+    path = os.path.join(ROOT, "out", "integer_exact", f"{kind}.json")
     kept = {}
     if os.path.exists(path):
         with open(path) as handle:
@@ -226,17 +227,24 @@ def main(argv):
 
     data = load_fashion_mnist()
     if FLAGS.brief:
-        rows = _kept_brief_rows({n: brief_application(n, data, FLAGS.brief_epochs,
-                                                      FLAGS.brief_train)
-                                 for n in FLAGS.brief.split(",") if n})
+        rows = _kept_rows("brief", {n: brief_application(n, data, FLAGS.brief_epochs,
+                                                         FLAGS.brief_train)
+                                    for n in FLAGS.brief.split(",") if n})
         section = "Integer-exact evaluation: briefly trained zoo models"
         command = (f"python benchmarks/integer_exact.py --brief {FLAGS.brief} --brief_train "
                    f"{FLAGS.brief_train} --brief_epochs {FLAGS.brief_epochs} --test {FLAGS.test}")
+    elif FLAGS.zoo:
+        import model_zoo as zoo
+
+        names = list(zoo.MODELS) if FLAGS.zoo == "all" else FLAGS.zoo.split(",")
+        checked = {n: zoo_model(n, data) for n in names if n}
+        rows = _kept_rows("zoo", {n: row for n, row in checked.items() if row})
+        section = "Integer-exact evaluation: the zoo's trained models"
+        command = f"python benchmarks/integer_exact.py --zoo {FLAGS.zoo} --test {FLAGS.test}"
     else:
         rows = [] if FLAGS.skip_demo else [demo_cnn(data)]
         rows += [w2a2_demo(data, int(e)) for e in FLAGS.w2a2_epochs.split(",") if e]
         rows.append(brief_application("MobileNetV2", data, 2, 60000, alpha=0.35))
-        rows += [r for r in (zoo_model(n, data) for n in FLAGS.zoo.split(",") if n) if r]
         section = "Integer-exact evaluation"
         command = "python benchmarks/integer_exact.py --test " + str(FLAGS.test)
     body = (f"{FLAGS.test} Fashion-MNIST test images per model. \"values bit-equal\": the "

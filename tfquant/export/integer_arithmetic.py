@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tfquant.export import integer_ops as ops
 from tfquant.export.integer_tensors import (FUSED, INT8_RANGE, PADDING, activation_range,
-                                            same_scale)
+                                            operand, same_scale)
 
 
 def _max_pool_2d(op, t, inputs, backend):
@@ -91,9 +91,7 @@ def _dequantize(op, t, inputs, backend):
 def _elementwise_extreme(reduce):
     def compute(op, t, inputs, backend):
         same_scale(op, t)
-        x, y = (v if v is not None else tf.constant(t[i].data.astype(np.int32))
-                for i, v in zip(op.inputs, inputs))
-        return reduce(x, y)
+        return reduce(operand(op, t, inputs, 0), operand(op, t, inputs, 1))
     compute.__name__ = f"_{reduce.__name__}"
     return compute
 

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.export import integer_ops as ops
-from tfquant.export.integer_tensors import UnsupportedOperatorError, activation_range
+from tfquant.export.integer_tensors import UnsupportedOperatorError, activation_range, operand
 
 _LEFT_SHIFT = 20  # int8 ADD/SUB: inputs shifted left by 20 before rescaling
 
@@ -147,8 +147,7 @@ def _operands(op, t, inputs):
     x, y = inputs[:2]
     a_shape = _static_shape(x, a.shape)
     b_shape = _static_shape(y, b.shape)
-    x = tf.constant(a.data.astype(np.int64)) if a.data is not None else tf.cast(x, tf.int64)
-    y = tf.constant(b.data.astype(np.int64)) if b.data is not None else tf.cast(y, tf.int64)
+    x, y = operand(op, t, inputs, 0, tf.int64), operand(op, t, inputs, 1, tf.int64)
     return a, b, x, y, a_shape, b_shape
 
 

@@ -3,10 +3,10 @@
 `IntegerModel(flatbuffer, backend)` (made by `tfquant.integer_model`) reads the int8
 flatbuffer the export produced (its weights, int32 biases, scales and zero points are what
 ships) and runs its operators with the kernels of `integer_products`, `integer_binary`,
-`integer_arithmetic`, `integer_layout` and `integer_activations`, which follow the arithmetic of the chosen
-LiteRT backend bit for bit (docs/ARCHITECTURE.md §5). `model.evaluate` on it
-gives the on-device accuracy without a device; its float outputs are the dequantized
-int8 outputs of LiteRT.
+`integer_arithmetic`, `integer_layout` and `integer_activations`, which follow the
+arithmetic of the chosen LiteRT backend bit for bit (docs/ARCHITECTURE.md §5).
+`model.evaluate` on it gives the on-device accuracy without a device; its float outputs
+are the dequantized int8 outputs of LiteRT.
 """
 
 from __future__ import annotations

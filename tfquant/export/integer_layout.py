@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfquant.export.integer_tensors import UnsupportedOperatorError
+from tfquant.export.integer_tensors import UnsupportedOperatorError, constant, operand
 
 
 def _concatenation(op, t, inputs, backend):
@@ -19,9 +19,7 @@ def _concatenation(op, t, inputs, backend):
     scales = {(t[i].scale, t[i].zero_point) for i in op.inputs}
     if len(scales) > 1:
         raise UnsupportedOperatorError("CONCATENATION of int8 inputs with different scales")
-    values = [v if v is not None else tf.constant(t[i].data.astype(np.int32))
-              for i, v in zip(op.inputs, inputs)]
-    return tf.concat(values, axis)
+    return tf.concat([operand(op, t, inputs, k) for k in range(len(op.inputs))], axis)
 
 
 def _pad(op, t, inputs, backend):
@@ -47,24 +45,16 @@ def _batch_to_space_nd(op, t, inputs, backend):
                              t[op.inputs[2]].data.astype(np.int32))
 
 
-def _constant(t, index, dtype=np.int32):
-    data = t[index].data
-    if data is None:
-        raise UnsupportedOperatorError(
-            f"{t[index].name!r}: the integer model needs this operand to be a constant")
-    return data.astype(dtype)
-
-
 def _transpose(op, t, inputs, backend):
-    return tf.transpose(inputs[0], _constant(t, op.inputs[1]))
+    return tf.transpose(inputs[0], constant(t, op.inputs[1]))
 
 
 def _strided_slice(op, t, inputs, backend):
     opts = op.builtinOptions
     if getattr(opts, "offset", False):
         raise UnsupportedOperatorError("STRIDED_SLICE with offset=true")
-    begin, end, strides = (_constant(t, i) for i in op.inputs[1:4])
-    return tf.strided_slice(_value(op, t, inputs, 0), begin, end, strides,
+    begin, end, strides = (constant(t, i) for i in op.inputs[1:4])
+    return tf.strided_slice(operand(op, t, inputs, 0), begin, end, strides,
                             begin_mask=opts.beginMask, end_mask=opts.endMask,
                             ellipsis_mask=opts.ellipsisMask, new_axis_mask=opts.newAxisMask,
                             shrink_axis_mask=opts.shrinkAxisMask)
@@ -72,15 +62,8 @@ def _strided_slice(op, t, inputs, backend):
 
 def _gather(op, t, inputs, backend):
     opts = op.builtinOptions
-    return tf.gather(_value(op, t, inputs, 0), _value(op, t, inputs, 1), axis=opts.axis,
+    return tf.gather(operand(op, t, inputs, 0), operand(op, t, inputs, 1), axis=opts.axis,
                      batch_dims=opts.batchDims)
-
-
-def _value(op, t, inputs, position):
-    """Input `position` of `op`: its computed tensor, or its constant as int32."""
-    if inputs[position] is not None:
-        return inputs[position]
-    return tf.constant(_constant(t, op.inputs[position]))
 
 
 def _unquantized(op, t):
@@ -94,12 +77,13 @@ def _unquantized(op, t):
 
 def _less(op, t, inputs, backend):
     _unquantized(op, t)
-    return tf.less(_value(op, t, inputs, 0), _value(op, t, inputs, 1))
+    return tf.less(operand(op, t, inputs, 0), operand(op, t, inputs, 1))
 
 
 def _select_v2(op, t, inputs, backend):
     _unquantized(op, t)
-    return tf.where(*(_value(op, t, inputs, k) for k in range(3)))
+    condition = operand(op, t, inputs, 0, tf.bool)
+    return tf.where(condition, operand(op, t, inputs, 1), operand(op, t, inputs, 2))
 
 
 OPERATORS = {

@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from tfquant.export import integer_ops as ops
 from tfquant.export.integer_tensors import (INT8_RANGE, PADDING, FlatTensor,
-                                            UnsupportedOperatorError, activation_range)
+                                            UnsupportedOperatorError, activation_range,
+                                            operand)
 
 
 def requantize(acc, input_scale, filter_scales, output: FlatTensor, activation, backend,
@@ -93,12 +94,7 @@ def _finish_product(op, t, sums, backend, activation, rounding="ties_up"):
 
 def _operand(op, t, inputs, k):
     """Input k as float64 minus its zero point (constants read from the file)."""
-    tensor = t[op.inputs[k]]
-    if tensor.data is not None:
-        values = tf.constant(tensor.data.astype(np.float64))
-    else:
-        values = tf.cast(inputs[k], tf.float64)
-    return values - float(tensor.zero_point)
+    return operand(op, t, inputs, k, tf.float64) - float(t[op.inputs[k]].zero_point)
 
 
 def _batch_matmul_sums(op, t, inputs):

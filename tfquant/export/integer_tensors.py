@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 
 from tfquant.export import integer_ops as ops
@@ -109,3 +110,21 @@ def same_scale(op, t):
             raise UnsupportedOperatorError(
                 f"{t[i].name!r}: an elementwise min/max/ReLU whose input and output "
                 "quantization differ (the integer model computes the equal case)")
+
+
+def constant(t, index, dtype=np.int32) -> np.ndarray:
+    """The file's values of tensor `index`, for an operand the integer model needs to be
+    a constant (a permutation, slice bounds)."""
+    data = t[index].data
+    if data is None:
+        raise UnsupportedOperatorError(
+            f"{t[index].name!r}: the integer model needs this operand to be a constant")
+    return data.astype(dtype)
+
+
+def operand(op, t, inputs, position, dtype=tf.int32):
+    """Input `position` of `op` as a `dtype` tensor: its computed value, or the file's
+    constant."""
+    if inputs[position] is not None:
+        return tf.cast(inputs[position], dtype)
+    return tf.constant(constant(t, op.inputs[position], dtype.as_numpy_dtype))
