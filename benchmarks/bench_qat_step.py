@@ -7,8 +7,8 @@ own process (TFMOT needs tf_keras, `TF_USE_LEGACY_KERAS=1`); the ratios to the f
 of the same flavor are written to BENCHMARKS.md.
 
 Also the ViT of the model zoo and an LSTM, float vs tfquant QAT on the same Keras, and
-gradient-ℓ1 (`tfquant.regularizers.GradientL1`, double backprop) on the QAT reference CNN
-against the plain QAT step.
+gradient-ℓ1 (`tfquant.regularizers.GradientL1`, by double backprop and by a finite
+difference) on the QAT reference CNN against the plain QAT step.
 
 Run: `make bench` or `.venv/bin/python benchmarks/bench_qat_step.py [--rounds 3]
 [--models cnn,vit,lstm] [--no-xla]`.
@@ -106,11 +106,12 @@ def run_variant(model_name, flavor):
             model = tfquant.quantize_model(model)
             if flavor == "tfquant_frozen_bn":
                 tfquant.freeze_batch_norm(model)
-            if flavor == "tfquant_qat_gradient_l1":
+            if flavor.startswith("tfquant_qat_gradient_l1"):
                 from tfquant.keras.train_step import with_hooks
                 from tfquant.regularizers import GradientL1
 
-                model = with_hooks(model, [GradientL1(1e-3)])
+                method = "finite_difference" if flavor.endswith("_fd") else "double_backprop"
+                model = with_hooks(model, [GradientL1(1e-3, method=method)])
         model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True), jit_compile=xla)
     seconds = time_steps(model, np, shape, steps, warmup)
@@ -124,8 +125,10 @@ VARIANTS = {
     ("cnn", "tfquant_qat"): "reference CNN, tfquant QAT, default config (BN folded, batch "
                             "statistics)",
     ("cnn", "tfquant_frozen_bn"): "reference CNN, tfquant QAT, default config, BN frozen",
-    ("cnn", "tfquant_qat_gradient_l1"): "reference CNN, tfquant QAT + gradient-ℓ1 (λ = 1e-3), "
-                                        "÷ the tfquant QAT step",
+    ("cnn", "tfquant_qat_gradient_l1"): "reference CNN, tfquant QAT + gradient-ℓ1 (λ = 1e-3, "
+                                        "double backprop), ÷ the tfquant QAT step",
+    ("cnn", "tfquant_qat_gradient_l1_fd"): "reference CNN, tfquant QAT + gradient-ℓ1 (λ = 1e-3, "
+                                           "finite difference), ÷ the tfquant QAT step",
     ("cnn", "tfmot_float"): "reference CNN, tf_keras float",
     ("cnn", "tfmot_qat"): "reference CNN, TFMOT QAT (tf_keras)",
     ("vit", "float"): "ViT (model zoo), Keras 3 float",
@@ -138,7 +141,7 @@ VARIANTS = {
 
 
 def baseline(model_name, flavor):
-    if flavor == "tfquant_qat_gradient_l1":
+    if flavor.startswith("tfquant_qat_gradient_l1"):
         return (model_name, "tfquant_qat")
     if flavor.startswith("tfmot"):
         return (model_name, "tfmot_float")

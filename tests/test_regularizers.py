@@ -113,6 +113,89 @@ def test_gradient_l1_on_quantized_model_matches_nested_tapes(weight_quantizer):
         np.testing.assert_allclose(variable.numpy(), want, rtol=1e-4, atol=1e-6)
 
 
+def conv_dropout_model():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Activation("tanh")(x)
+    x = layers.Dropout(0.3)(layers.Flatten()(x))
+    return keras.Model(inputs, layers.Dense(3, name="logits")(x))
+
+
+def one_step(model, hooks, x, y, lr=0.1):
+    """The trainable and non-trainable values and the logs after one SGD step."""
+    hooked = with_hooks(model, hooks) if hooks else model
+    hooked.compile(keras.optimizers.SGD(lr), LOSS)
+    logs = hooked.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False).history
+    return ([v.numpy() for v in model.trainable_weights],
+            [v.numpy() for v in model.non_trainable_variables], logs)
+
+
+def test_gradient_l1_by_finite_difference_matches_double_backprop():
+    """With BN batch statistics and dropout: the logged term and loss equal double
+    backprop's, the second-order part of the update agrees to 1 % (ε = 1e-3), and the
+    extra pass leaves BN's moving statistics and the dropout seed as one pass does."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    plain = one_step(conv_dropout_model(), [], x, y)
+    exact = one_step(conv_dropout_model(), [GradientL1(0.3, name="g")], x, y)
+    approx = one_step(conv_dropout_model(), [GradientL1(
+        0.3, method="finite_difference", epsilon=1e-3, name="g")], x, y)
+    for key in ("g", "loss"):
+        np.testing.assert_allclose(approx[2][key][0], exact[2][key][0], rtol=1e-5)
+    for start, want, got in zip(plain[0], exact[0], approx[0]):
+        second_order = want - start
+        assert np.abs(second_order).max() > 1e-2  # the term moves every weight
+        assert np.abs(got - want).max() <= 0.01 * np.abs(second_order).max()
+    for want, got in zip(exact[1], approx[1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_gradient_l1_by_finite_difference_trains_a_quantized_model():
+    """A QAT model: the term equals double backprop's, the update is finite and differs
+    from plain QAT's, and the quantizer ranges and BN statistics equal one pass's."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+
+    def qat_model():
+        keras.utils.set_random_seed(5)
+        qmodel = tfquant.quantize_model(conv_model(), tfquant.QuantConfig(weight_bits=4))
+        qmodel(x, training=False)
+        return qmodel
+
+    plain = one_step(qat_model(), [], x, y)
+    exact = one_step(qat_model(), [GradientL1(0.5, name="g")], x, y)
+    approx = one_step(qat_model(), [GradientL1(0.5, method="finite_difference", name="g")],
+                      x, y)
+    np.testing.assert_allclose(approx[2]["g"][0], exact[2]["g"][0], rtol=1e-5)
+    assert all(np.isfinite(w).all() for w in approx[0])
+    assert any(not np.allclose(a, p) for a, p in zip(approx[0], plain[0]))
+    for want, got in zip(exact[1], approx[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_gradient_l1_arguments_are_checked_and_saved(tmp_path, data):
+    with pytest.raises(ValueError, match="method='hessian'.*'double_backprop'"):
+        GradientL1(method="hessian")
+    with pytest.raises(ValueError, match="epsilon=0"):
+        GradientL1(method="finite_difference", epsilon=0)
+    with pytest.raises(ValueError, match="At most one"):
+        with_hooks(dense_model(), [GradientL1(method="finite_difference", name="a"),
+                                   GradientL1(method="finite_difference", name="b")])
+    x, y = data
+    hooked = with_hooks(dense_model(), [GradientL1(
+        0.1, method="finite_difference", epsilon=0.05, name="g")])
+    hooked.compile(keras.optimizers.SGD(0.1), LOSS)
+    hooked.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "hooked.keras")
+    hooked.save(path)
+    hook = keras.models.load_model(path).train_step_hooks[0]
+    assert (hook.method, hook.epsilon, hook.uses_curvature) == ("finite_difference", 0.05, True)
+
+
 def test_periodic_penalty_follows_its_definition_and_is_zero_on_grid():
     model = dense_model()
     hook = Periodic(2.0, num_bits=4)

@@ -127,25 +127,46 @@ class _StrengthHook(TrainStepHook):
         return config
 
 
+GRADIENT_L1_METHODS = ("double_backprop", "finite_difference")
+
+
 @keras.saving.register_keras_serializable(package="tfquant")
 class GradientL1(_StrengthHook):
     """Gradient-ℓ1 (Alizadeh et al. 2020): `λ·Σ_l ‖∂L/∂W_l‖₁` over the kernels W_l (the
-    variables themselves), by double backprop. Makes the float model robust to later
-    post-training quantization: a small gradient ℓ1 norm bounds the first-order loss
-    change of any bounded weight perturbation, `|ΔL| ≤ ‖∇L‖₁·‖ΔW‖∞`.
+    variables themselves). Makes the float model robust to later post-training
+    quantization: a small gradient ℓ1 norm bounds the first-order loss change of any
+    bounded weight perturbation, `|ΔL| ≤ ‖∇L‖₁·‖ΔW‖∞`.
 
-    Cost: one extra backward pass inside the step, and the outer backward pass
-    differentiates through it (measured in benchmarks/bench_training_controls.py).
+    Its gradient is λ·H·sign(∂L/∂W) (H: the Hessian of L, its rows for every trainable
+    variable). `method`:
+      "double_backprop": exactly, by differentiating the gradient (one extra backward
+        pass, and the outer backward pass goes through it);
+      "finite_difference": H·d ≈ (∂L/∂θ(θ + ε·d) − ∂L/∂θ(θ))/ε with d = sign(∂L/∂W)
+        on the kernels, as Karakida et al. (ICML 2023) compute gradient regularization:
+        one more forward and backward pass at the perturbed kernels, so a step costs
+        about twice a plain one. ε = `epsilon` × the RMS of the kernels. The
+        approximation error is O(ε) on a smooth model; across the rounding steps of a
+        fake-quantized kernel the difference sees the steps the weights cross.
+    Measured in benchmarks/bench_training_controls.py and bench_qat_step.py.
+
     Its purpose is robustness of a float model to later post-training quantization; on
-    a fake-quantized (QAT) model the second derivatives through the quantizers are the
-    straight-through ones (`tfquant.ops.fake_quant`'s gradient op has a registered
-    gradient: masks w.r.t. the incoming gradient, zero w.r.t. inputs and range).
+    a fake-quantized (QAT) model double backprop's second derivatives through the
+    quantizers are the straight-through ones (`tfquant.ops.fake_quant`'s gradient op has
+    a registered gradient: masks w.r.t. the incoming gradient, zero w.r.t. inputs and
+    range).
     """
 
-    needs_loss_gradient = True
-
-    def __init__(self, strength=0.01, **kwargs):
+    def __init__(self, strength=0.01, method="double_backprop", epsilon=1e-2, **kwargs):
+        if method not in GRADIENT_L1_METHODS:
+            raise ValueError(f"GradientL1: method={method!r}; allowed: "
+                             f"{', '.join(repr(m) for m in GRADIENT_L1_METHODS)}.")
+        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError(f"GradientL1: epsilon={epsilon!r} must be a finite number > 0.")
         super().__init__(strength, **kwargs)
+        self.method = method
+        self.epsilon = float(epsilon)
+        self.needs_loss_gradient = method == "double_backprop"
+        self.uses_curvature = method == "finite_difference"
 
     def penalty(self, context):
         variables = [view.variable for view in self._views]
@@ -153,7 +174,23 @@ class GradientL1(_StrengthHook):
         return tf.add_n([tf.reduce_sum(tf.abs(g)) for g in grads])
 
     def loss_terms(self, context):
+        if self.uses_curvature:
+            return {}  # the train step adds the term and its gradient
         return {self.name: self.strength * self.penalty(context)}
+
+    def curvature_term(self, context, variables, loss_gradients):
+        by_variable = {id(v): g for v, g in zip(variables, loss_gradients)}
+        gradients = {id(view.variable): by_variable[id(view.variable)]
+                     for view in self._views if id(view.variable) in by_variable}
+        directions = {key: tf.sign(g) for key, g in gradients.items()}
+        penalty = tf.add_n([tf.reduce_sum(tf.abs(g)) for g in gradients.values()]
+                           or [tf.constant(0.0)])
+        return self.strength, directions, penalty
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(method=self.method, epsilon=self.epsilon)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tfquant")

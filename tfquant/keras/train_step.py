@@ -21,6 +21,15 @@ One training step (all of it inside the `tf.function` Keras traces):
   3. the optimizer step;
   4. every hook's `after_apply_gradients(context)` (ProxQuant's proximal step).
 
+A hook with `uses_curvature = True` (gradient-ℓ1 with `method="finite_difference"`)
+instead has its term λ·φ(∂L/∂θ) differentiated by a forward finite difference, as
+Karakida et al. (ICML 2023) compute gradient regularization: its gradient λ·H·d, with
+d = ∂φ/∂(∂L/∂θ) the hook's `curvature_term`, is (∂L/∂θ(θ + εd) − ∂L/∂θ(θ))/ε, one more
+forward and backward pass at the perturbed weights instead of double backprop. That
+pass sees the same batch, the same dropout masks and the same BN and range state as the
+first, and leaves no state behind: the model's non-trainable variables (moving
+statistics, quantizer ranges, seed generators) are restored around it.
+
 Hooks are Keras layers, tracked by the model: their variables (a regularizer's strength
 λ, learnable-MSQE's `a`, a distillation teacher's weights) are model variables, trained
 when trainable, and saved in `.keras` files with the model; `QuantizedModel` and the
@@ -85,10 +94,13 @@ class TrainStepHook(keras.layers.Layer):
       `loss_terms(context)`: {metric name: scalar tensor} added to the loss.
       `after_apply_gradients(context)`: runs after the optimizer step.
     Set the class attribute `needs_loss_gradient = True` to use
-    `context.loss_gradients`.
+    `context.loss_gradients`; set `uses_curvature = True` and override
+    `curvature_term` for a term whose gradient the step takes by a finite difference
+    (at most one such hook per model).
     """
 
     needs_loss_gradient = False
+    uses_curvature = False
 
     @property
     def metrics(self):
@@ -111,6 +123,14 @@ class TrainStepHook(keras.layers.Layer):
 
     def after_apply_gradients(self, context):
         pass
+
+    def curvature_term(self, context, variables, loss_gradients):
+        """For `uses_curvature` hooks: (λ, directions, φ) for the term λ·φ(∂L/∂θ), given
+        the trainable `variables` and `loss_gradients` ∂L/∂θ (zeros for unused ones).
+        `directions`: {id(variable): d} with d = ∂φ/∂(∂L/∂v), for the variables φ
+        reads; φ: the scalar logged under the hook's name."""
+        raise NotImplementedError(f"{type(self).__name__} sets uses_curvature but has no "
+                                  "curvature_term.")
 
     def call(self, inputs):
         return inputs
@@ -140,6 +160,10 @@ class QuantizedModel(Functional):
         names = [h.name for h in hooks]
         if len(set(names)) != len(names):
             raise ValueError(f"Train-step hooks need distinct names; got {names}.")
+        curvature = [h.name for h in hooks if h.uses_curvature]
+        if len(curvature) > 1:
+            raise ValueError(f"At most one train-step hook may take its gradient by a finite "
+                             f"difference; got {curvature}.")
         self.train_step_hooks = hooks
         for hook in hooks:
             hook.attach(self)
@@ -178,9 +202,13 @@ class QuantizedModel(Functional):
             return super().train_step(data)
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
         needs_gradient = any(h.needs_loss_gradient for h in hooks)
+        curvature = next((h for h in hooks if h.uses_curvature), None)
         inner = (tf.GradientTape(persistent=True) if needs_gradient
                  else contextlib.nullcontext())
-        with tf.GradientTape() as tape:
+        # The state the finite-difference pass starts from, read before the forward.
+        state = ([tf.identity(tf.convert_to_tensor(v)) for v in self.non_trainable_variables]
+                 if curvature is not None else None)
+        with tf.GradientTape(persistent=curvature is not None) as tape:
             with inner as loss_tape:
                 y_pred, features = self._forward(x)
                 loss = self._compute_loss(x=x, y=y, y_pred=y_pred,
@@ -193,17 +221,64 @@ class QuantizedModel(Functional):
                     term = tf.cast(term, total.dtype)
                     self._hook_term_trackers[term_name].update_state(term)
                     total = total + term
-            batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
-            self._loss_tracker.update_state(
-                loss_module.unscale_loss_for_distribution(total), sample_weight=batch)
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_weights
         gradients = tape.gradient(scaled, variables)
+        if curvature is not None:
+            gradients, term = self._curvature_gradients(
+                curvature, context, tape, total is loss, variables, gradients, state)
+            self._hook_term_trackers[curvature.name].update_state(term)
+            total = total + term
+            del tape
+        batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
+        self._loss_tracker.update_state(
+            loss_module.unscale_loss_for_distribution(total), sample_weight=batch)
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(gradients, variables) if g is not None])
         for hook in hooks:
             hook.after_apply_gradients(context)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _curvature_gradients(self, hook, context, tape, only_loss, variables, gradients,
+                             state):
+        """`gradients` plus λ·H·d by a forward finite difference (module doc), and the
+        term λ·φ. `only_loss`: no other hook added a term, so `gradients` are ∂L/∂θ."""
+        def zeros_for_none(grads):
+            return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+
+        scale = self.optimizer.scale_loss(tf.constant(1.0, context.loss.dtype))
+        loss_gradients = zeros_for_none(
+            gradients if only_loss else tape.gradient(self.optimizer.scale_loss(context.loss),
+                                                      variables))
+        strength, directions, penalty = hook.curvature_term(
+            context, variables, [g / scale for g in loss_gradients])
+        moved = [(v, directions[id(v)]) for v in variables if id(v) in directions]
+        saved = [tf.identity(tf.convert_to_tensor(v)) for v, _ in moved]
+        # ε: a fraction of the RMS of the perturbed weights, so that the step is the same
+        # relative size in every model.
+        count = tf.add_n([tf.cast(tf.size(w), tf.float32) for w in saved])
+        rms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(w)) for w in saved]) / count)
+        epsilon = tf.stop_gradient(hook.epsilon * tf.maximum(rms, 1e-12))
+        after = [tf.identity(tf.convert_to_tensor(v)) for v in self.non_trainable_variables]
+        for variable, value in zip(self.non_trainable_variables, state):
+            variable.assign(value)
+        for (variable, direction), value in zip(moved, saved):
+            variable.assign(value + epsilon * direction)
+        with tf.GradientTape() as perturbed_tape:
+            y_pred, _ = self._forward(context.x)
+            perturbed_loss = self._compute_loss(x=context.x, y=context.y, y_pred=y_pred,
+                                                sample_weight=context.sample_weight,
+                                                training=True)
+            perturbed_scaled = self.optimizer.scale_loss(perturbed_loss)
+        perturbed = zeros_for_none(perturbed_tape.gradient(perturbed_scaled, variables))
+        for (variable, _), value in zip(moved, saved):
+            variable.assign(value)
+        for variable, value in zip(self.non_trainable_variables, after):
+            variable.assign(value)
+        factor = strength / epsilon
+        gradients = [(tf.zeros_like(v) if g is None else g) + factor * (p - l)
+                     for g, v, p, l in zip(gradients, variables, perturbed, loss_gradients)]
+        return gradients, tf.cast(strength * penalty, context.loss.dtype)
 
     def test_step(self, data):
         logs = super().test_step(data)
