@@ -94,3 +94,19 @@ def test_report_command_writes_html_and_plots(tmp_path):
     result = subprocess.run(command + ["-o", str(out)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "--data" in result.stderr
+
+
+def test_integer_rows_match_tensors_by_shape_where_converter_names_mislead():
+    """In MobileNetV3Small's flatbuffer the converter names its first CONV_2D's output
+    after `conv_1`, the last 1×1 convolution (576 channels): the rows take a tensor for a
+    layer only when it holds the layer's values."""
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
+                                                classes=10, classifier_activation=None)
+    x = np.random.default_rng(3).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    qmodel = tfquant.ptq.quantize(model, x, verbose=0)
+    flatbuffer = tfquant.export_tflite(qmodel).flatbuffer
+    rows = report.integer_rows(qmodel, x[:4], flatbuffer)
+    assert len(rows) > 40
+    by_layer = {row["layer"]: row for row in rows}
+    assert by_layer["conv_1"]["op"] == "CONV_2D"
+    assert all(0 <= row["differ"] <= 1 for row in rows)

@@ -69,10 +69,11 @@ def _shape_only_tensors(model, subgraph) -> set[int]:
 
 @dataclasses.dataclass(frozen=True)
 class ActivationTensor:
-    """An int8 tensor an operator writes: flatbuffer index and name, scale, zero point,
-    and the operator (e.g. "CONV_2D")."""
+    """An int8 tensor an operator writes: flatbuffer index, name and shape, scale, zero
+    point, and the operator (e.g. "CONV_2D")."""
     index: int
     name: str
+    shape: tuple
     scale: float
     zero_point: int
     operator: str
@@ -158,8 +159,9 @@ class IntegerModel(keras.Model):
         for compute, op in self._steps:
             tensor = self._tensors[int(op.outputs[0])]
             if tensor.dtype == np.int8 and tensor.scales.size == 1:
-                found.append(ActivationTensor(tensor.index, tensor.name, tensor.scale,
-                                              tensor.zero_point, _operator_name(compute)))
+                found.append(ActivationTensor(tensor.index, tensor.name, tuple(tensor.shape),
+                                              tensor.scale, tensor.zero_point,
+                                              _operator_name(compute)))
         return found
 
     def tensor_values(self, inputs, indices) -> dict[int, np.ndarray]:

@@ -99,6 +99,14 @@ def _layer_of_tensor(tensor_name, layer_names):
     return stripped if stripped in layer_names else None
 
 
+def _same_sample_shape(tensor_shape, layer):
+    """Whether a flatbuffer tensor holds as many values per sample as `layer`'s output."""
+    keras_shape = getattr(layer.output, "shape", None)
+    if keras_shape is None:
+        return False
+    return np.prod(tensor_shape[1:]) == np.prod([d or 0 for d in keras_shape[1:]])
+
+
 def integer_rows(qmodel, samples, flatbuffer, backend="xnnpack", batch_size=64):
     """Layer by layer, how far the float simulation (the Keras model) and the integer
     model (`tfquant.integer_model`, what LiteRT computes) are from float (the model with
@@ -112,7 +120,10 @@ def integer_rows(qmodel, samples, flatbuffer, backend="xnnpack", batch_size=64):
     chosen = {}
     for tensor in integer.activation_tensors():
         layer = _layer_of_tensor(tensor.name, names)
-        if layer is not None and layer not in chosen:
+        # A fused tensor's name can start with a layer whose output it is not (the
+        # converter names a squeeze-excite's pooled tensor after its input): shapes decide.
+        if (layer is not None and layer not in chosen
+                and _same_sample_shape(tensor.shape, qmodel.get_layer(layer))):
             chosen[layer] = tensor
     if not chosen:
         return []
