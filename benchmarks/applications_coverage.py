@@ -7,9 +7,9 @@ ValueError that lists the layers tfquant cannot quantize is an answer; any other
 exception is a bug of tfquant's. Random weights: this measures coverage, not accuracy
 (that is `model_zoo.py`).
 
-Run: `.venv/bin/python benchmarks/applications_coverage.py [--export] [--models A,B]`.
-Builders whose float model has more than `--max-params` parameters are skipped (build
-time and memory on 2 cores), and the row says so.
+Run: `.venv/bin/python benchmarks/applications_coverage.py [--export] [--include-large]
+[--models A,B]`. The largest builders (`LARGE`: build time and memory on 2 cores) are
+skipped unless `--include-large`, and the row says so.
 """
 
 import argparse
@@ -85,7 +85,8 @@ def main():
         what = "ptq.quantize + export_tflite" if args.export else "quantize_model"
         write_section(f"keras.applications coverage ({what})",
                       "python benchmarks/applications_coverage.py"
-                      + (" --export" if args.export else ""),
+                      + (" --export" if args.export else "")
+                      + (" --include-large" if args.include_large else ""),
                       "Random weights, 10 classes, smallest input of each builder.\n\n"
                       + "\n".join(lines))
 

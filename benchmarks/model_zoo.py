@@ -235,9 +235,10 @@ def table(rows):
              "Keras quantized | LiteRT | agreement | float ops | size KiB | export s |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        recipe = row["recipe"] + (f" († {row['earlier_run']})" if "earlier_run" in row else "")
         for variant, v in row["variants"].items():
             head = (f"| {row['model']} | {row['params'] / 1e6:.2f} M | "
-                    f"{row['recipe']} | {row['float']:.4f} ")
+                    f"{recipe} | {row['float']:.4f} ")
             if "error" in v:
                 lines.append(head + f"| {variant} | {v['error']} | | | | | |")
                 continue
@@ -285,7 +286,10 @@ def main():
                 f"{args.batch}, on the first training images; QAT: {args.qat_epochs} "
                 "epoch(s) at 1e-4 from the float weights, BN frozen halfway; PTQ: min-max on "
                 "256 training images. Accuracies on the first test images (the recipe "
-                "column).\n\n" + table(rows))
+                "column)." + ("" if all("earlier_run" not in r for r in rows) else
+                              " Rows marked † were not rerun: they are an earlier run's "
+                              "(its date), with the code of that day.")
+                + "\n\n" + table(rows))
         write_section("Model zoo", "python benchmarks/model_zoo.py", body)
 
 
