@@ -185,6 +185,11 @@ def test_gradient_l1_arguments_are_checked_and_saved(tmp_path, data):
     with pytest.raises(ValueError, match="At most one"):
         with_hooks(dense_model(), [GradientL1(method="finite_difference", name="a"),
                                    GradientL1(method="finite_difference", name="b")])
+    class NoCurvature(tfquant.keras.train_step.TrainStepHook):
+        uses_curvature = True
+
+    with pytest.raises(ValueError, match="does not override curvature_term"):
+        with_hooks(dense_model(), [NoCurvature(name="h")])
     x, y = data
     hooked = with_hooks(dense_model(), [GradientL1(
         0.1, method="finite_difference", epsilon=0.05, name="g")])

@@ -129,8 +129,7 @@ class TrainStepHook(keras.layers.Layer):
         the trainable `variables` and `loss_gradients` ∂L/∂θ (zeros for unused ones).
         `directions`: {id(variable): d} with d = ∂φ/∂(∂L/∂v), for the variables φ
         reads; φ: the scalar logged under the hook's name."""
-        raise NotImplementedError(f"{type(self).__name__} sets uses_curvature but has no "
-                                  "curvature_term.")
+        return None
 
     def call(self, inputs):
         return inputs
@@ -161,6 +160,11 @@ class QuantizedModel(Functional):
         if len(set(names)) != len(names):
             raise ValueError(f"Train-step hooks need distinct names; got {names}.")
         curvature = [h.name for h in hooks if h.uses_curvature]
+        for hook in hooks:
+            if hook.uses_curvature and (type(hook).curvature_term
+                                        is TrainStepHook.curvature_term):
+                raise ValueError(f"Train-step hook {hook.name!r} sets uses_curvature but does "
+                                 "not override curvature_term.")
         if len(curvature) > 1:
             raise ValueError(f"At most one train-step hook may take its gradient by a finite "
                              f"difference; got {curvature}.")
