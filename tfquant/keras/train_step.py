@@ -256,7 +256,10 @@ class QuantizedModel(Functional):
                                                       variables))
         strength, directions, penalty = hook.curvature_term(
             context, variables, [g / scale for g in loss_gradients])
+        term = tf.cast(strength * penalty, context.loss.dtype)
         moved = [(v, directions[id(v)]) for v in variables if id(v) in directions]
+        if not moved:  # every kernel the term reads is frozen: it has no gradient
+            return zeros_for_none(gradients), term
         saved = [tf.identity(tf.convert_to_tensor(v)) for v, _ in moved]
         # ε: a fraction of the RMS of the perturbed weights, so that the step is the same
         # relative size in every model.
@@ -280,9 +283,9 @@ class QuantizedModel(Functional):
         for variable, value in zip(self.non_trainable_variables, after):
             variable.assign(value)
         factor = strength / epsilon
-        gradients = [(tf.zeros_like(v) if g is None else g) + factor * (p - l)
-                     for g, v, p, l in zip(gradients, variables, perturbed, loss_gradients)]
-        return gradients, tf.cast(strength * penalty, context.loss.dtype)
+        gradients = [g + factor * (p - l) for g, p, l in
+                     zip(zeros_for_none(gradients), perturbed, loss_gradients)]
+        return gradients, term
 
     def test_step(self, data):
         logs = super().test_step(data)
