@@ -130,6 +130,10 @@ class _StrengthHook(TrainStepHook):
 GRADIENT_L1_METHODS = ("double_backprop", "finite_difference")
 
 
+def _l1_norm(tensors):
+    return tf.add_n([tf.reduce_sum(tf.abs(t)) for t in tensors] or [tf.constant(0.0)])
+
+
 @keras.saving.register_keras_serializable(package="tfquant")
 class GradientL1(_StrengthHook):
     """Gradient-ℓ1 (Alizadeh et al. 2020): `λ·Σ_l ‖∂L/∂W_l‖₁` over the kernels W_l (the
@@ -170,8 +174,7 @@ class GradientL1(_StrengthHook):
 
     def penalty(self, context):
         variables = [view.variable for view in self._views]
-        grads = context.loss_gradients(variables)
-        return tf.add_n([tf.reduce_sum(tf.abs(g)) for g in grads])
+        return _l1_norm(context.loss_gradients(variables))
 
     def loss_terms(self, context):
         if self.uses_curvature:
@@ -183,9 +186,7 @@ class GradientL1(_StrengthHook):
         gradients = {id(view.variable): by_variable[id(view.variable)]
                      for view in self._views if id(view.variable) in by_variable}
         directions = {key: tf.sign(g) for key, g in gradients.items()}
-        penalty = tf.add_n([tf.reduce_sum(tf.abs(g)) for g in gradients.values()]
-                           or [tf.constant(0.0)])
-        return self.strength, directions, penalty
+        return self.strength, directions, _l1_norm(list(gradients.values()))
 
     def get_config(self):
         config = super().get_config()

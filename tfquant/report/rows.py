@@ -121,7 +121,7 @@ def integer_rows(qmodel, samples, flatbuffer, backend="xnnpack", batch_size=64):
     for tensor in integer.activation_tensors():
         layer = _layer_of_tensor(tensor.name, names)
         # A fused tensor's name can start with a layer whose output it is not (the
-        # converter names a squeeze-excite's pooled tensor after its input): shapes decide.
+        # converter names MobileNetV3Small's first CONV_2D after `conv_1`): sizes decide.
         if (layer is not None and layer not in chosen
                 and _same_sample_shape(tensor.shape, qmodel.get_layer(layer))):
             chosen[layer] = tensor
